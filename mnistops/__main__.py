@@ -1,0 +1,39 @@
+"""The entrypoint: compose the Hydra config, run the chosen stage, turn user errors into one line.
+
+    python -m mnistops [stage=NAME] [group=option ...] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from mnistops import config as _schemas  # noqa: F401  (registers the structured configs)
+from mnistops.errors import MnistopsError
+
+
+def config_path() -> str:
+    """The repo's conf/ in a source checkout; the copy packaged as mnistops.conf once installed."""
+    source_tree = Path(__file__).resolve().parent.parent / "conf"
+    if (source_tree / "config.yaml").is_file() and (source_tree / "stage").is_dir():
+        return str(source_tree)
+    return "pkg://mnistops.conf"
+
+
+@hydra.main(version_base="1.3", config_path=config_path(), config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from mnistops.stages import run_stage
+
+    try:
+        result = run_stage(cfg)
+    except MnistopsError as err:
+        print(f"mnistops: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return result.score
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""Structured-config schemas, registered in Hydra's ConfigStore.
+
+Every YAML file under ``conf/`` is merged onto these dataclasses, so a misspelt key or a value of
+the wrong type fails at composition time with the key's full name, before anything runs.
+Importing this module is cheap (no torch, no mlflow): ``--help`` and ``--cfg job`` stay instant.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+if not OmegaConf.has_resolver("abspath"):
+    OmegaConf.register_new_resolver("abspath", lambda p: os.path.abspath(os.path.expanduser(str(p))))
+
+
+@dataclass
+class PathsConfig:
+    # Root of every local store; relative values are taken from the directory you run in.
+    home: str = "${abspath:${oc.env:MNISTOPS_HOME,.mnistops}}"
+
+
+@dataclass
+class EnvConfig:
+    name: str = MISSING
+    backend: str = "local"  # local | azure
+    description: str = ""
+    # None: the env's own sqlite store, <paths.home>/<env>/mlflow.db
+    tracking_uri: Optional[str] = None
+    model_name: str = "mnist-classifier"
+
+
+@dataclass
+class DataFileConfig:
+    name: str = MISSING  # file name without .gz, e.g. train-images-idx3-ubyte
+    size: int = MISSING  # bytes, decompressed
+    md5: Optional[str] = None  # MD5 of the decompressed bytes (preferred)
+    gz_md5: Optional[str] = None  # MD5 of the canonical .gz, when the decompressed sum is unknown
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = False
+    max_shift: float = 0.0  # pixels
+    max_rotate: float = 0.0  # degrees
+    max_scale: float = 0.0  # relative, e.g. 0.1 = 90%..110%
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    mirrors: List[str] = field(default_factory=list)
+    train_images: DataFileConfig = field(default_factory=DataFileConfig)
+    train_labels: DataFileConfig = field(default_factory=DataFileConfig)
+    test_images: DataFileConfig = field(default_factory=DataFileConfig)
+    test_labels: DataFileConfig = field(default_factory=DataFileConfig)
+    classes: List[str] = field(default_factory=list)
+    val_size: int = 5000  # held out from the training file, seeded
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    timeout_s: float = 30.0  # per mirror request
+    retries: int = 2  # per mirror
+    sample_grid: int = 100  # images in the sample grid PNG
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    net: Dict[str, Any] = field(default_factory=dict)  # _target_ + kwargs of an nn.Module
+    optimizer: str = "adamw"  # sgd | adam | adamw | adadelta
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    scheduler: str = "onecycle"  # onecycle | step | cosine | none
+    step_gamma: float = 0.7  # step only
+    pct_start: float = 0.25  # onecycle only
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 10
+    min_epochs: Optional[int] = None
+    max_time: Optional[str] = None  # "DD:HH:MM:SS"
+    limit_train_batches: Optional[Any] = None  # int (batches) or float (fraction)
+    limit_val_batches: Optional[Any] = None
+    limit_test_batches: Optional[Any] = None
+    fast_dev_run: Any = False
+    precision: Any = "32-true"
+    deterministic: Any = True
+    gradient_clip_val: Optional[float] = None
+    log_every_n_steps: int = 50
+    num_sanity_val_steps: int = 0
+    check_val_every_n_epoch: int = 1
+    enable_progress_bar: Optional[bool] = None  # None: on when stderr is a terminal
+
+
+@dataclass
+class ComputeConfig:
+    name: str = MISSING
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    num_threads: Optional[int] = None  # torch intra-op threads; None: all cores
+
+
+@dataclass
+class StageConfig:
+    name: str = MISSING
+    steps: List[str] = field(default_factory=list)  # composite stages only
+
+
+@dataclass
+class TrainStageConfig:
+    resume: bool = False  # continue the latest unfinished train run from its last checkpoint
+    resume_run_id: Optional[str] = None  # or this run
+    monitor: str = "val/acc"
+    monitor_mode: str = "max"
+    checkpoint_every_n_steps: Optional[int] = None  # extra mid-epoch `last.ckpt`
+
+
+@dataclass
+class EvaluateStageConfig:
+    run_id: Optional[str] = None  # train run to evaluate; None: the latest finished one
+    misclassified: int = 64  # images in the misclassified grid
+
+
+@dataclass
+class RegisterStageConfig:
+    run_id: Optional[str] = None  # train run to register; None: the latest evaluated one
+    alias: str = "candidate"
+
+
+@dataclass
+class Config:
+    defaults: List[Any] = field(default_factory=list)
+    env: EnvConfig = MISSING
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    compute: ComputeConfig = MISSING
+    stage: StageConfig = MISSING
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    train: TrainStageConfig = field(default_factory=TrainStageConfig)
+    evaluate: EvaluateStageConfig = field(default_factory=EvaluateStageConfig)
+    register: RegisterStageConfig = field(default_factory=RegisterStageConfig)
+    seed: int = 42
+    experiment_name: str = "mnistops"  # MLflow experiment, in the env's store
+    # the score a sweep optimises (a metric of the train run, e.g. val/acc)
+    optimized_metric: str = "val/acc"
+
+
+def register_configs() -> None:
+    """Put the schemas where the YAML files' defaults lists can extend them."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for group, node in (
+        ("env", EnvConfig),
+        ("data", DataConfig),
+        ("model", ModelConfig),
+        ("compute", ComputeConfig),
+        ("stage", StageConfig),
+        ("trainer", TrainerConfig),
+        ("paths", PathsConfig),
+    ):
+        cs.store(group=group, name=f"{group}_schema", node=node)
+
+
+register_configs()

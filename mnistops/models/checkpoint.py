@@ -1,0 +1,45 @@
+"""Load a train run's trained network and predict with it in plain batches (no Trainer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from mlflow.entities import Run
+
+from mnistops.errors import MnistopsError
+
+
+def checkpoint_path(run: Run) -> Path:
+    """The run's best checkpoint: the local file when it is still there, else MLflow's copy."""
+    local = run.data.tags.get("mnistops.best_checkpoint")
+    if local and Path(local).is_file():
+        return Path(local)
+    import mlflow
+
+    try:
+        folder = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="checkpoints")
+    except Exception as err:  # noqa: BLE001 (any store error means the same to the user)
+        raise MnistopsError(f"run {run.info.run_id} has no checkpoint (not a finished train run?)") from err
+    found = sorted(Path(folder).glob("*.ckpt"))
+    if not found:
+        raise MnistopsError(f"run {run.info.run_id} has no checkpoint under artifacts/checkpoints")
+    return found[0]
+
+
+def load_network(run: Run) -> torch.nn.Module:
+    from mnistops.models.module import Classifier
+
+    model = Classifier.load_from_checkpoint(checkpoint_path(run), map_location="cpu")
+    return model.net.eval()
+
+
+@torch.inference_mode()
+def predict_proba(net: torch.nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Class probabilities for uint8 images (N, 28, 28)."""
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = torch.from_numpy(images[start:start + batch_size]).unsqueeze(1).float().div_(255.0)
+        out.append(torch.softmax(net(x), dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, 10), np.float32)

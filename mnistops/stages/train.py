@@ -1,0 +1,117 @@
+"""stage=train: Lightning training of `model` on `data` with `trainer`/`compute`, in one MLflow run
+holding the flattened config, per-epoch loss/accuracy, the dataset digest and the best checkpoint.
+`train.resume=true` continues the latest unfinished train run from its last checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from omegaconf import DictConfig, OmegaConf
+
+from mnistops.errors import MnistopsError
+from mnistops.stages import StageResult
+
+log = logging.getLogger(__name__)
+CHECKPOINT_TAG = "mnistops.checkpoint_dir"
+
+
+def trainer_kwargs(cfg: DictConfig) -> Dict[str, Any]:
+    kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
+    kwargs.setdefault("enable_progress_bar", sys.stderr.isatty())
+    kwargs.update(accelerator=cfg.compute.accelerator, devices=cfg.compute.devices,
+                  num_nodes=cfg.compute.num_nodes, strategy=cfg.compute.strategy,
+                  use_distributed_sampler=False)  # the in-memory batches shard themselves
+    return kwargs
+
+
+def build_model(cfg: DictConfig):
+    from mnistops.models.module import Classifier
+
+    params = OmegaConf.to_container(cfg.model, resolve=True)
+    params.pop("name")
+    return Classifier(num_classes=len(cfg.data.classes), **params)
+
+
+def _resume_point(cfg: DictConfig) -> Tuple[Optional[str], Optional[Path]]:
+    """(run id, last.ckpt) of the run to continue, or (None, None) for a fresh run."""
+    from mnistops import tracking
+
+    if not cfg.train.resume and not cfg.train.resume_run_id:
+        return None, None
+    run = tracking.get_run(cfg.train.resume_run_id) if cfg.train.resume_run_id else \
+        tracking.latest_run(cfg, "train", finished=False)
+    if run is None:
+        raise MnistopsError("train.resume=true but no unfinished train run is in this env's store")
+    ckpt_dir = run.data.tags.get(CHECKPOINT_TAG)
+    last = Path(ckpt_dir) / "last.ckpt" if ckpt_dir else None
+    if last is None or not last.is_file():
+        raise MnistopsError(f"run {run.info.run_id} has no last checkpoint to resume from ({last})")
+    return run.info.run_id, last
+
+
+def run(cfg: DictConfig) -> StageResult:
+    import lightning as L
+    import mlflow
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from mnistops import tracking
+    from mnistops.data import mirrors
+    from mnistops.data.datamodule import MNISTDataModule
+
+    if cfg.compute.num_threads:
+        torch.set_num_threads(cfg.compute.num_threads)
+    if cfg.compute.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise MnistopsError(f"compute={cfg.compute.name} asks for a GPU, but torch sees no CUDA device here")
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    resume_id, last_ckpt = _resume_point(cfg)
+    datamodule = MNISTDataModule(cfg)
+    model = build_model(cfg)
+
+    with tracking.start_run(cfg, "train", run_id=resume_id) as active:
+        run_id = active.info.run_id
+        if resume_id:
+            ckpt_dir = last_ckpt.parent
+            print(f"resuming run {run_id} from {last_ckpt}")
+        else:
+            ckpt_dir = tracking.output_dir(cfg, "train") / "checkpoints"
+            mlflow.set_tag(CHECKPOINT_TAG, str(ckpt_dir))
+            tracking.log_config(cfg)
+            mlflow.set_tag("mnistops.model", cfg.model.name)
+        datamodule.prepare_data()
+        mlflow.set_tag("mnistops.dataset_digest", mirrors.digest(cfg))
+        best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:02d}", monitor=cfg.train.monitor,
+                                  mode=cfg.train.monitor_mode, save_top_k=1, save_last=True,
+                                  auto_insert_metric_name=False)
+        callbacks = [best_cb]
+        if cfg.train.checkpoint_every_n_steps:
+            callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step", save_last=True,
+                                             every_n_train_steps=cfg.train.checkpoint_every_n_steps))
+        logger = MLFlowLogger(experiment_name=cfg.experiment_name, tracking_uri=tracking.tracking_uri(cfg),
+                              run_id=run_id, log_model=False)
+        trainer = L.Trainer(logger=logger, callbacks=callbacks, default_root_dir=str(ckpt_dir.parent),
+                            **trainer_kwargs(cfg))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=str(last_ckpt) if last_ckpt else None)
+
+        best = best_cb.best_model_path
+        if not best:  # fast_dev_run and friends switch checkpointing off: keep the weights anyway
+            best = str(ckpt_dir / "last.ckpt")
+            trainer.save_checkpoint(best)
+        mlflow.log_artifact(best, "checkpoints")
+        mlflow.set_tag("mnistops.best_checkpoint", best)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        if best_cb.best_model_score is not None:
+            metrics[f"best/{cfg.train.monitor}"] = float(best_cb.best_model_score)
+        mlflow.log_metrics({k.replace("best/", "best_"): v for k, v in metrics.items() if k.startswith("best/")})
+    mlflow.MlflowClient().set_terminated(run_id, "FINISHED")
+
+    score_key = f"best/{cfg.optimized_metric}" if f"best/{cfg.optimized_metric}" in metrics else cfg.optimized_metric
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+    print(f"trained {cfg.model.name} in run {run_id}: {shown}\n  best checkpoint: {best}")
+    return StageResult("train", run_id=run_id, metrics=metrics, artifacts={"checkpoint": best},
+                       outputs={"evaluate.run_id": run_id, "register.run_id": run_id},
+                       score=metrics.get(score_key))

@@ -1,0 +1,186 @@
+"""MLflow for one env: where its store is, runs (nested under pipelines and sweeps), params,
+lookups of earlier runs, and the git commit for lineage. Every env has its own store."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional
+
+import mlflow
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+from omegaconf import DictConfig, OmegaConf
+
+from mnistops.errors import MnistopsError
+
+SWEEP_TAG = "mnistops.sweep_dir"
+STAGE_TAG = "mnistops.stage"
+
+
+def env_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.home) / cfg.env.name
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    if cfg.env.tracking_uri:
+        return cfg.env.tracking_uri
+    # timeout: sqlite's busy wait, so parallel writers (sweeps, DDP ranks, servers) queue, not fail
+    return f"sqlite:///{env_dir(cfg) / 'mlflow.db'}?timeout=60"
+
+
+def configure(cfg: DictConfig) -> str:
+    """Point MLflow at the env's store and return the experiment id (created on first use)."""
+    uri = tracking_uri(cfg)
+    if uri.startswith("sqlite:"):
+        env_dir(cfg).mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(cfg.experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifacts = (env_dir(cfg) / "artifacts").as_uri() if uri.startswith("sqlite:") else None
+    try:
+        return client.create_experiment(cfg.experiment_name, artifact_location=artifacts)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel process
+        return client.get_experiment_by_name(cfg.experiment_name).experiment_id
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hydra_output_dir() -> Optional[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None
+
+
+def output_dir(cfg: DictConfig, stage: str) -> Path:
+    """Hydra's run dir when there is one; else a fresh dir under the env (API and tests)."""
+    out = hydra_output_dir()
+    if out is None:
+        import time
+
+        out = env_dir(cfg) / "outputs" / f"{time.strftime('%Y-%m-%d/%H-%M-%S')}-{stage}-{os.getpid()}"
+    Path(out).mkdir(parents=True, exist_ok=True)
+    return Path(out)
+
+
+def task_overrides() -> list:
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+
+
+def _sweep_parent(cfg: DictConfig, experiment_id: str) -> Optional[str]:
+    """In a multirun, the run that every trial of this sweep is a child of (created once)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    sweep_dir = os.path.abspath(HydraConfig.get().sweep.dir)
+    return find_or_create_sweep_run(experiment_id, sweep_dir)
+
+
+def find_or_create_sweep_run(experiment_id: str, sweep_dir: str) -> str:
+    client = MlflowClient()
+    found = client.search_runs([experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep_dir}'", max_results=1)
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(
+        experiment_id, run_name=f"sweep {Path(sweep_dir).name}",
+        tags={SWEEP_TAG: sweep_dir, STAGE_TAG: "sweep", "mnistops.git_commit": git_commit()},
+    )
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def start_run(cfg: DictConfig, stage: str, run_id: Optional[str] = None) -> Iterator[Run]:
+    """A run for `stage`, nested under the active run (a pipeline) or the sweep's parent run.
+    With `run_id`, continue that run instead (resume)."""
+    experiment_id = configure(cfg)
+    tags = {
+        STAGE_TAG: stage,
+        "mnistops.env": cfg.env.name,
+        "mnistops.git_commit": git_commit(),
+        "mnistops.output_dir": str(output_dir(cfg, stage)),
+        "mnistops.overrides": " ".join(task_overrides()),
+    }
+    if run_id is None and mlflow.active_run() is None:
+        parent = _sweep_parent(cfg, experiment_id)
+        if parent:
+            tags["mlflow.parentRunId"] = parent
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, nested=nested,
+                          run_name=None if run_id else stage, tags=tags) as run:
+        yield run
+
+
+def flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = d
+    return out
+
+
+def log_config(cfg: DictConfig) -> None:
+    """The whole resolved config: as flattened params (searchable) and as config.yaml."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    params = {k: ("" if v is None else str(v))[:6000] for k, v in flatten(container).items()}
+    existing = mlflow.active_run().data.params if mlflow.active_run() else {}
+    mlflow.log_params({k: v for k, v in params.items() if k not in existing})
+    mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+
+def log_metrics(metrics: Dict[str, float]) -> None:
+    if metrics:
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+
+
+def latest_run(cfg: DictConfig, stage: str, *, finished: Optional[bool] = None,
+               extra_filter: str = "") -> Optional[Run]:
+    """The newest run of `stage` in the env's experiment (optionally only finished/unfinished)."""
+    experiment_id = configure(cfg)
+    flt = f"tags.`{STAGE_TAG}` = '{stage}'"
+    if finished is True:
+        flt += " and attributes.status = 'FINISHED'"
+    if extra_filter:
+        flt += f" and {extra_filter}"
+    runs = MlflowClient().search_runs([experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"], max_results=20)
+    if finished is False:
+        runs = [r for r in runs if r.info.status != "FINISHED"]
+    return runs[0] if runs else None
+
+
+def get_run(run_id: str) -> Run:
+    try:
+        return MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException as err:
+        raise MnistopsError(f"run {run_id!r} not found in {mlflow.get_tracking_uri()}") from err
+
+
+def log_dataset(cfg: DictConfig, images: Any, labels: Any, context: str) -> None:
+    """An MLflow dataset entry (its digest is the files' checksums, so equal data -> equal digest)."""
+    from mnistops.data import mirrors
+
+    source = mirrors.cache_dir(cfg).as_uri()
+    split = "train" if context == "training" else context
+    dataset = mlflow.data.from_numpy(images, targets=labels, source=source, name=f"{cfg.data.name}-{split}",
+                                     digest=f"{mirrors.digest(cfg)}-{split}")
+    mlflow.log_input(dataset, context=context)
+    mlflow.set_tag("mnistops.dataset_digest", mirrors.digest(cfg))
