@@ -145,6 +145,8 @@ class OptunaSweeper(Sweeper):
         return instantiate(conf)
 
     def _load_study(self) -> optuna.Study:
+        if self.storage and self.storage.startswith("sqlite:///"):  # sqlite makes the file, not its folder
+            Path(self.storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         study = optuna.create_study(study_name=self.study_name, storage=self.storage,
                                     direction=self.direction, load_if_exists=True)
         if study.direction.name.lower() != self.direction:

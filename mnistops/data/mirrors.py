@@ -102,8 +102,22 @@ def _decompress(gz: Path, dest: Path) -> str:
     return h.hexdigest()
 
 
+def _remove_stale_parts(cache: Path) -> None:
+    """Drop the scratch dirs of downloads whose process died (killed mid-download)."""
+    import shutil
+
+    for part in cache.glob(".*.part"):
+        try:
+            pid = int(part.name.split(".")[-2])
+            os.kill(pid, 0)  # still running: leave it alone
+        except (ValueError, IndexError, ProcessLookupError):
+            shutil.rmtree(part, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
 def _fetch_from(url: str, spec: DictConfig, final: Path, timeout: float) -> None:
-    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{spec.name}.", suffix=".part") as tmp:
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{spec.name}.", suffix=f".{os.getpid()}.part") as tmp:
         gz, raw = Path(tmp) / "download.gz", Path(tmp) / spec.name
         gz_md5 = _download(url, gz, timeout)
         if spec.gz_md5 and gz_md5 != spec.gz_md5:
@@ -147,6 +161,7 @@ def fetch(cfg: DictConfig) -> Dict[str, Path]:
     """All four files of `cfg.data`, verified, from the cache or the mirrors."""
     cache = cache_dir(cfg)
     cache.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(cache)
     urls = mirrors(cfg.data)
     paths = {key: ensure_file(cfg.data[key], cache, urls, cfg.data.timeout_s, cfg.data.retries) for key in FILE_KEYS}
     _write_manifest(cfg, cache)

@@ -95,6 +95,7 @@ def run(cfg: DictConfig) -> StageResult:
                               run_id=run_id, log_model=False)
         trainer = L.Trainer(logger=logger, callbacks=callbacks, default_root_dir=str(ckpt_dir.parent),
                             **trainer_kwargs(cfg))
+        mlflow.set_tag("mnistops.world_size", trainer.world_size)
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(last_ckpt) if last_ckpt else None)
 
         best = best_cb.best_model_path

@@ -1,0 +1,112 @@
+"""The config tree: every option of every group composes; bad overrides fail at once, naming the
+key; the CLI's help/config/info paths are fast (no torch or mlflow import); installs carry conf/."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CONF, REPO, compose, run_cli
+
+GROUPS = ["env", "data", "model", "trainer", "compute", "paths", "stage", "experiment", "hparams_search"]
+
+
+def options(group: str):
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_of_every_group_composes(group, option, tmp_path):
+    cfg = compose([f"{group}={option}"], tmp_path)
+    assert cfg.paths.home == str(tmp_path)
+    assert cfg.stage.name and cfg.model.name and cfg.env.name
+    if group in ("env", "data", "model", "compute", "stage"):
+        assert cfg[group].name == option
+
+
+def test_every_group_has_options():
+    for group in GROUPS:
+        assert options(group), f"conf/{group} is empty"
+
+
+def test_env_stores_are_separate(tmp_path):
+    from mnistops import tracking
+
+    uris = {tracking.tracking_uri(compose([f"env={e}"], tmp_path)) for e in ("dev", "qa", "prod")}
+    assert len(uris) == 3 and all(str(tmp_path) in u for u in uris)
+
+
+def test_default_main_job_is_the_dev_pipeline(tmp_path):
+    cfg = compose([], tmp_path)
+    assert cfg.env.name == "dev" and cfg.stage.name == "pipeline"
+    assert list(cfg.stage.steps) == ["data", "train", "evaluate", "register"]
+
+
+def test_home_defaults_to_env_var(monkeypatch, tmp_path):
+    monkeypatch.setenv("MNISTOPS_HOME", str(tmp_path / "h"))
+    assert compose([]).paths.home == str(tmp_path / "h")
+
+
+@pytest.mark.parametrize("override,needle", [
+    (["model.lrr=0.1"], "lrr"),
+    (["model.lr=fast"], "model.lr"),
+    (["trainer.max_epochs=two"], "max_epochs"),
+    (["model=resnet9000"], "model/resnet9000"),
+    (["stage=nonsense"], "stage/nonsense"),
+    (["data.augment.enabled=maybe"], "augment.enabled"),
+])
+def test_bad_overrides_fail_naming_the_key(override, needle, tmp_path):
+    proc = run_cli(override + ["--cfg", "job"], tmp_path, timeout=60)
+    assert proc.returncode != 0
+    assert needle in proc.stderr + proc.stdout
+    assert not (tmp_path / "dev").exists(), "a refused config must not create stores"
+
+
+def test_help_cfg_and_info_do_not_import_heavy_packages(tmp_path):
+    code = ("import sys, runpy; sys.argv=['mnistops', '--cfg', 'job']\n"
+            "try:\n    runpy.run_module('mnistops', run_name='__main__')\nexcept SystemExit: pass\n"
+            "heavy=[m for m in ('torch','lightning','mlflow','great_expectations') if m in sys.modules]\n"
+            "print('HEAVY', heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, "MNISTOPS_HOME": str(tmp_path)}, timeout=60)
+    assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
+    assert "stage:" in proc.stdout and "model:" in proc.stdout
+
+    help_out = run_cli(["--help"], tmp_path, timeout=60)
+    assert help_out.returncode == 0 and "Config groups" in help_out.stdout and "model: cnn" in help_out.stdout
+    info = run_cli(["--info"], tmp_path, timeout=60)
+    assert info.returncode == 0 and "Config search path" in info.stdout
+
+
+def test_tab_completion_lists_groups_and_options(tmp_path):
+    env = {"COMP_LINE": "mnistops model=", "COMP_POINT": "15"}
+    proc = run_cli(["-sc", "query=bash"], tmp_path, env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "model=logreg" in proc.stdout and "model=cnn" in proc.stdout
+    install = run_cli(["-sc", "install=bash"], tmp_path, timeout=60)
+    assert "complete" in install.stdout
+
+
+@pytest.mark.slow
+def test_plain_pip_install_ships_the_configs(tmp_path):
+    """Not editable: the wheel must carry conf/ as mnistops.conf and the console script must work."""
+    target = tmp_path / "site"
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
+                           "--target", str(target), str(REPO)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (target / "mnistops" / "conf" / "config.yaml").is_file()
+    assert (target / "mnistops" / "conf" / "model" / "cnn.yaml").is_file()
+    env = {**os.environ, "PYTHONPATH": str(target), "MNISTOPS_HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "mnistops", "--cfg", "job", "model=logreg"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "LogisticRegression" in out.stdout
+    script = Path(target / "bin" / "mnistops")
+    assert script.is_file()
+    out = subprocess.run([sys.executable, str(script), "--cfg", "job"], cwd=tmp_path, capture_output=True,
+                         text=True, env=env, timeout=60)
+    assert out.returncode == 0 and "pipeline" in out.stdout, out.stderr
