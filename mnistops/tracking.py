@@ -184,3 +184,11 @@ def log_dataset(cfg: DictConfig, images: Any, labels: Any, context: str) -> None
                                      digest=f"{mirrors.digest(cfg)}-{split}")
     mlflow.log_input(dataset, context=context)
     mlflow.set_tag("mnistops.dataset_digest", mirrors.digest(cfg))
+
+
+def log_training_dataset(cfg: DictConfig) -> None:
+    from mnistops.data import mirrors
+    from mnistops.data.idx import read_idx
+
+    paths = mirrors.fetch(cfg)
+    log_dataset(cfg, read_idx(paths["train_images"]), read_idx(paths["train_labels"]), "training")

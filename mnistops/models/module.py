@@ -20,7 +20,8 @@ def build_net(net_cfg: Dict[str, Any], num_classes: int) -> torch.nn.Module:
     try:
         return instantiate(dict(net_cfg), num_classes=num_classes, _convert_="all")
     except Exception as err:  # instantiate wraps the constructor's TypeError; say which key
-        raise MnistopsError(f"model.net cannot be built: {err}".splitlines()[0]) from err
+        cause = err.__cause__ or err
+        raise MnistopsError(f"model.net cannot be built ({net_cfg.get('_target_')}): {cause}") from err
 
 
 class Classifier(L.LightningModule):

@@ -83,7 +83,8 @@ def run(cfg: DictConfig) -> StageResult:
             tracking.log_config(cfg)
             mlflow.set_tag("mnistops.model", cfg.model.name)
         datamodule.prepare_data()
-        mlflow.set_tag("mnistops.dataset_digest", mirrors.digest(cfg))
+        if not resume_id:
+            tracking.log_training_dataset(cfg)
         best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best-{epoch:02d}", monitor=cfg.train.monitor,
                                   mode=cfg.train.monitor_mode, save_top_k=1, save_last=True,
                                   auto_insert_metric_name=False)

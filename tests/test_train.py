@@ -1,0 +1,120 @@
+"""stage=train: one-batch trainings of every model, what the MLflow run holds, seeded
+reproducibility, resume after a kill, DDP on two CPU processes, and clear errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CONF, REPO, TINY, compose, mirror_url, mlflow_client, run_cli, runs_of
+from mnistops.errors import MnistopsError
+from mnistops.stages import run_stage
+
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_one_batch_training_of_every_model(model, home):
+    cfg = compose(["stage=train", f"model={model}", *TINY], home)
+    result = run_stage(cfg)
+    assert result.run_id and 0.0 <= result.metrics["val/acc"] <= 1.0
+    assert Path(result.artifacts["checkpoint"]).is_file()
+
+
+def test_train_run_holds_config_metrics_checkpoint_and_digest(home):
+    cfg = compose(["stage=train", "model=logreg", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
+                   "trainer.limit_val_batches=1"], home)
+    result = run_stage(cfg)
+    client = mlflow_client(home)
+    run = client.get_run(result.run_id)
+    assert run.data.params["model.name"] == "logreg" and run.data.params["trainer.max_epochs"] == "2"
+    assert run.data.params["data.mirrors"].startswith("[")
+    assert len(client.get_metric_history(run.info.run_id, "val/acc")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "train/loss_epoch")) == 2
+    assert run.data.tags["mnistops.dataset_digest"] == "d526d270f61bd965"
+    assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["mnist-train"]
+    assert any(a.path.endswith(".ckpt") for a in client.list_artifacts(run.info.run_id, "checkpoints"))
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"config.yaml", "checkpoints"}
+    assert run.info.status == "FINISHED"
+    assert result.score == pytest.approx(run.data.metrics["val/acc"])
+
+
+def test_same_seed_same_result(home):
+    overrides = ["stage=train", *TINY, "trainer.limit_train_batches=3", "seed=7"]
+    first = run_stage(compose(overrides, home)).metrics
+    second = run_stage(compose(overrides, home)).metrics
+    assert first["val/loss"] == second["val/loss"] and first["train/loss_epoch"] == second["train/loss_epoch"]
+    third = run_stage(compose(overrides[:-1] + ["seed=8"], home)).metrics
+    assert third["val/loss"] != first["val/loss"]
+
+
+def test_gpu_without_cuda_is_a_clear_error(home):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(MnistopsError, match="compute=gpu asks for a GPU"):
+        run_stage(compose(["stage=train", "compute=gpu", *TINY], home))
+
+
+def test_bad_net_argument_names_the_model_key(home):
+    with pytest.raises(MnistopsError, match="model.net cannot be built.*chanels"):
+        run_stage(compose(["stage=train", "+model.net.chanels=3", *TINY], home))
+
+
+def test_resume_without_an_unfinished_run_is_refused(home):
+    with pytest.raises(MnistopsError, match="no unfinished train run"):
+        run_stage(compose(["stage=train", "train.resume=true", *TINY], home))
+
+
+def test_resume_continues_a_killed_run_from_its_last_checkpoint(home):
+    args = ["stage=train", "model=logreg", "trainer.max_epochs=12", "trainer.limit_train_batches=4",
+            "trainer.limit_val_batches=1", "data.batch_size=32"]
+    env = {**os.environ, "MNISTOPS_HOME": str(home), "MNISTOPS_DATA_MIRROR": mirror_url()}
+    proc = subprocess.Popen([sys.executable, "-m", "mnistops", *args, "+trainer.max_time=null"], cwd=REPO,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    last = None
+    while time.time() < deadline and proc.poll() is None:
+        found = list((home / "dev" / "outputs").glob("*/*/checkpoints/last.ckpt"))
+        if found:
+            last = found[0]
+            break
+        time.sleep(0.05)
+    assert last is not None, "no checkpoint appeared"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    client = mlflow_client(home)
+    (killed,) = runs_of(client, "train")
+    assert killed.info.status == "RUNNING"
+    epochs_before = len(client.get_metric_history(killed.info.run_id, "val/acc"))
+    assert epochs_before < 12
+
+    run_cli([*args, "train.resume=true"], home, check=True)
+    (resumed,) = runs_of(client, "train")
+    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+    history = client.get_metric_history(resumed.info.run_id, "epoch")
+    assert max(m.value for m in history) == 11  # epochs 0..11: it went on where it stopped, not from 0
+
+
+def test_resume_keyword_is_rejected_as_unknown_key(home):
+    proc = run_cli(["stage=train", "train.resum=true", "--cfg", "job"], home, timeout=60)
+    assert proc.returncode != 0 and "resum" in proc.stderr
+
+
+@pytest.mark.slow
+def test_ddp_cpu_trains_with_two_processes_into_one_run_and_one_dir(home):
+    run_cli(["stage=train", "compute=ddp_cpu", *TINY], home, check=True, timeout=600)
+    client = mlflow_client(home)
+    (run,) = runs_of(client, "train")
+    assert run.data.tags["mnistops.world_size"] == "2"
+    assert run.info.status == "FINISHED"
+    assert "val/acc" in run.data.metrics
+    outputs = list((home / "dev" / "outputs").glob("*/*"))
+    assert len(outputs) == 1 and (outputs[0] / "checkpoints").is_dir()
