@@ -32,6 +32,29 @@ class EnvConfig:
     # None: the env's own sqlite store, <paths.home>/<env>/mlflow.db
     tracking_uri: Optional[str] = None
     model_name: str = "mnist-classifier"
+    endpoint_port: int = 5080  # each env's local endpoint listens on its own port
+
+
+@dataclass
+class EndpointConfig:
+    """A real-time endpoint: where it listens, how it answers, and how traffic splits."""
+
+    name: str = "mnist"
+    kind: str = "local"  # local: a uvicorn process on this machine
+    host: str = "127.0.0.1"
+    port: int = 5080
+    auth: bool = True  # Authorization: Bearer <key> on scoring routes
+    # deployment -> percent, summing to 100; empty: the newly deployed version takes 100
+    # (typed Any: Hydra's struct mode would refuse new keys in a typed dict override)
+    traffic: Any = None
+    mirror_traffic: Any = None  # deployment -> percent of requests copied there; answers discarded
+    max_body_bytes: int = 2_000_000
+    request_timeout_ms: int = 2000
+    max_batch: int = 64  # micro-batching of concurrent requests
+    max_wait_ms: float = 2.0
+    max_queue: int = 2048  # images waiting per deployment; beyond it: 503 at once
+    startup_timeout_s: float = 90.0
+    action: str = "status"  # stage=endpoint: status | stop
 
 
 @dataclass
@@ -138,6 +161,21 @@ class RegisterStageConfig:
 
 
 @dataclass
+class DeployStageConfig:
+    model: str = "models:/${env.model_name}@candidate"  # any version, alias or "latest"
+    deployment: Optional[str] = None  # blue | green; None: the one not taking traffic
+
+
+@dataclass
+class SmokeStageConfig:
+    samples: int = 200  # labelled test images sent as web requests
+    min_accuracy: float = 0.9
+    max_p95_ms: float = 250.0
+    concurrency: int = 4
+    deployment: Optional[str] = None  # pin a deployment; None: the endpoint's traffic split
+
+
+@dataclass
 class Config:
     defaults: List[Any] = field(default_factory=list)
     env: EnvConfig = MISSING
@@ -145,11 +183,14 @@ class Config:
     model: ModelConfig = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     compute: ComputeConfig = MISSING
+    endpoint: EndpointConfig = MISSING
     stage: StageConfig = MISSING
     paths: PathsConfig = field(default_factory=PathsConfig)
     train: TrainStageConfig = field(default_factory=TrainStageConfig)
     evaluate: EvaluateStageConfig = field(default_factory=EvaluateStageConfig)
     register: RegisterStageConfig = field(default_factory=RegisterStageConfig)
+    deploy: DeployStageConfig = field(default_factory=DeployStageConfig)
+    smoke: SmokeStageConfig = field(default_factory=SmokeStageConfig)
     seed: int = 42
     experiment_name: str = "mnistops"  # MLflow experiment, in the env's store
     # the score a sweep optimises (a metric of the train run, e.g. val/acc)
@@ -165,6 +206,7 @@ def register_configs() -> None:
         ("data", DataConfig),
         ("model", ModelConfig),
         ("compute", ComputeConfig),
+        ("endpoint", EndpointConfig),
         ("stage", StageConfig),
         ("trainer", TrainerConfig),
         ("paths", PathsConfig),

@@ -1,8 +1,11 @@
 """The LightningModule: builds the net from its config, trains it with the configured optimiser
-and schedule, and logs loss and accuracy per epoch (train/*, val/*, test/*)."""
+and schedule, and logs loss and accuracy per epoch (train/*, val/*, test/*), and at the end of a fit
+its wall-clock times: `time/train_s` (the training passes), `time/val_s` (the validation passes) and
+`time/fit_s` (both, from the start of training to its end)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any, Dict
 
 import lightning as L
@@ -50,6 +53,26 @@ class Classifier(L.LightningModule):
                  batch_size=len(y))
         self.log(f"{split}/acc", acc, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
         return loss
+
+    # wall-clock times of the fit, logged once at its end (not per epoch: they are not metrics of the model)
+    def on_train_start(self) -> None:
+        self._fit_t0, self._val_s = time.perf_counter(), 0.0
+
+    def on_validation_start(self) -> None:
+        self._val_t0 = time.perf_counter()
+
+    def on_validation_end(self) -> None:
+        if getattr(self, "_fit_t0", None) is not None and not self.trainer.sanity_checking:
+            self._val_s += time.perf_counter() - self._val_t0
+
+    def on_train_end(self) -> None:
+        if getattr(self, "_fit_t0", None) is None:
+            return
+        fit_s = time.perf_counter() - self._fit_t0
+        self.fit_times = {"time/fit_s": fit_s, "time/train_s": fit_s - self._val_s, "time/val_s": self._val_s}
+        self._fit_t0 = None
+        if self.logger is not None:
+            self.logger.log_metrics(self.fit_times, step=self.global_step)
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnistops.errors import MnistopsError
 
-STAGES = ("data", "train", "evaluate", "register")
+STAGES = ("data", "train", "evaluate", "register", "deploy", "smoke", "rollback", "endpoint")
 
 
 @dataclass

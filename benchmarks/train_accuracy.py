@@ -1,0 +1,268 @@
+"""Training accuracy and speed of mnistops' recipes, side by side with the pytorch/examples MNIST recipe.
+
+Runs, each as the user would (`python -m mnistops stage=train seed=S ...`, a subprocess with a fresh
+MNISTOPS_HOME), then measures the best checkpoint's accuracy on the official 10k test set:
+
+  default  the default config (model=cnn, data=mnist, trainer=default), seeds --seeds
+  fast     experiment=fast, the same seeds
+  logreg   experiment=logreg (model=logreg with its own epochs), the same seeds
+  peer     benchmarks/torch_example_mnist.py: pytorch/examples mnist/main.py, until 99.0 % test accuracy
+
+and prints a markdown table (also written to --out). Times are wall-clock on whatever else the
+machine is doing: read them next to the load averages the table records. Nothing is asserted.
+
+Every run (ours and the peer) gets OMP_WAIT_POLICY=PASSIVE unless the environment sets it
+(`--omp-wait-policy ''` leaves it alone): on a CPU shared with other jobs, OpenMP's default
+spin-waiting makes PyTorch's 2 threads stall behind the other processes, up to ~9x slower.
+
+    MNISTOPS_DATA_MIRROR=file:///path/to/mnist python benchmarks/train_accuracy.py
+    python benchmarks/train_accuracy.py --only fast,peer --seeds 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PARTS = ("default", "fast", "logreg", "peer")
+RECIPES = {  # part -> overrides after `stage=train seed=S`
+    "default": [],
+    "fast": ["experiment=fast"],
+    "logreg": ["experiment=logreg"],
+}
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import lightning
+
+        lightning_version = lightning.__version__
+    except ImportError:
+        lightning_version = "?"
+    return {"nproc": os.cpu_count(), "cpu": cpu, "torch": torch.__version__, "lightning": lightning_version,
+            "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "?"
+
+
+def test_accuracy(home: Path, checkpoint: str, overrides: list[str]) -> float:
+    """The checkpoint's accuracy on the official test set, computed here (not by the train stage)."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from mnistops import config as _schemas  # noqa: F401  (registers the structured configs)
+    from mnistops.data.datamodule import load_splits, to_tensor
+    from mnistops.models.module import Classifier
+
+    os.environ["MNISTOPS_HOME"] = str(home)
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["stage=train", *overrides])
+    _, _, test = load_splits(cfg)
+    net = Classifier.load_from_checkpoint(checkpoint, map_location="cpu").net.eval()
+    images, labels = to_tensor(test.images), torch.from_numpy(test.labels)
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(images), 1000):
+            correct += int((net(images[start:start + 1000]).argmax(1) == labels[start:start + 1000]).sum())
+    return correct / len(images)
+
+
+def run_metrics(home: Path, run_id: str) -> dict:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home / 'dev' / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    metrics = dict(run.data.metrics)
+    history = client.get_metric_history(run_id, "val/acc")
+    metrics["epochs"] = len(history)
+    return metrics
+
+
+def train_once(part: str, seed: int, root: Path, extra: list[str], keep: bool) -> dict:
+    home = root / f"{part}-seed{seed}"
+    shutil.rmtree(home, ignore_errors=True)
+    overrides = [f"seed={seed}", *RECIPES[part], *extra]
+    cmd = [sys.executable, "-m", "mnistops", "stage=train", *overrides]
+    env = dict(os.environ, MNISTOPS_HOME=str(home), PYTHONUNBUFFERED="1")
+    print(f"[{part} seed {seed}] {' '.join(cmd[1:])}  (MNISTOPS_HOME={home}; load {loadavg()})", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wall = time.perf_counter() - t0
+    log = proc.stdout
+    (root / f"{part}-seed{seed}.log").write_text(log)
+    if proc.returncode != 0:
+        raise SystemExit(f"{part} seed {seed} failed (exit {proc.returncode}); log: {root / f'{part}-seed{seed}.log'}\n"
+                         + "\n".join(log.splitlines()[-15:]))
+    best = re.search(r"best checkpoint: (\S+)", log)
+    run = re.search(r"in run ([0-9a-f]{32})", log)
+    if not best or not run:
+        raise SystemExit(f"{part} seed {seed}: no 'best checkpoint' / run id in the output")
+    metrics = run_metrics(home, run.group(1))
+    acc = test_accuracy(home, best.group(1), overrides)
+    result = {"part": part, "seed": seed, "test_acc": acc, "val_acc": metrics.get("best_val/acc"),
+              "epochs": metrics.get("epochs"), "train_s": metrics.get("time/train_s"),
+              "fit_s": metrics.get("time/fit_s"), "wall_s": wall, "load": loadavg()}
+    print(f"[{part} seed {seed}] test acc {acc:.4f}, training {result['train_s'] or float('nan'):.1f} s, "
+          f"process {wall:.1f} s", flush=True)
+    if not keep:
+        shutil.rmtree(home, ignore_errors=True)
+    return result
+
+
+def run_peer(root: Path) -> dict:
+    out = root / "peer.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "torch_example_mnist.py"), "--json", str(out)]
+    print(f"[peer] {' '.join(cmd[1:])}  (load {loadavg()})", flush=True)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=REPO)
+    result = json.loads(out.read_text())
+    result.update(part="peer", wall_s=time.perf_counter() - t0, load=loadavg())
+    return result
+
+
+def fmt(x, spec=".1f", empty="–"):
+    return empty if x is None else format(x, spec)
+
+
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def seed_rows(rows: list[dict]) -> list[str]:
+    lines = ["| seed | test acc | best val acc | epochs | training s | fit s (with val) | process s | load avg at end |",
+             "|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | {r['test_acc']:.2%} | {fmt(r['val_acc'], '.2%')} | {fmt(r['epochs'], 'd')} | "
+                     f"{fmt(r['train_s'])} | {fmt(r['fit_s'])} | {r['wall_s']:.1f} | {r['load']} |")
+    if len(rows) > 1:
+        accs = [r["test_acc"] for r in rows]
+        lines.append(f"| **mean** | **{mean(accs):.2%}** (min {min(accs):.2%}) | {fmt(mean([r['val_acc'] for r in rows]), '.2%')} "
+                     f"| | **{fmt(mean([r['train_s'] for r in rows]))}** | {fmt(mean([r['fit_s'] for r in rows]))} | "
+                     f"{mean([r['wall_s'] for r in rows]):.1f} | |")
+    return lines
+
+
+def report(results: dict, info: dict, started: str, load0: str) -> str:
+    lines = ["# Training: accuracy and speed", "",
+             f"Run {started} with `python benchmarks/train_accuracy.py {' '.join(sys.argv[1:])}`.", "",
+             f"Machine: {info['nproc']} CPUs ({info['cpu']}), torch {info['torch']} ({info['threads']} threads), "
+             f"lightning {info['lightning']}, Python {info['python']}, OMP_WAIT_POLICY={info['omp_wait_policy']}; no GPU used. "
+             f"Load average (1/5/15 min) at the start: {load0}; at the end: {loadavg()}. "
+             "Other jobs may share the machine: times are wall-clock and noisy.", "",
+             "Test accuracy: the run's best checkpoint (by val/acc) on the official 10k test set, computed by the "
+             "benchmark. *training s*: the training passes only (MLflow `time/train_s`); *fit s*: with the "
+             "per-epoch validation passes; *process s*: the whole `python -m mnistops stage=train` process "
+             "(imports, data check, MLflow, checkpoints).", ""]
+    if results.get("default"):
+        lines += ["## Default config: `python -m mnistops stage=train seed=S`", "",
+                  "Target: mean test accuracy >= 99.5 % with <= 10 minutes of training per seed.", ""]
+        lines += seed_rows(results["default"]) + [""]
+    if results.get("fast") or results.get("peer"):
+        lines += ["## `experiment=fast` vs the pytorch/examples MNIST recipe, to 99.0 % test accuracy", ""]
+        if results.get("fast"):
+            lines += ["`python -m mnistops stage=train experiment=fast seed=S`:", ""]
+            lines += seed_rows(results["fast"]) + [""]
+        peer = results.get("peer")
+        if peer:
+            per_epoch = ", ".join(f"{e['test_acc']:.2%}" for e in peer["epochs"])
+            lines += [f"Peer: `benchmarks/torch_example_mnist.py` (pytorch/examples `mnist/main.py`: Adadelta 1.0, "
+                      f"StepLR 0.7, batch 64, per-sample torchvision DataLoader, {'shuffled' if peer['shuffle'] else 'unshuffled as on CPU'}), "
+                      f"test accuracy after each epoch: {per_epoch}; "
+                      + (f"reached {peer['target']:.1%} after epoch {peer['reached_epoch']}." if peer["reached_epoch"]
+                         else f"did not reach {peer['target']:.1%}."), ""]
+        lines += ["| recipe | test acc | epochs | training s (to >= 99.0 %) | with eval passes s | process s |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        fast = results.get("fast") or []
+        if fast:
+            lines.append(f"| mnistops `experiment=fast` (mean of {len(fast)}) | {mean([r['test_acc'] for r in fast]):.2%} | "
+                         f"{fmt(fast[0]['epochs'], 'd')} | {fmt(mean([r['train_s'] for r in fast]))} | "
+                         f"{fmt(mean([r['fit_s'] for r in fast]))} | {mean([r['wall_s'] for r in fast]):.1f} |")
+        if peer:
+            lines.append(f"| pytorch/examples mnist | {peer['test_acc']:.2%} | {len(peer['epochs'])} | {peer['train_s']:.1f} | "
+                         f"{peer['train_s'] + peer['test_s']:.1f} | {peer['wall_s']:.1f} |")
+        if fast and peer and peer["reached_epoch"] and mean([r["train_s"] for r in fast]):
+            ratio = peer["train_s"] / mean([r["train_s"] for r in fast])
+            ratio_fit = (peer["train_s"] + peer["test_s"]) / mean([r["fit_s"] for r in fast])
+            lines += ["", f"**Speed-up of `experiment=fast` over the peer: {ratio:.1f}x** in training time "
+                      f"({ratio_fit:.1f}x counting each side's evaluation passes: the peer's 10k test pass "
+                      f"per epoch, our 5k validation pass per epoch)."]
+        lines.append("")
+    if results.get("logreg"):
+        lines += ["## `experiment=logreg` (multinomial logistic regression)", "",
+                  "The Azure ML tutorial's scikit-learn LogisticRegression reports 92.04 % test accuracy.", ""]
+        lines += seed_rows(results["logreg"]) + [""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts: {', '.join(PARTS)}")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds for the mnistops runs")
+    parser.add_argument("--root", default=None, help="folder for the runs' MNISTOPS_HOMEs and logs (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep each run's MNISTOPS_HOME (checkpoints, MLflow store)")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "training.md"),
+                        help="where to write the markdown table ('' = don't)")
+    parser.add_argument("--omp-wait-policy", default="PASSIVE",
+                        help="OMP_WAIT_POLICY for every run unless already set ('' = leave it alone)")
+    parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every mnistops run")
+    args = parser.parse_args(argv)
+    parts = [p.strip() for p in args.only.split(",") if p.strip()]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        parser.error(f"--only: unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.omp_wait_policy:  # before anything here loads torch (and its OpenMP runtime)
+        os.environ.setdefault("OMP_WAIT_POLICY", args.omp_wait_policy)
+    if not os.environ.get("MNISTOPS_DATA_MIRROR"):
+        print("note: MNISTOPS_DATA_MIRROR is unset: each fresh MNISTOPS_HOME downloads from data.mirrors", flush=True)
+
+    root = Path(args.root) if args.root else Path(tempfile.mkdtemp(prefix="mnistops-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    started, load0, info = time.strftime("%Y-%m-%d %H:%M"), loadavg(), machine()
+    results: dict = {}
+    for part in PARTS:  # a fixed order, whatever --only says
+        if part not in parts:
+            continue
+        if part == "peer":
+            results["peer"] = run_peer(root)
+        else:
+            results[part] = [train_once(part, seed, root, args.overrides, args.keep) for seed in seeds]
+        (root / "results.json").write_text(json.dumps(results, indent=2))
+    table = report(results, info, started, load0)
+    print("\n" + table)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(table + "\n")
+        print(f"\nwritten to {args.out}; runs under {root}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Adaptive micro-batching: one queue and one inference thread per deployment.
+
+Requests put their images in the queue and await a future. A worker task takes what is queued (up to
+``max_batch`` images), and runs the model in the deployment's own thread. It waits for more only
+while more keep coming: after the first item it yields to the event loop once; if that brought new
+requests it keeps collecting (one yield at a time) until ``max_batch`` images or ``max_wait_ms``;
+if not, it runs at once. Low load: no added latency. High load: requests pile up while the previous
+batch runs, so batches grow by themselves. The queue is bounded (``max_queue`` images, queued or in
+inference): a full queue refuses at once (``QueueFull`` -> 503) instead of letting latency grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Deque, List, Optional, Tuple
+
+import numpy as np
+
+log = logging.getLogger("mnistops.serving")
+
+
+class QueueFull(Exception):
+    """No room for these images in the deployment's queue."""
+
+
+class BatcherClosed(Exception):
+    """The deployment was replaced or removed while the request waited."""
+
+
+class MicroBatcher:
+    def __init__(self, name: str, predict: Callable[[np.ndarray], np.ndarray], *, max_batch: int,
+                 max_wait_ms: float, max_queue: int, metrics=None,
+                 on_result: Optional[Callable[[bool, Optional[BaseException]], None]] = None):
+        self.name = name
+        self.predict = predict
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.depth = 0  # images queued or in inference
+        self._queue: Deque[Tuple[np.ndarray, asyncio.Future]] = deque()
+        self._wake: Optional[asyncio.Event] = None
+        self._task: Optional[asyncio.Task] = None
+        self._closed = False
+        self._idle: Optional[asyncio.Event] = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
+        self._on_result = on_result
+        if metrics is not None:
+            self._m_batch = metrics.batch_size.labels(name)
+            self._m_infer = metrics.inference.labels(name)
+            self._m_depth = metrics.queue_depth.labels(name)
+        else:
+            self._m_batch = self._m_infer = self._m_depth = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task = loop.create_task(self._run(), name=f"batcher-{self.name}")
+
+    async def close(self, drain_timeout: float = 10.0) -> None:
+        """Stop taking requests, let queued ones finish (up to ``drain_timeout``), free the thread."""
+        self._closed = True
+        if self._task is not None and self.depth:
+            try:
+                await asyncio.wait_for(self._drained(), drain_timeout)
+            except asyncio.TimeoutError:
+                log.warning("deployment %s: %d images still queued at close", self.name, self.depth)
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        while self._queue:
+            _, fut = self._queue.popleft()
+            if not fut.done():
+                fut.set_exception(BatcherClosed(f"deployment {self.name} was replaced"))
+        self._executor.shutdown(wait=False)
+
+    async def _drained(self) -> None:
+        while self.depth:
+            await asyncio.sleep(0.005)
+
+    # ------------------------------------------------------------------ requests
+    def submit(self, batch: np.ndarray) -> asyncio.Future:
+        """Queue ``batch`` (N, 1, 28, 28); the future resolves to probabilities (N, 10)."""
+        n = len(batch)
+        if self._closed:
+            raise BatcherClosed(f"deployment {self.name} is shutting down")
+        if self.depth + n > self.max_queue:
+            raise QueueFull(f"deployment {self.name}: queue full ({self.depth} images waiting, limit {self.max_queue})")
+        fut = asyncio.get_running_loop().create_future()
+        self._queue.append((batch, fut))
+        self.depth += n
+        if self._m_depth is not None:
+            self._m_depth.set(self.depth)
+        self._wake.set()
+        return fut
+
+    def _take(self, items: List[Tuple[np.ndarray, asyncio.Future]], n: int) -> int:
+        q = self._queue
+        while q:
+            batch, fut = q[0]
+            size = len(batch)
+            if fut.done():  # timed out or cancelled while queued: drop it, free its room
+                q.popleft()
+                self._release(size)
+                continue
+            if n and n + size > self.max_batch:
+                break
+            q.popleft()
+            items.append((batch, fut))
+            n += size
+            if n >= self.max_batch:
+                break
+        return n
+
+    def _release(self, n: int) -> None:
+        self.depth -= n
+        if self._m_depth is not None:
+            self._m_depth.set(self.depth)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        wake = self._wake
+        while True:
+            if not self._queue:
+                wake.clear()
+                await wake.wait()
+            items: List[Tuple[np.ndarray, asyncio.Future]] = []
+            n = self._take(items, 0)
+            if not items:
+                continue
+            if n < self.max_batch and self.max_wait > 0:
+                deadline = loop.time() + self.max_wait
+                while True:
+                    await asyncio.sleep(0)  # let requests already in flight in this loop join
+                    before = n
+                    n = self._take(items, n)
+                    if n == before or n >= self.max_batch or loop.time() >= deadline:
+                        break
+            await self._infer(loop, items, n)
+
+    def _timed(self, x: np.ndarray):  # runs in the deployment's thread
+        t0 = time.perf_counter()
+        probs = self.predict(x)
+        return probs, time.perf_counter() - t0
+
+    async def _infer(self, loop, items, n: int) -> None:
+        x = items[0][0] if len(items) == 1 else np.concatenate([b for b, _ in items])
+        try:
+            probs, seconds = await loop.run_in_executor(self._executor, self._timed, x)
+            error = None
+        except asyncio.CancelledError:
+            self._release(n)
+            for _, fut in items:
+                if not fut.done():
+                    fut.set_exception(BatcherClosed(f"deployment {self.name} stopped"))
+            raise
+        except Exception as exc:  # a broken model: every waiting request learns it
+            probs, error, seconds = None, exc, 0.0
+            log.error("deployment %s: inference failed on a batch of %d: %r", self.name, n, exc)
+        if self._m_batch is not None:
+            self._m_batch.observe(n)
+            self._m_infer.observe(seconds)
+        self._release(n)
+        if self._on_result is not None:
+            self._on_result(error is None, error)
+        start = 0
+        for batch, fut in items:
+            size = len(batch)
+            if not fut.done():
+                if error is None:
+                    fut.set_result(probs[start:start + size])
+                else:
+                    fut.set_exception(InferenceFailed(f"deployment {self.name}: inference failed: {error}"))
+            start += size
+
+
+class InferenceFailed(Exception):
+    """The model raised on a valid batch: a server-side fault."""

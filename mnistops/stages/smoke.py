@@ -1,0 +1,85 @@
+"""stage=smoke: labelled test images sent as web requests to the deployed endpoint, through the same
+auth and traffic path users take. Fails on any error, accuracy below smoke.min_accuracy, or p95
+latency above smoke.max_p95_ms; the report goes to MLflow."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from omegaconf import DictConfig
+
+from mnistops.errors import MnistopsError
+from mnistops.stages import StageResult
+
+
+def run(cfg: DictConfig) -> StageResult:
+    import httpx
+    import mlflow
+
+    from mnistops import tracking
+    from mnistops.data import mirrors
+    from mnistops.data.idx import read_idx
+    from mnistops.deploy.local import LocalEndpoint
+    from mnistops.serving_client import score
+
+    endpoint = LocalEndpoint(cfg)
+    if not endpoint.healthy():
+        raise MnistopsError(f"endpoint {endpoint.name} ({cfg.env.name}) is not running at {endpoint.url}: "
+                            "run stage=deploy first")
+    paths = mirrors.fetch(cfg)
+    images, labels = read_idx(paths["test_images"]), read_idx(paths["test_labels"])
+    pick = np.random.default_rng(cfg.seed).choice(len(images), size=cfg.smoke.samples, replace=False)
+    key = endpoint.key()
+
+    def one(i: int):
+        start = time.perf_counter()
+        try:
+            status, body = score(client, endpoint.url, key, images[i:i + 1], cfg.smoke.deployment)
+        except httpx.HTTPError as err:
+            status, body = 0, {"error": str(err)}
+        ms = (time.perf_counter() - start) * 1000
+        digit = body["predictions"][0]["digit"] if status == 200 else None
+        return {"index": int(i), "label": int(labels[i]), "status": status, "ms": ms, "digit": digit,
+                "deployment": body.get("deployment"), "version": body.get("version"),
+                "error": None if status == 200 else str(body.get("error", body))[:200]}
+
+    with httpx.Client(limits=httpx.Limits(max_connections=cfg.smoke.concurrency)) as client, \
+            ThreadPoolExecutor(cfg.smoke.concurrency) as pool:
+        results = list(pool.map(one, pick))
+
+    errors = [r for r in results if r["status"] != 200]
+    answered = [r for r in results if r["status"] == 200]
+    accuracy = float(np.mean([r["digit"] == r["label"] for r in answered])) if answered else 0.0
+    p50, p95 = (np.percentile([r["ms"] for r in results], [50, 95]) if results else (0.0, 0.0))
+    by_deployment = {}
+    for r in answered:
+        by_deployment[f"{r['deployment']}:v{r['version']}"] = by_deployment.get(f"{r['deployment']}:v{r['version']}", 0) + 1
+    failures = []
+    if errors:
+        failures.append(f"{len(errors)} of {len(results)} requests failed (first: {errors[0]['status']} {errors[0]['error']})")
+    if accuracy < cfg.smoke.min_accuracy:
+        failures.append(f"accuracy {accuracy:.4f} < smoke.min_accuracy {cfg.smoke.min_accuracy}")
+    if p95 > cfg.smoke.max_p95_ms:
+        failures.append(f"p95 latency {p95:.1f} ms > smoke.max_p95_ms {cfg.smoke.max_p95_ms}")
+    metrics = {"smoke/accuracy": accuracy, "smoke/p50_ms": float(p50), "smoke/p95_ms": float(p95),
+               "smoke/errors": float(len(errors)), "smoke/requests": float(len(results))}
+    report = {"endpoint": endpoint.url, "env": cfg.env.name, "passed": not failures, "failures": failures,
+              "metrics": metrics, "served_by": by_deployment, "requests": results}
+
+    with tracking.start_run(cfg, "smoke") as active:
+        out = tracking.output_dir(cfg, "smoke")
+        (out / "smoke_report.json").write_text(json.dumps(report, indent=2))
+        mlflow.log_artifact(str(out / "smoke_report.json"))
+        tracking.log_metrics(metrics)
+        mlflow.set_tags({"mnistops.smoke_passed": str(not failures).lower(), "mnistops.endpoint": endpoint.url})
+
+    print(f"smoke test of {endpoint.url} ({cfg.env.name}): {len(results)} requests, accuracy {accuracy:.4f}, "
+          f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, errors {len(errors)}; served by {by_deployment}")
+    if failures:
+        raise MnistopsError("smoke test failed: " + "; ".join(failures))
+    print("  passed")
+    return StageResult("smoke", run_id=active.info.run_id, metrics=metrics,
+                       artifacts={"report": str(out / "smoke_report.json")})

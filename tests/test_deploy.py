@@ -1,0 +1,214 @@
+"""stage=deploy/smoke/rollback/endpoint against a real uvicorn endpoint on 127.0.0.1 and real
+registered versions: blue/green under continuous traffic, failed deploys, rollback, restarts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import compose, mlflow_client, run_cli
+from mnistops.data.idx import read_idx
+from mnistops.errors import MnistopsError
+from mnistops.stages import run_stage
+
+QUICK = ["model=logreg", "trainer.max_epochs=1", "trainer.limit_train_batches=60", "trainer.limit_val_batches=2"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def registry_home(tmp_path_factory, data_cache):
+    """A dev registry with two good versions of one trained model (v1, v2) and a broken one (v3)."""
+    home = tmp_path_factory.mktemp("deploy-home")
+    shutil.copytree(data_cache, home / "data")
+    run_cli(QUICK, home, check=True)
+    client = mlflow_client(home)
+    v1 = client.get_model_version("mnist-classifier", "1")
+    run_cli(["stage=register", f"register.run_id={v1.run_id}"], home, check=True)  # v2: same weights
+    broken = home / "broken-model"
+    shutil.copytree(_download(home, "models:/mnist-classifier/1"), broken)
+    (broken / "artifacts" / "model.onnx").write_bytes(b"this is not an onnx graph")
+    client.create_model_version("mnist-classifier", broken.as_uri(), run_id=v1.run_id)  # v3
+    return home
+
+
+def _download(home: Path, uri: str) -> str:
+    import mlflow
+
+    mlflow_client(home)
+    return mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(home / "dl"))
+
+
+@pytest.fixture
+def endpoint_cfg(registry_home, tmp_path):
+    """Overrides for a fresh endpoint (own name, own free port) on the shared registry; stopped after."""
+    name = f"ep{tmp_path.name[-12:].replace('_', '')}"
+    overrides = [f"paths.home={registry_home}", f"endpoint.name={name}", f"endpoint.port={free_port()}"]
+    yield overrides
+    run_stage(compose(["stage=endpoint", "endpoint.action=stop", *overrides]))
+
+
+def deploy(overrides, *extra):
+    return run_stage(compose(["stage=deploy", *overrides, *extra]))
+
+
+def state(overrides):
+    from mnistops.deploy.local import LocalEndpoint
+
+    return LocalEndpoint(compose(overrides)).state()
+
+
+_ENDPOINTS = {}
+
+
+def score_once(overrides, images, deployment=None):
+    """One /score request as a user sends it (composing once per endpoint: threads call this)."""
+    from mnistops.deploy.local import LocalEndpoint
+    from mnistops.serving_client import score
+
+    key = tuple(overrides)
+    if key not in _ENDPOINTS:
+        ep = LocalEndpoint(compose(overrides))
+        _ENDPOINTS[key] = (ep.url, ep.key())
+    url, api_key = _ENDPOINTS[key]
+    with httpx.Client() as client:
+        return score(client, url, api_key, images, deployment)
+
+
+@pytest.fixture(scope="module")
+def test_images(registry_home):
+    return (read_idx(registry_home / "data" / "mnist" / "t10k-images-idx3-ubyte")[:50],
+            read_idx(registry_home / "data" / "mnist" / "t10k-labels-idx1-ubyte")[:50])
+
+
+def test_deploy_serves_candidate_and_is_idempotent(endpoint_cfg, test_images, capsys):
+    result = deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1")
+    out = capsys.readouterr().out
+    assert "scoring URL: http://127.0.0.1:" in out and "curl -s" in out and "Authorization: Bearer" in out
+    assert result.model_uri == "models:/mnist-classifier/1"
+    key_file = Path(result.artifacts["key_file"])
+    assert oct(key_file.stat().st_mode)[-3:] == "600"
+    st = state(endpoint_cfg)
+    assert st["traffic"] == {"blue": 100} and st["deployments"]["blue"]["version"] == "1"
+    status, body = score_once(endpoint_cfg, test_images[0][:5])
+    assert status == 200 and body["version"] == "1" and body["deployment"] == "blue"
+    assert len(body["predictions"]) == 5
+    server_log = (key_file.parent / "server.log").read_text()
+    assert key_file.read_text().strip() not in server_log, "the key must never be logged"
+
+    deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1")
+    assert "no change" in capsys.readouterr().out
+    assert state(endpoint_cfg) == st
+
+
+def test_blue_green_switch_under_traffic_loses_no_request(endpoint_cfg, test_images):
+    deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1")
+    score_once(endpoint_cfg, test_images[0][:1])
+    stop, results = threading.Event(), []
+
+    def hammer():
+        while not stop.is_set():
+            results.append(score_once(endpoint_cfg, test_images[0][:1]))
+
+    threads = [threading.Thread(target=hammer) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/2")
+    time.sleep(1.0)
+    stop.set()
+    for t in threads:
+        t.join()
+    statuses = [s for s, _ in results]
+    assert len(statuses) > 20 and set(statuses) == {200}, f"failed requests during the switch: {set(statuses)}"
+    versions = [b["version"] for _, b in results]
+    assert versions[0] == "1" and versions[-1] == "2"
+    st = state(endpoint_cfg)
+    assert st["traffic"] == {"green": 100} and st["deployments"]["blue"]["version"] == "1"
+
+    run_stage(compose(["stage=rollback", *endpoint_cfg]))
+    st = state(endpoint_cfg)
+    assert st["traffic"] == {"blue": 100}
+    assert score_once(endpoint_cfg, test_images[0][:1])[1]["version"] == "1"
+
+
+def test_canary_traffic_split_and_header_pinning(endpoint_cfg, test_images):
+    deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1")
+    deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/2", "endpoint.traffic={blue:50,green:50}")
+    seen = [score_once(endpoint_cfg, test_images[0][:1])[1]["deployment"] for _ in range(80)]
+    assert 15 < seen.count("green") < 65 and seen.count("blue") + seen.count("green") == 80
+    for dep, version in (("blue", "1"), ("green", "2")):
+        status, body = score_once(endpoint_cfg, test_images[0][:1], deployment=dep)
+        assert status == 200 and body["deployment"] == dep and body["version"] == version
+    with pytest.raises(MnistopsError, match="sum to 100"):
+        deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/2", "endpoint.traffic={blue:50,green:60}")
+
+
+def test_a_version_that_fails_to_load_leaves_the_old_one_serving(endpoint_cfg, test_images):
+    deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1")
+    before = state(endpoint_cfg)
+    with pytest.raises(MnistopsError, match="refused"):
+        deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/3")
+    after = state(endpoint_cfg)
+    assert after["traffic"] == before["traffic"] == {"blue": 100}
+    assert score_once(endpoint_cfg, test_images[0][:1])[0] == 200
+
+
+def test_missing_model_is_one_clear_error(endpoint_cfg):
+    proc = run_cli(["stage=deploy", "deploy.model=models:/mnist-classifier@nope", *endpoint_cfg[1:]],
+                   Path(endpoint_cfg[0].split("=", 1)[1]), timeout=120)
+    assert proc.returncode == 2 and "models:/mnist-classifier@nope not found in the dev registry" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_killed_server_comes_back_with_its_deployments(endpoint_cfg, test_images):
+    from mnistops.deploy.local import LocalEndpoint
+
+    deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1")
+    deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/2", "endpoint.traffic={blue:20,green:80}")
+    ep = LocalEndpoint(compose(endpoint_cfg))
+    os.kill(ep.pid(), signal.SIGKILL)
+    time.sleep(0.5)
+    assert not ep.healthy()
+    deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/2", "endpoint.traffic={blue:20,green:80}")
+    st = state(endpoint_cfg)
+    assert st["traffic"] == {"blue": 20, "green": 80}
+    assert st["deployments"]["blue"]["version"] == "1" and st["deployments"]["green"]["version"] == "2"
+    assert score_once(endpoint_cfg, test_images[0][:3])[0] == 200
+
+
+def test_smoke_passes_and_fails_loudly(endpoint_cfg, registry_home):
+    deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1")
+    result = run_stage(compose(["stage=smoke", "smoke.samples=60", "smoke.min_accuracy=0.5", *endpoint_cfg]))
+    assert result.metrics["smoke/errors"] == 0 and result.metrics["smoke/accuracy"] > 0.5
+    run = mlflow_client(registry_home).get_run(result.run_id)
+    assert run.data.tags["mnistops.smoke_passed"] == "true"
+    with pytest.raises(MnistopsError, match="accuracy .* < smoke.min_accuracy 0.9999"):
+        run_stage(compose(["stage=smoke", "smoke.samples=60", "smoke.min_accuracy=0.9999", *endpoint_cfg]))
+    with pytest.raises(MnistopsError, match="p95 latency"):
+        run_stage(compose(["stage=smoke", "smoke.samples=20", "smoke.max_p95_ms=0.001", *endpoint_cfg]))
+
+
+def test_endpoint_status_and_stop(endpoint_cfg, capsys):
+    deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1")
+    run_stage(compose(["stage=endpoint", *endpoint_cfg]))
+    out = capsys.readouterr().out
+    assert "running, pid" in out and "models:/mnist-classifier/1" in out
+    run_stage(compose(["stage=endpoint", "endpoint.action=stop", *endpoint_cfg]))
+    assert "stopped" in capsys.readouterr().out
+    run_stage(compose(["stage=endpoint", *endpoint_cfg]))
+    assert "not running" in capsys.readouterr().out
+    with pytest.raises(MnistopsError, match="not running"):
+        run_stage(compose(["stage=smoke", *endpoint_cfg]))
