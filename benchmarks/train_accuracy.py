@@ -73,7 +73,18 @@ def loadavg() -> str:
 
 
 def test_accuracy(home: Path, checkpoint: str, overrides: list[str]) -> float:
-    """The checkpoint's accuracy on the official test set, computed here (not by the train stage)."""
+    """The checkpoint's accuracy on the official test set, computed by the benchmark (not by the train
+    stage), in a fresh interpreter: the config tree and the code it composes are read as they are now."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--eval-checkpoint", checkpoint, *overrides]
+    env = dict(os.environ, MNISTOPS_HOME=str(home))
+    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"test accuracy of {checkpoint} failed: {proc.stderr.strip().splitlines()[-1:]}")
+    return float(json.loads(proc.stdout.strip().splitlines()[-1])["test_acc"])
+
+
+def eval_checkpoint(checkpoint: str, overrides: list[str]) -> float:
+    """(in the subprocess) load the checkpoint, run it on `load_splits(cfg)`'s test split."""
     import torch
     from hydra import compose, initialize_config_dir
 
@@ -81,7 +92,6 @@ def test_accuracy(home: Path, checkpoint: str, overrides: list[str]) -> float:
     from mnistops.data.datamodule import load_splits, to_tensor
     from mnistops.models.module import Classifier
 
-    os.environ["MNISTOPS_HOME"] = str(home)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["stage=train", *overrides])
     _, _, test = load_splits(cfg)
@@ -105,32 +115,52 @@ def run_metrics(home: Path, run_id: str) -> dict:
     return metrics
 
 
-def train_once(part: str, seed: int, root: Path, extra: list[str], keep: bool) -> dict:
-    home = root / f"{part}-seed{seed}"
-    shutil.rmtree(home, ignore_errors=True)
+def train_once(part: str, seed: int, root: Path, extra: list[str], keep: bool, reuse: bool) -> dict:
+    """One `stage=train` subprocess in a fresh MNISTOPS_HOME, then its test accuracy. A failure becomes a
+    row with an `error` (the other runs go on). `reuse`: a run already finished under `root` (its log
+    names its best checkpoint) is measured again, not retrained."""
+    home, log_path, sidecar = root / f"{part}-seed{seed}", root / f"{part}-seed{seed}.log", root / f"{part}-seed{seed}.json"
     overrides = [f"seed={seed}", *RECIPES[part], *extra]
-    cmd = [sys.executable, "-m", "mnistops", "stage=train", *overrides]
-    env = dict(os.environ, MNISTOPS_HOME=str(home), PYTHONUNBUFFERED="1")
-    print(f"[{part} seed {seed}] {' '.join(cmd[1:])}  (MNISTOPS_HOME={home}; load {loadavg()})", flush=True)
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wall = time.perf_counter() - t0
-    log = proc.stdout
-    (root / f"{part}-seed{seed}.log").write_text(log)
-    if proc.returncode != 0:
-        raise SystemExit(f"{part} seed {seed} failed (exit {proc.returncode}); log: {root / f'{part}-seed{seed}.log'}\n"
-                         + "\n".join(log.splitlines()[-15:]))
-    best = re.search(r"best checkpoint: (\S+)", log)
-    run = re.search(r"in run ([0-9a-f]{32})", log)
-    if not best or not run:
-        raise SystemExit(f"{part} seed {seed}: no 'best checkpoint' / run id in the output")
-    metrics = run_metrics(home, run.group(1))
-    acc = test_accuracy(home, best.group(1), overrides)
-    result = {"part": part, "seed": seed, "test_acc": acc, "val_acc": metrics.get("best_val/acc"),
-              "epochs": metrics.get("epochs"), "train_s": metrics.get("time/train_s"),
-              "fit_s": metrics.get("time/fit_s"), "wall_s": wall, "load": loadavg()}
-    print(f"[{part} seed {seed}] test acc {acc:.4f}, training {result['train_s'] or float('nan'):.1f} s, "
-          f"process {wall:.1f} s", flush=True)
+    result = {"part": part, "seed": seed, "test_acc": None, "val_acc": None, "epochs": None, "train_s": None,
+              "fit_s": None, "wall_s": None, "load": None, "error": None}
+    try:
+        if reuse and sidecar.is_file() and json.loads(sidecar.read_text()).get("test_acc") is not None:
+            print(f"[{part} seed {seed}] reused {sidecar}", flush=True)
+            return json.loads(sidecar.read_text())
+        if reuse and log_path.is_file() and "best checkpoint:" in log_path.read_text():
+            log = log_path.read_text()
+            if sidecar.is_file():
+                result.update({k: v for k, v in json.loads(sidecar.read_text()).items() if k in ("wall_s", "load")})
+            print(f"[{part} seed {seed}] reusing the finished run in {home}"
+                  + ("" if result["wall_s"] else " (its process time is unknown)"), flush=True)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+            cmd = [sys.executable, "-m", "mnistops", "stage=train", *overrides]
+            env = dict(os.environ, MNISTOPS_HOME=str(home), PYTHONUNBUFFERED="1")
+            print(f"[{part} seed {seed}] {' '.join(cmd[1:])}  (MNISTOPS_HOME={home}; load {loadavg()})", flush=True)
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            result.update(wall_s=time.perf_counter() - t0, load=loadavg())
+            log = proc.stdout
+            log_path.write_text(log)
+            sidecar.write_text(json.dumps(result, indent=2))
+            if proc.returncode != 0:
+                raise RuntimeError(f"exit {proc.returncode}: " + " | ".join(log.strip().splitlines()[-3:]))
+        best = re.search(r"best checkpoint: (\S+)", log)
+        run = re.search(r"in run ([0-9a-f]{32})", log)
+        if not best or not run:
+            raise RuntimeError("no 'best checkpoint' / run id in the output")
+        metrics = run_metrics(home, run.group(1))
+        result.update(val_acc=metrics.get("best_val/acc"), epochs=metrics.get("epochs"),
+                      train_s=metrics.get("time/train_s"), fit_s=metrics.get("time/fit_s"))
+        result["test_acc"] = test_accuracy(home, best.group(1), overrides)
+    except Exception as err:  # noqa: BLE001 (report it in the table, measure the rest)
+        result["error"] = f"{type(err).__name__}: {err}"
+        print(f"[{part} seed {seed}] FAILED: {result['error']} (log: {log_path})", flush=True)
+        return result
+    sidecar.write_text(json.dumps(result, indent=2))
+    print(f"[{part} seed {seed}] test acc {result['test_acc']:.4f}, training {fmt(result['train_s'])} s, "
+          f"process {fmt(result['wall_s'])} s", flush=True)
     if not keep:
         shutil.rmtree(home, ignore_errors=True)
     return result
@@ -160,13 +190,17 @@ def seed_rows(rows: list[dict]) -> list[str]:
     lines = ["| seed | test acc | best val acc | epochs | training s | fit s (with val) | process s | load avg at end |",
              "|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
+        if r.get("error"):
+            lines.append(f"| {r['seed']} | failed: {r['error'][:200]} | | | | | {fmt(r['wall_s'])} | {r['load'] or ''} |")
+            continue
         lines.append(f"| {r['seed']} | {r['test_acc']:.2%} | {fmt(r['val_acc'], '.2%')} | {fmt(r['epochs'], 'd')} | "
-                     f"{fmt(r['train_s'])} | {fmt(r['fit_s'])} | {r['wall_s']:.1f} | {r['load']} |")
+                     f"{fmt(r['train_s'])} | {fmt(r['fit_s'])} | {fmt(r['wall_s'])} | {r['load'] or ''} |")
+    rows = [r for r in rows if not r.get("error")]
     if len(rows) > 1:
         accs = [r["test_acc"] for r in rows]
         lines.append(f"| **mean** | **{mean(accs):.2%}** (min {min(accs):.2%}) | {fmt(mean([r['val_acc'] for r in rows]), '.2%')} "
                      f"| | **{fmt(mean([r['train_s'] for r in rows]))}** | {fmt(mean([r['fit_s'] for r in rows]))} | "
-                     f"{mean([r['wall_s'] for r in rows]):.1f} | |")
+                     f"{fmt(mean([r['wall_s'] for r in rows]))} | |")
     return lines
 
 
@@ -200,11 +234,11 @@ def report(results: dict, info: dict, started: str, load0: str) -> str:
                          else f"did not reach {peer['target']:.1%}."), ""]
         lines += ["| recipe | test acc | epochs | training s (to >= 99.0 %) | with eval passes s | process s |",
                   "|---|---:|---:|---:|---:|---:|"]
-        fast = results.get("fast") or []
+        fast = [r for r in results.get("fast") or [] if not r.get("error")]
         if fast:
             lines.append(f"| mnistops `experiment=fast` (mean of {len(fast)}) | {mean([r['test_acc'] for r in fast]):.2%} | "
                          f"{fmt(fast[0]['epochs'], 'd')} | {fmt(mean([r['train_s'] for r in fast]))} | "
-                         f"{fmt(mean([r['fit_s'] for r in fast]))} | {mean([r['wall_s'] for r in fast]):.1f} |")
+                         f"{fmt(mean([r['fit_s'] for r in fast]))} | {fmt(mean([r['wall_s'] for r in fast]))} |")
         if peer:
             lines.append(f"| pytorch/examples mnist | {peer['test_acc']:.2%} | {len(peer['epochs'])} | {peer['train_s']:.1f} | "
                          f"{peer['train_s'] + peer['test_s']:.1f} | {peer['wall_s']:.1f} |")
@@ -228,12 +262,18 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds for the mnistops runs")
     parser.add_argument("--root", default=None, help="folder for the runs' MNISTOPS_HOMEs and logs (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep each run's MNISTOPS_HOME (checkpoints, MLflow store)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --root (and --keep) of an earlier, interrupted benchmark: measure its finished runs, don't retrain them")
+    parser.add_argument("--eval-checkpoint", default=None, help=argparse.SUPPRESS)  # internal: see test_accuracy()
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "training.md"),
                         help="where to write the markdown table ('' = don't)")
     parser.add_argument("--omp-wait-policy", default="PASSIVE",
                         help="OMP_WAIT_POLICY for every run unless already set ('' = leave it alone)")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every mnistops run")
     args = parser.parse_args(argv)
+    if args.eval_checkpoint:
+        print(json.dumps({"test_acc": eval_checkpoint(args.eval_checkpoint, args.overrides)}))
+        return
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
@@ -252,9 +292,12 @@ def main(argv=None) -> None:
         if part not in parts:
             continue
         if part == "peer":
-            results["peer"] = run_peer(root)
+            try:
+                results["peer"] = run_peer(root)
+            except (subprocess.CalledProcessError, OSError, ValueError) as err:
+                print(f"[peer] FAILED: {err}", flush=True)
         else:
-            results[part] = [train_once(part, seed, root, args.overrides, args.keep) for seed in seeds]
+            results[part] = [train_once(part, seed, root, args.overrides, args.keep, args.reuse) for seed in seeds]
         (root / "results.json").write_text(json.dumps(results, indent=2))
     table = report(results, info, started, load0)
     print("\n" + table)

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +29,9 @@ def config_path() -> str:
 def main(cfg: DictConfig) -> float | None:
     from mnistops.stages import run_stage
 
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # local copies: noise, not progress
+    for chatty in ("httpx", "httpcore"):  # one line per HTTP call drowns what the stages say
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         result = run_stage(cfg)
     except MnistopsError as err:

@@ -176,6 +176,43 @@ class SmokeStageConfig:
 
 
 @dataclass
+class BaselineStageConfig:
+    model: str = "models:/${env.model_name}@champion"  # whose quality becomes the model baseline
+    quantiles: List[float] = field(default_factory=lambda: [0.001, 0.999])
+    class_tolerance: float = 0.5  # relative, on each class's share of a batch
+
+
+@dataclass
+class ValidateStageConfig:
+    # what to check against the env's baseline suite: train | test (the dataset's files), or a
+    # .npz path with `images` (and optionally `labels`), e.g. collected production inputs
+    batch: str = "train"
+    data_docs: bool = True
+
+
+@dataclass
+class GateStageConfig:
+    candidate: str = "models:/${env.model_name}@candidate"
+    tolerance: float = 0.002  # accuracy may drop at most this much below the champion's
+    class_tolerance: float = 0.01  # no class's recall may drop more than this
+    min_accuracy: float = 0.97  # the first champion needs at least this
+
+
+@dataclass
+class CiStageConfig:
+    pytest_args: List[str] = field(default_factory=lambda: ["-m", "not slow", "-x", "-q"])
+
+
+@dataclass
+class PromoteStageConfig:
+    source_env: str = "qa"
+    # None: the source env's own local store, <paths.home>/<source_env>/mlflow.db
+    source_tracking_uri: Optional[str] = None
+    model: str = "models:/${env.model_name}@champion"  # in the source registry
+    alias: str = "champion"  # set on the promoted version in this env
+
+
+@dataclass
 class Config:
     defaults: List[Any] = field(default_factory=list)
     env: EnvConfig = MISSING
@@ -191,6 +228,11 @@ class Config:
     register: RegisterStageConfig = field(default_factory=RegisterStageConfig)
     deploy: DeployStageConfig = field(default_factory=DeployStageConfig)
     smoke: SmokeStageConfig = field(default_factory=SmokeStageConfig)
+    baseline: BaselineStageConfig = field(default_factory=BaselineStageConfig)
+    validate: ValidateStageConfig = field(default_factory=ValidateStageConfig)
+    gate: GateStageConfig = field(default_factory=GateStageConfig)
+    ci: CiStageConfig = field(default_factory=CiStageConfig)
+    promote: PromoteStageConfig = field(default_factory=PromoteStageConfig)
     seed: int = 42
     experiment_name: str = "mnistops"  # MLflow experiment, in the env's store
     # the score a sweep optimises (a metric of the train run, e.g. val/acc)

@@ -183,8 +183,16 @@ ERRORS = {400: "malformed JSON or multipart body", 401: "missing or wrong API ke
 SCORING_ERRORS = (400, 401, 404, 408, 413, 415, 422, 503)
 
 
+PIN_HEADER = {"name": "azureml-model-deployment", "in": "header", "required": False, "schema": {"type": "string"},
+              "description": "pin the deployment that answers (blue, green, ...), bypassing the traffic split; "
+                             "an unknown name gets a 404"}
+READY_QUERY = {"name": "deployment", "in": "query", "required": False, "schema": {"type": "string"},
+               "description": "check this deployment only (an unknown name gets a 404)"}
+
+
 def doc(ok=None, ok_status: int = 200, body=None, errors=(), secured: bool = False,
-        content: str = "application/json", summary: Optional[str] = None) -> dict:
+        content: str = "application/json", summary: Optional[str] = None, parameters=()) -> dict:
+    """The OpenAPI description of a route (its handler parses the raw request, so FastAPI can't infer it)."""
     responses: Dict[int, dict] = {}
     if ok is not None:
         responses[ok_status] = {"model": ok, "description": "OK"}
@@ -196,6 +204,8 @@ def doc(ok=None, ok_status: int = 200, body=None, errors=(), secured: bool = Fal
         extra["requestBody"] = {"required": True, "content": {content: {"schema": schema}}}
     if secured:
         extra["security"] = [{"bearerAuth": []}]
+    if parameters:
+        extra["parameters"] = list(parameters)
     out = {"responses": responses, "openapi_extra": extra, "status_code": ok_status}
     if summary:
         out["summary"] = summary
@@ -519,23 +529,24 @@ def create_app(endpoint_dir, freeze_gc: bool = False) -> FastAPI:
     # hot routes first: the router tries them in order
     add("/score", s.score, methods=["POST"], tags=["scoring"],
         **doc(S.PredictionResponse, body=S.ScoreRequest, errors=SCORING_ERRORS, secured=True,
-              summary="Score images (Azure ML score.py style)"))
+              summary="Score images (Azure ML score.py style)", parameters=[PIN_HEADER]))
     add("/invocations", s.invocations, methods=["POST"], tags=["scoring"],
         **doc(S.PredictionResponse, body=S.InvocationsRequest, errors=SCORING_ERRORS, secured=True,
-              summary="Score images (MLflow scoring protocol, Azure ML input_data)"))
+              summary="Score images (MLflow scoring protocol, Azure ML input_data)", parameters=[PIN_HEADER]))
     add("/v2/models/{name}/infer", s.v2_infer, methods=["POST"], tags=["open inference protocol"],
         **doc(S.V2InferResponse, body=S.V2InferRequest, errors=SCORING_ERRORS, secured=True,
-              summary="Open Inference Protocol inference"))
+              summary="Open Inference Protocol inference", parameters=[PIN_HEADER]))
     add("/predict", s.predict, methods=["POST"], tags=["scoring"],
         **doc(S.PredictionResponse, body=S.PredictUpload, errors=SCORING_ERRORS, secured=True,
-              content="multipart/form-data", summary="Score one uploaded picture of a digit (PNG/JPEG)"))
+              content="multipart/form-data", summary="Score one uploaded picture of a digit (PNG/JPEG)",
+              parameters=[PIN_HEADER]))
     add("/feedback", s.feedback, methods=["POST"], tags=["scoring"],
         **doc(S.FeedbackAccepted, 202, body=S.FeedbackRequest, errors=(400, 401, 413, 415, 422), secured=True,
               summary="Ground truth for a scored request id"))
     add("/health", s.health, methods=["GET"], tags=["ops"], **doc(S.Health, summary="Liveness"))
     add("/ready", s.ready, methods=["GET"], tags=["ops"],
         **doc(S.Ready, errors=(404, 503), summary="Readiness: every deployment with traffic answers "
-                                                  "(?deployment=NAME checks one)"))
+                                                  "(?deployment=NAME checks one)", parameters=[READY_QUERY]))
     add("/metrics", s.metrics_route, methods=["GET"], tags=["ops"], summary="Prometheus metrics",
         response_class=PlainTextResponse,
         responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})

@@ -3,11 +3,20 @@ requests on the hot path (``inputs.py`` validates by hand, faster and with per-f
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Literal, Optional, Union
+from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-Image = Union[List[float], List[List[float]]]
+from mnistops.serving.inputs import INVOCATION_KEYS
+
+# what ``inputs.to_batch`` accepts: 784-long rows or 28x28 grids of pixels, integers 0-255 or floats 0-1
+# (floats above 1 are read on the 0-255 scale)
+Pixel = Annotated[float, Field(ge=0, le=255)]
+ImageRow = Annotated[List[Pixel], Field(min_length=784, max_length=784, description="784 pixels, row-major")]
+ImageGrid = Annotated[List[Annotated[List[Pixel], Field(min_length=28, max_length=28)]],
+                      Field(min_length=28, max_length=28, description="28 rows of 28 pixels")]
+Image = Union[ImageRow, ImageGrid]
+Images = Union[Annotated[List[ImageRow], Field(min_length=1)], Annotated[List[ImageGrid], Field(min_length=1)], Image]
 
 
 class Error(BaseModel):
@@ -24,8 +33,9 @@ class Prediction(BaseModel):
 class ScoreRequest(BaseModel):
     """Azure ML score.py style."""
 
-    data: Union[List[Image], Image] = Field(
-        description="images: rows of 784 pixels or 28x28 arrays (or one of them); integers 0-255 or floats 0-1",
+    data: Images = Field(
+        description="images: a non-empty list of rows of 784 pixels or of 28x28 arrays (or one of them); "
+                    "integers 0-255 or floats 0-1",
         examples=[[[0] * 784]])
 
 
@@ -40,23 +50,28 @@ class PredictionResponse(BaseModel):
 class DataframeSplit(BaseModel):
     columns: Optional[List[str]] = Field(None, description="784 pixel columns, or 1 image column")
     index: Optional[List[Any]] = None
-    data: List[List[Any]]
+    data: List[List[Any]] = Field(min_length=1, description="rows of 784 pixels, or rows of 1 cell holding an image")
 
 
 class InvocationsRequest(BaseModel):
     """MLflow scoring protocol (exactly one key), plus Azure ML's MLflow ``input_data``."""
 
-    inputs: Optional[Union[List[Any], Dict[str, Any]]] = Field(None, description="tensor input (or {name: tensor})")
-    instances: Optional[List[Any]] = Field(None, description="TF-serving style list of images")
-    dataframe_split: Optional[DataframeSplit] = None
-    dataframe_records: Optional[List[Dict[str, Any]]] = None
-    input_data: Optional[Union[List[Any], DataframeSplit]] = Field(
+    # exactly one of the keys; the fields carry no `null` (a key that is present must hold its value)
+    model_config = ConfigDict(json_schema_extra={"oneOf": [{"required": [k]} for k in INVOCATION_KEYS]})
+
+    inputs: Union[Images, Dict[str, Images]] = Field(None, description="tensor input (or {name: tensor})")
+    instances: Union[Images, List[Annotated[Dict[str, Image], Field(min_length=1, max_length=1)]]] = Field(
+        None, description="TF-serving style list of images (or of {name: image} objects)")
+    dataframe_split: DataframeSplit = None
+    dataframe_records: Annotated[List[Dict[str, Any]], Field(min_length=1)] = Field(
+        None, description="records of 784 pixel fields, or of 1 image field, all with the same fields")
+    input_data: Union[Images, DataframeSplit, Dict[str, Images]] = Field(
         None, description="Azure ML MLflow deployments: a list of images or {columns, index, data}")
 
 
 class V2Tensor(BaseModel):
     name: str
-    shape: List[int]
+    shape: List[Annotated[int, Field(ge=0)]] = Field(min_length=1)
     datatype: Literal["UINT8", "INT8", "INT16", "INT32", "INT64", "UINT16", "UINT32", "UINT64", "FP16", "FP32",
                       "FP64"]
     data: List[Any] = Field(description="flat or nested values, row-major")
@@ -113,7 +128,7 @@ class Ready(BaseModel):
 
 class FeedbackRequest(BaseModel):
     request_id: str = Field(min_length=1, max_length=128, description="x-request-id of the scored request")
-    label: int = Field(ge=0, le=9, description="the true digit")
+    label: Literal[0, 1, 2, 3, 4, 5, 6, 7, 8, 9] = Field(description="the true digit (an integer 0-9)")
 
 
 class FeedbackAccepted(BaseModel):
@@ -163,9 +178,12 @@ class LoadRequest(BaseModel):
     model_uri: str = ""
 
 
+Percent = Annotated[int, Field(ge=0, le=100)]
+
+
 class TrafficRequest(BaseModel):
-    traffic: Dict[str, int] = Field(description="deployment -> percent (ints 0..100, summing to 100)")
-    mirror_traffic: Optional[Dict[str, int]] = Field(
+    traffic: Dict[str, Percent] = Field(description="deployment -> percent (ints 0..100, summing to 100)")
+    mirror_traffic: Optional[Dict[str, Percent]] = Field(
         None, description="deployment -> percent of requests also sent there (answer discarded); "
                           "only to deployments with 0% live traffic; omitted: unchanged")
 

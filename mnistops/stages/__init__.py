@@ -17,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnistops.errors import MnistopsError
 
-STAGES = ("data", "train", "evaluate", "register", "deploy", "smoke", "rollback", "endpoint")
+STAGES = ("data", "train", "evaluate", "register", "deploy", "smoke", "rollback", "endpoint", "baseline",
+          "validate", "gate", "tests", "cd", "promote")
 
 
 @dataclass

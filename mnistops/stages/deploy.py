@@ -97,6 +97,5 @@ def _result(endpoint, model, slot: str, traffic: Dict[str, int], changed: bool) 
     print(f"  draw a digit: {endpoint.url}/")
     print(f"  try it: curl -s {endpoint.url}/predict -H \"Authorization: Bearer $(cat {endpoint.key_file})\" "
           f"-F file=@{sample}")
-    return StageResult("deploy", model_uri=model.uri, metrics={},
-                       artifacts={"scoring_url": f"{endpoint.url}/score", "key_file": str(endpoint.key_file)},
-                       outputs={})
+    return StageResult("deploy", model_uri=model.uri, metrics={"deploy/changed": float(changed)},
+                       artifacts={"scoring_url": f"{endpoint.url}/score", "key_file": str(endpoint.key_file)})

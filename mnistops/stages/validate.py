@@ -1,0 +1,70 @@
+"""stage=validate: check a batch (the dataset's training or test file, or an .npz of images and
+optional labels, e.g. collected production inputs) against the env's baseline suite. A failure
+stops the pipeline with a readable report of the expectations that failed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from mnistops.errors import MnistopsError
+from mnistops.stages import StageResult
+
+
+def load_batch(cfg: DictConfig):
+    from mnistops.data import mirrors
+    from mnistops.data.idx import read_idx
+
+    source = cfg.validate.batch
+    if source in ("train", "test"):
+        paths = mirrors.fetch(cfg)
+        return read_idx(paths[f"{source}_images"]), read_idx(paths[f"{source}_labels"])
+    path = Path(source)
+    if not path.is_file():
+        raise MnistopsError(f"validate.batch={source!r}: not 'train', 'test' or an existing .npz file")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return npz["images"], (npz["labels"] if "labels" in npz.files else None)
+    except (KeyError, ValueError, OSError) as err:
+        raise MnistopsError(f"validate.batch={source}: not an .npz with an 'images' array ({err})") from err
+
+
+def run(cfg: DictConfig) -> StageResult:
+    import mlflow
+
+    from mnistops import tracking
+    from mnistops.quality import load_suite, store, validate_batch
+
+    suite_file = store.current_suite_path(cfg)
+    if suite_file is None:
+        print(f"validate: no baseline suite in env {cfg.env.name!r} yet (stage=baseline makes one): nothing to compare")
+        return StageResult("validate", metrics={"validate/skipped": 1.0})
+    suite = load_suite(suite_file)
+    images, labels = load_batch(cfg)
+    with tracking.start_run(cfg, "validate") as active:
+        out = tracking.output_dir(cfg, "validate")
+        report = validate_batch(suite, images, labels, data_docs_dir=out / "data_docs" if cfg.validate.data_docs else None)
+        (out / "validation.json").write_text(json.dumps(report.raw, indent=2, default=str))
+        (out / "validation.txt").write_text(report.summary())
+        mlflow.log_artifact(str(out / "validation.json"), "validation")
+        mlflow.log_artifact(str(out / "validation.txt"), "validation")
+        if report.data_docs_index:
+            mlflow.log_artifacts(str(report.data_docs_index.parent), "validation/data_docs")
+        stats = report.statistics
+        metrics = {"validate/success": float(report.success),
+                   "validate/failed_expectations": float(stats.get("unsuccessful_expectations", 0)),
+                   "validate/evaluated_expectations": float(stats.get("evaluated_expectations", 0))}
+        tracking.log_metrics(metrics)
+        mlflow.set_tags({"mnistops.suite_version": suite.meta["mnistops"]["suite_version"],
+                         "mnistops.validation": "passed" if report.success else "failed",
+                         "mnistops.batch": str(cfg.validate.batch)})
+    print(report.summary())
+    if not report.success:
+        raise MnistopsError(f"validation of {cfg.validate.batch} failed against suite "
+                            f"{suite.meta['mnistops']['suite_version']}: {', '.join(report.failed_checks())} "
+                            f"(report: {out / 'validation.txt'})")
+    return StageResult("validate", run_id=active.info.run_id, metrics=metrics,
+                       artifacts={"report": str(out / "validation.txt")})

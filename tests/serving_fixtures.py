@@ -1,0 +1,127 @@
+"""Helpers shared by the tests that drive a real endpoint server from the outside (browser, OpenAPI
+fuzzing, Postman collection): a registered model trained once per test session by the real
+pipeline, an endpoint dir laid out as the deploy stage lays it out, and the server process.
+
+Not a conftest: the test modules import what they use. ``registered_model`` memoises in this
+module, so the model is trained once per session however many modules ask for it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import httpx
+
+from conftest import REPO, mlflow_client, run_cli
+
+KEY = "test-key-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+# a logreg that reads MNIST well enough (~90 %) to recognise a test image and a drawn "1"
+QUICK = ["model=logreg", "trainer.max_epochs=1", "trainer.limit_train_batches=60", "trainer.limit_val_batches=2"]
+
+_MODELS: Dict[str, Path] = {}
+
+
+def registered_model(tmp_path_factory, data_cache: Path) -> Path:
+    """``models:/mnist-classifier@candidate`` trained and registered by the real pipeline, downloaded as
+    the deploy stage does it; made once per test session."""
+    if "candidate" in _MODELS:
+        return _MODELS["candidate"]
+    home = tmp_path_factory.mktemp("served-model-home")
+    shutil.copytree(data_cache, home / "data")
+    run_cli(QUICK, home, check=True, timeout=600)
+    import mlflow
+
+    mlflow_client(home)
+    dst = home / "downloaded"
+    dst.mkdir()
+    path = Path(mlflow.artifacts.download_artifacts("models:/mnist-classifier@candidate", dst_path=str(dst)))
+    assert (path / "artifacts" / "model.onnx").is_file() and (path / "MLmodel").is_file()
+    _MODELS["candidate"] = path
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def make_endpoint(root: Path, model_dir: Path, name: str = "mnist", port: Optional[int] = None, **server) -> Path:
+    """The endpoint dir as the deploy stage lays it out: server.json, key (0600), models/, state.json."""
+    d = root / "dev" / "endpoints" / name
+    (d / "models").mkdir(parents=True)
+    cfg = {"name": name, "env": "dev", "host": "127.0.0.1", "port": port or free_port(), "auth": True,
+           "max_body_bytes": 2_000_000, "request_timeout_ms": 2000, "max_batch": 64, "max_wait_ms": 2.0,
+           "max_queue": 2048, **server}
+    (d / "server.json").write_text(json.dumps(cfg))
+    fd = os.open(d / "key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, (KEY + "\n").encode())
+    os.close(fd)
+    blue = d / "models" / "mnist-classifier-v1"
+    shutil.copytree(model_dir, blue)
+    state = {"deployments": {"blue": {"model_name": "mnist-classifier", "version": "1",
+                                      "model_uri": "models:/mnist-classifier/1", "path": str(blue),
+                                      "loaded_at": "2025-01-01T00:00:00+00:00"}},
+             "traffic": {"blue": 100}, "mirror_traffic": {}, "previous": None}
+    (d / "state.json").write_text(json.dumps(state))
+    return d
+
+
+class ServerProcess:
+    """``python -m mnistops.serving --endpoint-dir DIR`` as the deploy stage starts it."""
+
+    def __init__(self, endpoint_dir: Path):
+        self.dir = endpoint_dir
+        cfg = json.loads((endpoint_dir / "server.json").read_text())
+        self.url = f"http://{cfg['host']}:{cfg['port']}"
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self, timeout: float = 30) -> "ServerProcess":
+        log = open(self.dir / "server.log", "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mnistops.serving", "--endpoint-dir", str(self.dir)],
+                                     cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise AssertionError(f"server not ready in {timeout}s:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return (self.dir / "server.log").read_text(errors="replace")
+
+    def client(self, key: bool = True, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=AUTH if key else {}, timeout=30, **kw)
+
+    def stop(self) -> Optional[int]:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return None if self.proc is None else self.proc.returncode
+
+
+def server_errors_logged(srv: ServerProcess) -> list:
+    """Lines of the server log that record an internal error (a 500 or a traceback)."""
+    return [line for line in srv.log().splitlines() if "internal error" in line or "Traceback" in line]
