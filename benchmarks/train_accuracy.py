@@ -166,14 +166,18 @@ def train_once(part: str, seed: int, root: Path, extra: list[str], keep: bool, r
     return result
 
 
-def run_peer(root: Path) -> dict:
+def run_peer(root: Path, reuse: bool = False) -> dict:
     out = root / "peer.json"
+    if reuse and out.is_file() and "wall_s" in json.loads(out.read_text()):
+        print(f"[peer] reused {out}", flush=True)
+        return json.loads(out.read_text())
     cmd = [sys.executable, str(REPO / "benchmarks" / "torch_example_mnist.py"), "--json", str(out)]
     print(f"[peer] {' '.join(cmd[1:])}  (load {loadavg()})", flush=True)
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO)
     result = json.loads(out.read_text())
     result.update(part="peer", wall_s=time.perf_counter() - t0, load=loadavg())
+    out.write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -293,7 +297,7 @@ def main(argv=None) -> None:
             continue
         if part == "peer":
             try:
-                results["peer"] = run_peer(root)
+                results["peer"] = run_peer(root, args.reuse)
             except (subprocess.CalledProcessError, OSError, ValueError) as err:
                 print(f"[peer] FAILED: {err}", flush=True)
         else:

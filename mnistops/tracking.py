@@ -178,10 +178,14 @@ def log_dataset(cfg: DictConfig, images: Any, labels: Any, context: str) -> None
     """An MLflow dataset entry (its digest is the files' checksums, so equal data -> equal digest)."""
     from mnistops.data import mirrors
 
+    import warnings
+
     source = mirrors.cache_dir(cfg).as_uri()
     split = "train" if context == "training" else context
-    dataset = mlflow.data.from_numpy(images, targets=labels, source=source, name=f"{cfg.data.name}-{split}",
-                                     digest=f"{mirrors.digest(cfg)}-{split}")
+    with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local dir
+        warnings.simplefilter("ignore", UserWarning)
+        dataset = mlflow.data.from_numpy(images, targets=labels, source=source, name=f"{cfg.data.name}-{split}",
+                                         digest=f"{mirrors.digest(cfg)}-{split}")
     mlflow.log_input(dataset, context=context)
     mlflow.set_tag("mnistops.dataset_digest", mirrors.digest(cfg))
 

@@ -14,6 +14,10 @@ def run(cfg: DictConfig) -> StageResult:
     endpoint = LocalEndpoint(cfg)
     if not endpoint.healthy():
         raise MnistopsError(f"endpoint {endpoint.name} ({cfg.env.name}) is not running at {endpoint.url}")
+    previous = endpoint.state().get("previous") or {}
+    if not any(pct > 0 for pct in (previous.get("traffic") or {}).values()):
+        raise MnistopsError(f"endpoint {endpoint.name} ({cfg.env.name}) has no previous deployment that took traffic: "
+                            "nothing to roll back to")
     state = endpoint.admin("POST", "/admin/rollback")
     traffic = state.get("traffic", {})
     versions = {d: v.get("model_uri") for d, v in state.get("deployments", {}).items()}
