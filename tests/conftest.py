@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
 DEFAULT_MIRROR = (REPO.parent / "shared" / "datasets" / "mnist").resolve()
 # a few batches of real data: enough to check behaviour, small enough for a 2-core CI
+# enough training for a model that predicts digits (logreg, 60 batches: ~0.85-0.9 test accuracy)
+QUICK = ["model=logreg", "trainer.max_epochs=1", "trainer.limit_train_batches=60", "trainer.limit_val_batches=2"]
 TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
         "data.batch_size=32", "data.eval_batch_size=500"]
 
@@ -54,6 +56,21 @@ def home(tmp_path, data_cache, monkeypatch) -> Path:
     monkeypatch.setenv("MNISTOPS_HOME", str(h))
     monkeypatch.setenv("MNISTOPS_DATA_MIRROR", mirror_url())
     return h
+
+
+def fresh_home(tmp_path_factory, data_cache: Path, name: str) -> Path:
+    """A new MNISTOPS_HOME for a module's shared stores, with the session's verified data cache."""
+    home = tmp_path_factory.mktemp(name)
+    shutil.copytree(data_cache, home / "data")
+    return home
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def compose(overrides: List[str], home: Optional[Path] = None):

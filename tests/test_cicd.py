@@ -5,29 +5,19 @@ version into PROD's registry, and PROD serving the same weights."""
 from __future__ import annotations
 
 import hashlib
-import shutil
-import socket
 
 import numpy as np
 import pytest
 
-from conftest import mlflow_client, run_cli, runs_of
+from conftest import QUICK, free_port, fresh_home, mlflow_client, run_cli, runs_of
 from mnistops.data.idx import read_idx
 
-QUICK = ["model=logreg", "trainer.max_epochs=1", "trainer.limit_train_batches=60", "trainer.limit_val_batches=2"]
 FAST_TESTS = "ci.pytest_args=[tests/test_config.py::test_default_main_job_is_the_dev_pipeline,-q,-p,no:cacheprovider]"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def flow(tmp_path_factory, data_cache):
-    home = tmp_path_factory.mktemp("cicd-home")
-    shutil.copytree(data_cache, home / "data")
+    home = fresh_home(tmp_path_factory, data_cache, "cicd-home")
     ports = {env: f"endpoint.port={free_port()}" for env in ("qa", "prod")}
     yield home, ports
     for env in ("qa", "prod"):

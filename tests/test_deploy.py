@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -14,25 +13,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import compose, mlflow_client, run_cli
+from conftest import QUICK, compose, free_port, fresh_home, mlflow_client, run_cli
 from mnistops.data.idx import read_idx
 from mnistops.errors import MnistopsError
 from mnistops.stages import run_stage
 
-QUICK = ["model=logreg", "trainer.max_epochs=1", "trainer.limit_train_batches=60", "trainer.limit_val_batches=2"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def registry_home(tmp_path_factory, data_cache):
     """A dev registry with two good versions of one trained model (v1, v2) and a broken one (v3)."""
-    home = tmp_path_factory.mktemp("deploy-home")
-    shutil.copytree(data_cache, home / "data")
+    home = fresh_home(tmp_path_factory, data_cache, "deploy-home")
     run_cli(QUICK, home, check=True)
     client = mlflow_client(home)
     v1 = client.get_model_version("mnist-classifier", "1")

@@ -4,25 +4,22 @@ in a registered, evaluated model that `mlflow.pyfunc.load_model` serves for any 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import compose, mlflow_client, run_cli, runs_of
+from conftest import QUICK, compose, fresh_home, mlflow_client, run_cli, runs_of
 from mnistops.data.idx import read_idx
 from mnistops.errors import MnistopsError
 from mnistops.stages import run_stage
 
-QUICK = ["model=logreg", "trainer.max_epochs=1", "trainer.limit_train_batches=60", "trainer.limit_val_batches=2"]
 
 
 @pytest.fixture(scope="module")
 def pipeline_home(tmp_path_factory, data_cache):
     """One real pipeline run (the default main job on a slice of training) shared by this module."""
-    home = tmp_path_factory.mktemp("pipeline-home")
-    shutil.copytree(data_cache, home / "data")
+    home = fresh_home(tmp_path_factory, data_cache, "pipeline-home")
     proc = run_cli(QUICK, home, check=True, timeout=600)
     assert "registered models:/mnist-classifier/1 (alias @candidate)" in proc.stdout
     assert "test accuracy" in proc.stdout

@@ -3,7 +3,6 @@ MLflow registry with an input example, output signature and lineage tags, and se
 
 from __future__ import annotations
 
-import numpy as np
 from omegaconf import DictConfig
 
 from mnistops.errors import MnistopsError

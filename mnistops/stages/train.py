@@ -60,7 +60,6 @@ def run(cfg: DictConfig) -> StageResult:
     from lightning.pytorch.loggers import MLFlowLogger
 
     from mnistops import tracking
-    from mnistops.data import mirrors
     from mnistops.data.datamodule import MNISTDataModule
 
     if cfg.compute.num_threads:
