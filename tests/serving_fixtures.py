@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,23 +20,21 @@ from typing import Dict, Optional
 
 import httpx
 
-from conftest import REPO, mlflow_client, run_cli
+from conftest import QUICK, REPO, free_port, fresh_home, mlflow_client, run_cli
 
 KEY = "test-key-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {KEY}"}
-# a logreg that reads MNIST well enough (~90 %) to recognise a test image and a drawn "1"
-QUICK = ["model=logreg", "trainer.max_epochs=1", "trainer.limit_train_batches=60", "trainer.limit_val_batches=2"]
 
 _MODELS: Dict[str, Path] = {}
 
 
 def registered_model(tmp_path_factory, data_cache: Path) -> Path:
-    """``models:/mnist-classifier@candidate`` trained and registered by the real pipeline, downloaded as
-    the deploy stage does it; made once per test session."""
+    """``models:/mnist-classifier@candidate`` trained and registered by the real pipeline (QUICK: a logreg
+    good enough, ~90 %, to read a test image and a drawn "1" or "7"), downloaded as the deploy stage does
+    it; made once per test session."""
     if "candidate" in _MODELS:
         return _MODELS["candidate"]
-    home = tmp_path_factory.mktemp("served-model-home")
-    shutil.copytree(data_cache, home / "data")
+    home = fresh_home(tmp_path_factory, data_cache, "served-model-home")
     run_cli(QUICK, home, check=True, timeout=600)
     import mlflow
 
@@ -48,12 +45,6 @@ def registered_model(tmp_path_factory, data_cache: Path) -> Path:
     assert (path / "artifacts" / "model.onnx").is_file() and (path / "MLmodel").is_file()
     _MODELS["candidate"] = path
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def make_endpoint(root: Path, model_dir: Path, name: str = "mnist", port: Optional[int] = None, **server) -> Path:
