@@ -226,7 +226,8 @@ def report(results: dict, info: dict, started: str, load0: str) -> str:
     if results.get("fast") or results.get("peer"):
         lines += ["## `experiment=fast` vs the pytorch/examples MNIST recipe, to 99.0 % test accuracy", ""]
         if results.get("fast"):
-            lines += ["`python -m mnistops stage=train experiment=fast seed=S`:", ""]
+            lines += ["`python -m mnistops stage=train experiment=fast seed=S` (`conf/experiment/fast.yaml`; its epochs may "
+                      "each take only part of the batches, `trainer.limit_train_batches`):", ""]
             lines += seed_rows(results["fast"]) + [""]
         peer = results.get("peer")
         if peer:
