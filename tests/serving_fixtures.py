@@ -77,7 +77,8 @@ class ServerProcess:
         self.url = f"http://{cfg['host']}:{cfg['port']}"
         self.proc: Optional[subprocess.Popen] = None
 
-    def start(self, timeout: float = 30) -> "ServerProcess":
+    def start(self, timeout: float = 30, wait_for: str = "/ready") -> "ServerProcess":
+        """Start it and wait until `wait_for` answers 200 (/health: up, even with a broken deployment)."""
         log = open(self.dir / "server.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "mnistops.serving", "--endpoint-dir", str(self.dir)],
                                      cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
@@ -88,7 +89,7 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log()[-3000:]}")
             try:
-                if httpx.get(self.url + "/ready", timeout=1).status_code == 200:
+                if httpx.get(self.url + wait_for, timeout=1).status_code == 200:
                     return self
             except httpx.HTTPError:
                 pass
@@ -111,6 +112,10 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         return None if self.proc is None else self.proc.returncode
+
+    def kill9(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
 
 
 def server_errors_logged(srv: ServerProcess) -> list:

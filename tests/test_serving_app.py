@@ -6,13 +6,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,32 +16,15 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import REPO, mlflow_client, run_cli
+from serving_fixtures import AUTH, KEY, ServerProcess, make_endpoint, registered_model
 from mnistops.data.idx import read_idx
 
 pytestmark = pytest.mark.slow
 
-KEY = "test-key-0123456789abcdef"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-QUICK = ["model=logreg", "trainer.max_epochs=1", "trainer.limit_train_batches=60", "trainer.limit_val_batches=2"]
-
-
-# --------------------------------------------------------------------------- fixtures and helpers
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, data_cache) -> Path:
     """A logreg model trained and registered by the real pipeline, downloaded as the deploy stage does."""
-    home = tmp_path_factory.mktemp("serving-home")
-    shutil.copytree(data_cache, home / "data")
-    run_cli(QUICK, home, check=True, timeout=600)
-    import mlflow
-
-    mlflow_client(home)
-    dst = home / "downloaded"
-    dst.mkdir()
-    path = Path(mlflow.artifacts.download_artifacts("models:/mnist-classifier@candidate", dst_path=str(dst)))
-    assert (path / "artifacts" / "model.onnx").is_file() and (path / "MLmodel").is_file()
-    return path
+    return registered_model(tmp_path_factory, data_cache)
 
 
 @pytest.fixture(scope="module")
@@ -65,81 +43,6 @@ def reference(model_dir: Path, images: np.ndarray) -> np.ndarray:
     logits = sess.run(None, {"images": x})[0]
     z = np.exp(logits - logits.max(1, keepdims=True))
     return z / z.sum(1, keepdims=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def make_endpoint(root: Path, model_dir: Path, name: str = "mnist", **server) -> Path:
-    """The endpoint dir as the deploy stage lays it out: server.json, key (0600), models/, state.json."""
-    d = root / "dev" / "endpoints" / name
-    (d / "models").mkdir(parents=True)
-    cfg = {"name": name, "env": "dev", "host": "127.0.0.1", "port": free_port(), "auth": True,
-           "max_body_bytes": 2_000_000, "request_timeout_ms": 2000, "max_batch": 64, "max_wait_ms": 2.0,
-           "max_queue": 2048, **server}
-    (d / "server.json").write_text(json.dumps(cfg))
-    fd = os.open(d / "key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, (KEY + "\n").encode())
-    os.close(fd)
-    blue = d / "models" / "mnist-classifier-v1"
-    shutil.copytree(model_dir, blue)
-    state = {"deployments": {"blue": {"model_name": "mnist-classifier", "version": "1",
-                                      "model_uri": "models:/mnist-classifier/1", "path": str(blue),
-                                      "loaded_at": "2025-01-01T00:00:00+00:00"}},
-             "traffic": {"blue": 100}, "mirror_traffic": {}, "previous": None}
-    (d / "state.json").write_text(json.dumps(state))
-    return d
-
-
-class ServerProcess:
-    """`python -m mnistops.serving --endpoint-dir DIR` as the deploy stage starts it."""
-
-    def __init__(self, endpoint_dir: Path):
-        self.dir = endpoint_dir
-        cfg = json.loads((endpoint_dir / "server.json").read_text())
-        self.url = f"http://{cfg['host']}:{cfg['port']}"
-        self.proc = None
-
-    def start(self, timeout: float = 30) -> "ServerProcess":
-        log = open(self.dir / "server.log", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "mnistops.serving", "--endpoint-dir", str(self.dir)],
-                                     cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"server not up in {timeout}s:\n{self.log()[-3000:]}")
-
-    def log(self) -> str:
-        return (self.dir / "server.log").read_text(errors="replace")
-
-    def client(self, key: bool = True, **kw) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=AUTH if key else {}, timeout=30, **kw)
-
-    def stop(self) -> int:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
-
-    def kill9(self) -> None:
-        self.proc.kill()
-        self.proc.wait()
 
 
 def metric(text: str, name: str, **labels) -> float:
@@ -166,7 +69,7 @@ def png(img: np.ndarray, fmt: str = "PNG") -> bytes:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, model_dir):
     """The main endpoint (auth on, blue = the registered model): read-only tests share it."""
-    srv = ServerProcess(make_endpoint(tmp_path_factory.mktemp("ep-main"), model_dir)).start()
+    srv = ServerProcess(make_endpoint(tmp_path_factory.mktemp("ep-main"), model_dir)).start(wait_for="/health")
     yield srv
     srv.stop()
 
@@ -463,7 +366,7 @@ def test_queue_full_is_503_and_slow_answers_are_408(tmp_path, model_dir):
     state = json.loads((d / "state.json").read_text())
     state["deployments"]["blue"].update(path=str(slow), version="slow")
     (d / "state.json").write_text(json.dumps(state))
-    srv = ServerProcess(d).start()
+    srv = ServerProcess(d).start(wait_for="/health")
     try:
         body = {"data": [[0] * 784]}
         barrier = threading.Barrier(12)
@@ -523,7 +426,7 @@ def test_blue_green_traffic_mirror_rollback_and_restart(tmp_path, model_dir, mni
     (broken / "artifacts" / "model.onnx").write_bytes(b"\x08\x07 this is not an onnx graph")
     green = {"path": str(green_dir), "model_name": "mnist-classifier", "version": "2",
              "model_uri": "models:/mnist-classifier/2"}
-    srv = ServerProcess(d).start()
+    srv = ServerProcess(d).start(wait_for="/health")
     ref = reference(model_dir, mnist[0][:2])
     body = {"data": mnist[0][:2].tolist()}
     try:
@@ -597,7 +500,7 @@ def test_blue_green_traffic_mirror_rollback_and_restart(tmp_path, model_dir, mni
         # kill -9, start again: deployments and traffic come back
         assert (d / "server.pid").read_text().strip() == str(srv.proc.pid)
         srv.kill9()
-        srv.start()
+        srv.start(wait_for="/health")
         with srv.client() as c:
             again = c.get("/admin/state").json()
             assert again["traffic"] == state["traffic"] and again["mirror_traffic"] == {}
@@ -627,7 +530,7 @@ def test_a_deployment_that_fails_to_load_at_startup_is_reported(tmp_path, model_
                                      "version": "2"}
     state["traffic"] = {"blue": 90, "green": 10}
     (d / "state.json").write_text(json.dumps(state))
-    srv = ServerProcess(d).start()
+    srv = ServerProcess(d).start(wait_for="/health")
     try:
         with srv.client() as c:
             r = c.get("/ready")
