@@ -4,6 +4,8 @@ Logged as "models from code": MLflow copies this file into the model, so loading
 numpy, pandas and onnxruntime (no torch, no mnistops). Accepted inputs, any batch size:
 28x28 images or 784-long rows, as numpy arrays, nested lists or DataFrames, uint8 0-255 or
 float 0-1. Output: one row per image with `digit` and `probabilities` (10 floats).
+The input rules match the endpoint's (mnistops/serving/inputs.py) but are written out here on
+purpose: this file travels inside every registered model and may import nothing of mnistops.
 """
 
 from __future__ import annotations
