@@ -111,7 +111,10 @@ def _remove_stale_parts(cache: Path) -> None:
             pid = int(part.name.split(".")[-2])
             os.kill(pid, 0)  # still running: leave it alone
         except (ValueError, IndexError, ProcessLookupError):
-            shutil.rmtree(part, ignore_errors=True)
+            if part.is_dir():
+                shutil.rmtree(part, ignore_errors=True)
+            else:
+                part.unlink(missing_ok=True)
         except PermissionError:
             pass
 
@@ -180,6 +183,6 @@ def digest(cfg: DictConfig) -> str:
 def _write_manifest(cfg: DictConfig, cache: Path) -> None:
     manifest = {"dataset": cfg.data.name, "digest": digest(cfg),
                 "files": {cfg.data[k].name: {"size": cfg.data[k].size, "md5": cfg.data[k].md5} for k in FILE_KEYS}}
-    tmp = cache / ".manifest.json.part"
+    tmp = cache / f".manifest.json.{os.getpid()}.part"  # per process: DDP ranks write it at the same time
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, cache / "manifest.json")
