@@ -66,13 +66,19 @@ def hydra_output_dir() -> Optional[str]:
     return HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None
 
 
+_RUN_DIRS: list = []  # output dirs of the runs open in this process (start_run), innermost last
+
+
 def output_dir(cfg: DictConfig, stage: str) -> Path:
-    """Hydra's run dir when there is one; else a fresh dir under the env (API and tests)."""
+    """The open run's output dir; else Hydra's run dir; else (API, tests) a fresh one under the env."""
+    if _RUN_DIRS:
+        return _RUN_DIRS[-1]
     out = hydra_output_dir()
     if out is None:
         import time
+        import uuid
 
-        out = env_dir(cfg) / "outputs" / f"{time.strftime('%Y-%m-%d/%H-%M-%S')}-{stage}-{os.getpid()}"
+        out = env_dir(cfg) / "outputs" / f"{time.strftime('%Y-%m-%d/%H-%M-%S')}-{stage}-{uuid.uuid4().hex[:8]}"
     Path(out).mkdir(parents=True, exist_ok=True)
     return Path(out)
 
@@ -111,11 +117,12 @@ def start_run(cfg: DictConfig, stage: str, run_id: Optional[str] = None) -> Iter
     """A run for `stage`, nested under the active run (a pipeline) or the sweep's parent run.
     With `run_id`, continue that run instead (resume)."""
     experiment_id = configure(cfg)
+    out = output_dir(cfg, stage)
     tags = {
         STAGE_TAG: stage,
         "mnistops.env": cfg.env.name,
         "mnistops.git_commit": git_commit(),
-        "mnistops.output_dir": str(output_dir(cfg, stage)),
+        "mnistops.output_dir": str(out),
         "mnistops.overrides": " ".join(task_overrides()),
     }
     if run_id is None and mlflow.active_run() is None:
@@ -125,7 +132,11 @@ def start_run(cfg: DictConfig, stage: str, run_id: Optional[str] = None) -> Iter
     nested = mlflow.active_run() is not None
     with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, nested=nested,
                           run_name=None if run_id else stage, tags=tags) as run:
-        yield run
+        _RUN_DIRS.append(out)
+        try:
+            yield run
+        finally:
+            _RUN_DIRS.pop()
 
 
 def flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
