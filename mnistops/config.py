@@ -55,6 +55,21 @@ class EndpointConfig:
     max_queue: int = 2048  # images waiting per deployment; beyond it: 503 at once
     startup_timeout_s: float = 90.0
     action: str = "status"  # stage=endpoint: status | stop
+    collect: "CollectConfig" = field(default_factory=lambda: CollectConfig())
+
+
+@dataclass
+class CollectConfig:
+    """The endpoint's data collector: what it served, into <paths.home>/<env>/monitoring/<endpoint>/."""
+
+    enabled: bool = True
+    # share of scored requests whose inputs and outputs are kept; every request's system record
+    # (status, latency, deployment) is kept whatever the rate
+    sampling_rate: float = 1.0
+    rotate_mb: float = 64.0  # a request file is closed and a new one started past this size...
+    rotate_minutes: float = 60.0  # ...or this age
+    flush_ms: float = 200.0  # the writer thread wakes this often (what a kill -9 can lose)
+    max_pending: int = 50000  # records waiting for the writer; beyond it they are dropped and counted
 
 
 @dataclass
@@ -89,6 +104,9 @@ class DataConfig:
     timeout_s: float = 30.0  # per mirror request
     retries: int = 2  # per mirror
     sample_grid: int = 100  # images in the sample grid PNG
+    # .npz files (`images` uint8 N x 28 x 28, `labels`) appended to the training split, e.g. the
+    # feedback-labelled production data a monitor-triggered retraining adds
+    extra_train: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -213,6 +231,64 @@ class PromoteStageConfig:
 
 
 @dataclass
+class MonitorThresholds:
+    data_drift: float = 0.1  # normalised Wasserstein distance, per image feature
+    embedding_drift: float = 0.1  # normalised Wasserstein distance, per principal component of the embedding
+    prediction_drift: float = 0.1  # Jensen-Shannon distance (base 2) of the predicted-class distribution
+    out_of_bounds_rate: float = 0.05  # share of collected images failing a baseline-suite range check
+    malformed_rate: float = 0.05  # share of scoring requests refused as malformed (400/415/422)
+    min_accuracy: float = 0.95  # on requests with feedback
+    min_class_recall: float = 0.8  # per class, on requests with feedback
+    max_p99_ms: float = 500.0  # per deployment
+    max_error_rate: float = 0.01  # 5xx, 408 and 503 answers per deployment
+
+
+@dataclass
+class AlertSinksConfig:
+    webhook_url: Optional[str] = None  # Teams/Slack-style incoming webhook; None: the alert log only
+    timeout_s: float = 5.0
+    retries: int = 3  # attempts after the first
+    backoff_s: float = 0.5  # doubled after each failed attempt
+    fail_on_sink_error: bool = False  # a dead sink is always reported; this also makes it fail the run
+
+
+@dataclass
+class RetrainConfig:
+    overrides: List[str] = field(default_factory=list)  # extra overrides for the retraining `stage=ci`
+    min_labelled: int = 1  # feedback-labelled images needed before a retraining is worth it
+
+
+@dataclass
+class MonitorConfig:
+    window: str = "24h"  # how far back from now: 30m | 24h | 7d | all
+    endpoint: Optional[str] = None  # None: endpoint.name
+    reference_size: int = 10000  # training images sampled as the drift reference
+    min_requests: int = 100  # fewer collected images: drift signals are reported as not computed
+    min_feedback: int = 30  # fewer labelled requests: model performance is not judged
+    embedding_components: int = 8  # principal components of the model embedding compared
+    model: Optional[str] = None  # whose embedding; None: the version that served most of the window
+    thresholds: MonitorThresholds = field(default_factory=MonitorThresholds)
+    alerts: AlertSinksConfig = field(default_factory=AlertSinksConfig)
+    on_alert: str = "none"  # none | retrain
+    fail_on_alert: bool = False  # alerts are data: exit 0 unless this is set
+    retrain: RetrainConfig = field(default_factory=RetrainConfig)
+    schedule: str = "0 * * * *"  # cron: how often the scheduled monitoring job runs
+
+
+@dataclass
+class TrafficStageConfig:
+    shift: str = "none"  # none | rotate | noise | blur | invert | thick | imbalance
+    severity: float = 1.0  # 0..1
+    requests: int = 500
+    rate: float = 50.0  # requests per second; 0: as fast as the endpoint answers
+    feedback_fraction: float = 0.0  # share of requests whose true label is sent to /feedback
+    label_noise: float = 0.0  # share of that feedback given a wrong label
+    concurrency: int = 4
+    seed: Optional[int] = None  # None: the top-level seed
+    deployment: Optional[str] = None  # pin a deployment; None: the endpoint's traffic split
+
+
+@dataclass
 class Config:
     defaults: List[Any] = field(default_factory=list)
     env: EnvConfig = MISSING
@@ -233,6 +309,8 @@ class Config:
     gate: GateStageConfig = field(default_factory=GateStageConfig)
     ci: CiStageConfig = field(default_factory=CiStageConfig)
     promote: PromoteStageConfig = field(default_factory=PromoteStageConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    traffic: TrafficStageConfig = field(default_factory=TrafficStageConfig)
     seed: int = 42
     experiment_name: str = "mnistops"  # MLflow experiment, in the env's store
     # the score a sweep optimises (a metric of the train run, e.g. val/acc)
@@ -252,6 +330,7 @@ def register_configs() -> None:
         ("stage", StageConfig),
         ("trainer", TrainerConfig),
         ("paths", PathsConfig),
+        ("monitor", MonitorConfig),
     ):
         cs.store(group=group, name=f"{group}_schema", node=node)
 

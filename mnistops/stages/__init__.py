@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mnistops.errors import MnistopsError
 
 STAGES = ("data", "train", "evaluate", "register", "deploy", "smoke", "rollback", "endpoint", "baseline",
-          "validate", "gate", "tests", "cd", "promote")
+          "validate", "gate", "tests", "cd", "promote", "traffic", "monitor")
 
 
 @dataclass
