@@ -1,0 +1,1 @@
+"""Model monitoring: drift, data quality, model quality and system signals, reports, alerts."""
