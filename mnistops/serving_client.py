@@ -1,5 +1,5 @@
 """Talking to an endpoint the way users do: authenticated web requests with real test images.
-Shared by stage=deploy (the readiness probe before traffic moves) and stage=smoke."""
+Shared by stage=deploy (the readiness probe before traffic moves), stage=smoke and stage=traffic."""
 
 from __future__ import annotations
 
@@ -27,6 +27,13 @@ def score(client: httpx.Client, url: str, key: str, images: np.ndarray, deployme
         return resp.status_code, resp.json()
     except ValueError:
         return resp.status_code, {"error": resp.text[:200]}
+
+
+def feedback(client: httpx.Client, url: str, key: str, request_id: str, label: int, timeout: float = 10.0) -> int:
+    """Ground truth for a scored request: ``POST /feedback``; the status code (202 when recorded)."""
+    resp = client.post(f"{url}/feedback", json={"request_id": request_id, "label": int(label)},
+                       headers=headers(key), timeout=timeout)
+    return resp.status_code
 
 
 def sample_request(url: str, key: str, deployment: Optional[str] = None) -> Tuple[int, dict]:

@@ -202,7 +202,7 @@ def replay(collection: dict, base_url: str, api_key: str):
 
 
 def feedback_lines(srv: ServerProcess) -> list:
-    path = srv.dir / "feedback.jsonl"
+    path = srv.dir.parent.parent / "monitoring" / srv.dir.name / "feedback.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 

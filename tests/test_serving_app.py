@@ -247,7 +247,7 @@ def test_feedback_is_appended(server):
         assert c.post("/feedback", json={"request_id": "def", "label": 10}).status_code == 422
         assert c.post("/feedback", json={"request_id": "", "label": 1}).status_code == 422
         assert c.post("/feedback", json={"label": 1}).status_code == 422
-    lines = [json.loads(l) for l in (server.dir / "feedback.jsonl").read_text().splitlines()]
+    lines = [json.loads(l) for l in (server.dir.parent.parent / "monitoring" / server.dir.name / "feedback.jsonl").read_text().splitlines()]
     assert [(l["request_id"], l["label"]) for l in lines[-2:]] == [("abc", 3), ("def", 0)]
 
 

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from mnistops.data import mirrors
 from mnistops.data.idx import read_idx
+from mnistops.errors import MnistopsError
 
 
 @dataclass
@@ -30,8 +31,28 @@ def load_splits(cfg: DictConfig) -> Tuple[Split, Split, Split]:
     test_x, test_y = read_idx(paths["test_images"]), read_idx(paths["test_labels"]).astype(np.int64)
     order = np.random.default_rng(cfg.seed).permutation(len(train_x))
     val_idx, train_idx = order[: cfg.data.val_size], order[cfg.data.val_size:]
-    return (Split(train_x[train_idx], train_y[train_idx]), Split(train_x[val_idx], train_y[val_idx]),
-            Split(test_x, test_y))
+    train = Split(train_x[train_idx], train_y[train_idx])
+    for path in cfg.data.get("extra_train") or ():
+        extra = read_extra(path)
+        train = Split(np.concatenate([train.images, extra.images]), np.concatenate([train.labels, extra.labels]))
+    return train, Split(train_x[val_idx], train_y[val_idx]), Split(test_x, test_y)
+
+
+def read_extra(path: str) -> Split:
+    """An ``data.extra_train`` file: ``images`` uint8 (N, 28, 28) and ``labels`` 0..9, checked before use."""
+    try:
+        with np.load(path) as f:
+            images, labels = f["images"], f["labels"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise MnistopsError(f"data.extra_train: cannot read {path} as an .npz with 'images' and 'labels' "
+                            f"({type(exc).__name__}: {exc})") from None
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise MnistopsError(f"data.extra_train: {path}: 'images' must be uint8 (N, 28, 28), "
+                            f"got {images.dtype} {images.shape}")
+    labels = np.asarray(labels).astype(np.int64)
+    if labels.shape != (len(images),) or (len(labels) and (labels.min() < 0 or labels.max() > 9)):
+        raise MnistopsError(f"data.extra_train: {path}: 'labels' must be {len(images)} digits 0..9")
+    return Split(images, labels)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:

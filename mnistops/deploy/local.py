@@ -52,8 +52,12 @@ class LocalEndpoint:
         return self.key_file.read_text().strip()
 
     def write_server_config(self) -> None:
+        collect = self.cfg.endpoint.collect
         settings = {"name": self.name, "env": self.cfg.env.name,
-                    **{k: self.cfg.endpoint[k] for k in SERVER_KEYS}}
+                    **{k: self.cfg.endpoint[k] for k in SERVER_KEYS},
+                    "collect": bool(collect.enabled), "collect_sampling_rate": float(collect.sampling_rate),
+                    "collect_rotate_mb": float(collect.rotate_mb), "collect_rotate_minutes": float(collect.rotate_minutes),
+                    "collect_flush_ms": float(collect.flush_ms), "collect_max_pending": int(collect.max_pending)}
         self.dir.mkdir(parents=True, exist_ok=True)
         _write_atomic(self.dir / "server.json", json.dumps(settings, indent=2))
 

@@ -33,6 +33,7 @@ from starlette.routing import Match, Route
 from mnistops.serving import images, inputs, schemas as S
 from mnistops.serving.auth import KeyAuth
 from mnistops.serving.batching import BatcherClosed, InferenceFailed, QueueFull
+from mnistops.serving.collector import Collector, FeedbackLog, monitor_dir_of
 from mnistops.serving.deployments import Deployment, LoadError
 from mnistops.serving.endpoint import Conflict, Endpoint, Invalid, NotFound
 from mnistops.serving.inputs import InputError
@@ -47,6 +48,7 @@ JSON_TYPES = (b"application/json", b"text/json")
 IMAGE_TYPES = (b"image/png", b"image/jpeg", b"image/jpg", b"image/gif", b"image/bmp", b"image/webp", b"image/tiff")
 DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY
 PINNED = b"azureml-model-deployment"
+COLLECTED_ROUTES = frozenset(("/score", "/invocations", "/v2/models/{name}/infer", "/predict"))
 
 
 class ApiError(Exception):
@@ -101,11 +103,13 @@ def known_error(scope, exc: Exception) -> Response:
 # --------------------------------------------------------------------------- middleware
 
 class Frame:
-    """Request id, streamed body limit, one log line + metrics per request."""
+    """Request id, streamed body limit, one log line + metrics (+ a collector record) per request."""
 
-    def __init__(self, app, metrics: Metrics, max_body: int, timeout: float, direct: Optional[dict] = None):
+    def __init__(self, app, metrics: Metrics, max_body: int, timeout: float, direct: Optional[dict] = None,
+                 collector: Optional[Collector] = None):
         self.app = app
         self.metrics = metrics
+        self.collector = collector
         self.max_body = max_body
         self.timeout = timeout
         # (method, path) -> handler: the hottest static routes skip the router and exception layers
@@ -115,6 +119,7 @@ class Frame:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         t0 = time.perf_counter()
+        t_wall = time.time()
         h = dict(scope["headers"])
         scope["mnistops.h"] = h
         rid_b = h.get(b"x-request-id")
@@ -169,6 +174,8 @@ class Frame:
             deployment = scope.get("mnistops.deployment", "")
             status = seen[1]
             self.metrics.observe_request(template, status, deployment, elapsed)
+            if self.collector is not None and template in COLLECTED_ROUTES:
+                self.collector.record(t_wall, rid, template, status, elapsed, deployment, scope.get("mnistops.collect"))
             log.info("%s %s %s %d %.2fms %s", rid, scope["method"],
                      template if template != "other" else scope["path"][:200].encode("unicode_escape").decode(),
                      status, elapsed * 1000, deployment or "-")
@@ -225,7 +232,12 @@ class Server:
         self.metrics = Metrics()
         self.endpoint = Endpoint(endpoint_dir, cfg, self.metrics)
         self.timeout = cfg.request_timeout_ms / 1000.0
-        self.feedback_path = endpoint_dir / "feedback.jsonl"
+        self.monitor_dir = monitor_dir_of(endpoint_dir)
+        self.feedback_log = FeedbackLog(self.monitor_dir)
+        self.collector = Collector(self.monitor_dir, sampling_rate=cfg.collect_sampling_rate,
+                                   rotate_mb=cfg.collect_rotate_mb, rotate_minutes=cfg.collect_rotate_minutes,
+                                   flush_ms=cfg.collect_flush_ms, max_pending=cfg.collect_max_pending,
+                                   metrics=self.metrics) if cfg.collect else None
         # uploads decode off the event loop, two at a time at most (bounded memory for big pictures)
         self.image_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="images")
 
@@ -300,6 +312,7 @@ class Server:
         finally:
             handle.cancel()
         self.mirror(slot.name, batch)
+        scope["mnistops.collect"] = (batch, probs, slot.info)
         return probs
 
     def mirror(self, primary: str, batch: np.ndarray) -> None:
@@ -462,10 +475,11 @@ class Server:
             raise InputError("'request_id' must be a string of 1..128 characters", "request_id")
         if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label <= 9:
             raise InputError("'label' must be an integer digit 0..9", "label")
-        record = {"request_id": rid, "label": label, "received_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        now = time.time()
+        record = {"request_id": rid, "label": label, "t": round(now, 4),
+                  "received_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now)),
                   "feedback_id": scope["mnistops.rid"]}
-        with open(self.feedback_path, "ab") as f:
-            f.write(orjson.dumps(record) + b"\n")
+        self.feedback_log.append(record)
         return jresp({"status": "accepted", "request_id": rid}, 202)
 
     # ---------------------------------------------------------------- admin routes
@@ -512,6 +526,8 @@ def create_app(endpoint_dir, freeze_gc: bool = False) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app):
+        if server.collector is not None:
+            server.collector.start()
         await server.endpoint.startup()
         if freeze_gc:
             gc.collect()
@@ -519,6 +535,8 @@ def create_app(endpoint_dir, freeze_gc: bool = False) -> FastAPI:
         yield
         await server.endpoint.shutdown()
         server.image_pool.shutdown(wait=False)
+        if server.collector is not None:  # after the drain: the last answered requests are recorded too
+            server.collector.close()
 
     app = FastAPI(title=f"mnistops endpoint {cfg.name!r} ({cfg.env})", version="1", lifespan=lifespan,
                   description="Handwritten digit classifier. Scoring and admin routes need "
@@ -577,7 +595,8 @@ def create_app(endpoint_dir, freeze_gc: bool = False) -> FastAPI:
     _install_errors(app, server)
     _install_openapi(app)
     app.add_middleware(Frame, metrics=server.metrics, max_body=cfg.max_body_bytes, timeout=server.timeout,
-                       direct={("POST", "/score"): server.score, ("POST", "/invocations"): server.invocations})
+                       direct={("POST", "/score"): server.score, ("POST", "/invocations"): server.invocations},
+                       collector=server.collector)
     return app
 
 

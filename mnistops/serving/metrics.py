@@ -37,6 +37,8 @@ class Metrics:
         self.traffic = Gauge("mnistops_traffic_percent", "Live traffic share", ["deployment"], registry=r)
         self.mirror_traffic = Gauge("mnistops_mirror_traffic_percent", "Mirror traffic share", ["deployment"],
                                     registry=r)
+        self.collected = Counter("mnistops_collector_records", "Data collector records by outcome "
+                                 "(written | dropped: queue full | write_failed)", ["outcome"], registry=r)
         self._children = {}
 
     def observe_request(self, route: str, status: int, deployment: str, seconds: float) -> None:

@@ -1,7 +1,8 @@
 """The endpoint directory written by the deploy stage: ``server.json`` and ``key``.
 
 ``<endpoint_dir>/server.json``  {"name", "env", "host", "port", "auth", "max_body_bytes",
-                                 "request_timeout_ms", "max_batch", "max_wait_ms", "max_queue"}
+                                 "request_timeout_ms", "max_batch", "max_wait_ms", "max_queue",
+                                 "collect", "collect_sampling_rate", "collect_rotate_mb", ...}
 ``<endpoint_dir>/key``          the API key, one line, mode 0600 (read once at startup, never logged)
 ``<endpoint_dir>/state.json``   owned by the server (see ``deployments.py``)
 """
@@ -31,6 +32,13 @@ class ServerConfig:
     max_batch: int = 64
     max_wait_ms: float = 2.0
     max_queue: int = 2048
+    # the data collector (see collector.py); its files go to <home>/<env>/monitoring/<name>/
+    collect: bool = True
+    collect_sampling_rate: float = 1.0
+    collect_rotate_mb: float = 64.0
+    collect_rotate_minutes: float = 60.0
+    collect_flush_ms: float = 200.0
+    collect_max_pending: int = 50000
 
     @classmethod
     def from_dict(cls, raw: dict, source: str = "server.json") -> "ServerConfig":
@@ -56,11 +64,14 @@ class ServerConfig:
                 raise ConfigError(f"{source}: '{key}' must be a {type(default).__name__}, got {value!r}")
             values[key] = value
         cfg = cls(**values)
-        for key in ("max_body_bytes", "request_timeout_ms", "max_batch", "max_queue"):
+        for key in ("max_body_bytes", "request_timeout_ms", "max_batch", "max_queue", "collect_rotate_mb",
+                    "collect_rotate_minutes", "collect_flush_ms", "collect_max_pending"):
             if getattr(cfg, key) <= 0:
                 raise ConfigError(f"{source}: '{key}' must be > 0")
         if cfg.max_wait_ms < 0 or not 0 <= cfg.port <= 65535:
             raise ConfigError(f"{source}: 'max_wait_ms' must be >= 0 and 'port' in 0..65535")
+        if not 0.0 <= cfg.collect_sampling_rate <= 1.0:
+            raise ConfigError(f"{source}: 'collect_sampling_rate' must be in 0..1")
         return cfg
 
 

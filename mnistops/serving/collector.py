@@ -1,0 +1,193 @@
+"""The endpoint's data collector, like Azure ML's: what each scoring request got and gave back.
+
+The request handler only appends a tuple to a deque (no copying, no serialising: the hot path stays
+lean); a writer thread wakes every ``flush_ms``, serialises what is pending and appends it, one JSON
+line per request, to ``<monitor_dir>/requests/<start>-<pid>-<seq>.jsonl``. Files are append-only and
+rotated by size and age; a closed file is never written again. A clean shutdown writes everything
+still pending; a killed server loses at most the last ``flush_ms`` of records (lines reach the OS as
+whole writes, and a reader skips a torn last line). Ground truth (``POST /feedback``) is appended to
+``<monitor_dir>/feedback.jsonl`` before the 202 goes out.
+
+One line per request::
+
+    {"t": 1764240000.12, "id": "<request id>", "route": "/score", "status": 200, "latency_ms": 1.8,
+     "deployment": "blue", "model": "mnist-classifier", "version": "3", "n": 1,
+     "inputs": "<base64 of n x 28 x 28 uint8>", "digits": [7], "probabilities": [[...10 floats]]}
+
+``inputs``/``digits``/``probabilities`` appear on sampled, answered requests only; the system fields
+(status, latency, deployment) on every request, so error rates and latency percentiles are exact.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import random
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Deque, Optional, Tuple
+
+import numpy as np
+import orjson
+
+log = logging.getLogger("mnistops.serving")
+
+REQUESTS_DIR = "requests"
+FEEDBACK_FILE = "feedback.jsonl"
+DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+def monitor_dir_of(endpoint_dir: Path) -> Path:
+    """``<home>/<env>/endpoints/<name>`` -> ``<home>/<env>/monitoring/<name>``: the env's monitoring store."""
+    endpoint_dir = Path(endpoint_dir)
+    return endpoint_dir.parent.parent / "monitoring" / endpoint_dir.name
+
+
+def encode_images(batch: np.ndarray) -> str:
+    """float [0, 1] images -> base64 of uint8 pixels (MNIST's own precision; 784 bytes an image)."""
+    pixels = np.rint(np.asarray(batch, dtype=np.float32).reshape(-1, 784) * 255.0).clip(0, 255).astype(np.uint8)
+    return base64.b64encode(pixels.tobytes()).decode("ascii")
+
+
+def decode_images(text: str, n: int) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=np.uint8).reshape(n, 28, 28)
+
+
+# (time, request id, route, status, latency s, deployment, (batch, probs, info) or None)
+Pending = Tuple[float, str, str, int, float, str, Optional[tuple]]
+
+
+class Collector:
+    def __init__(self, monitor_dir: Path, *, sampling_rate: float = 1.0, rotate_mb: float = 64.0,
+                 rotate_minutes: float = 60.0, flush_ms: float = 200.0, max_pending: int = 50000, metrics=None):
+        self.dir = Path(monitor_dir) / REQUESTS_DIR
+        self.sampling_rate = sampling_rate
+        self.rotate_bytes = int(rotate_mb * 1024 * 1024)
+        self.rotate_seconds = rotate_minutes * 60.0
+        self.flush_s = flush_ms / 1000.0
+        self.max_pending = max_pending
+        self._pending: Deque[Pending] = deque()
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: Optional[threading.Thread] = None
+        self._file = None
+        self._file_opened = 0.0
+        self._seq = 0
+        self._random = random.random
+        if metrics is not None:
+            self._m_written = metrics.collected.labels("written")
+            self._m_dropped = metrics.collected.labels("dropped")
+            self._m_failed = metrics.collected.labels("write_failed")
+        else:
+            self._m_written = self._m_dropped = self._m_failed = None
+
+    # ------------------------------------------------------------------ hot path
+    def record(self, t: float, rid: str, route: str, status: int, seconds: float, deployment: str,
+               payload: Optional[tuple]) -> None:
+        """Queue one request's record; never blocks, never raises."""
+        if payload is not None and self.sampling_rate < 1.0 and self._random() >= self.sampling_rate:
+            payload = None
+        if len(self._pending) >= self.max_pending:
+            if self._m_dropped is not None:
+                self._m_dropped.inc()
+            return
+        self._pending.append((t, rid, route, status, seconds, deployment, payload))
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.Thread(target=self._run, name="collector", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Write everything pending, then close the current file (a clean shutdown loses nothing)."""
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._flush()
+        self._close_file()
+
+    # ------------------------------------------------------------------ writer thread
+    def _run(self) -> None:
+        while not self._stop:
+            self._wake.wait(self.flush_s)
+            try:
+                self._flush()
+            except Exception:  # a full disk must not kill the writer: count, log, try again later
+                log.exception("collector: writing %s failed", self.dir)
+
+    def _flush(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        lines = []
+        while pending:
+            lines.append(self._line(pending.popleft()))
+        data = b"".join(lines)
+        try:
+            f = self._current_file(len(data))
+            f.write(data)
+            f.flush()
+        except OSError:
+            if self._m_failed is not None:
+                self._m_failed.inc(len(lines))
+            raise
+        if self._m_written is not None:
+            self._m_written.inc(len(lines))
+
+    @staticmethod
+    def _line(item: Pending) -> bytes:
+        t, rid, route, status, seconds, deployment, payload = item
+        rec: dict[str, Any] = {"t": round(t, 4), "id": rid, "route": route, "status": status,
+                               "latency_ms": round(seconds * 1000.0, 3), "deployment": deployment}
+        if payload is not None:
+            batch, probs, info = payload
+            rec["model"] = info.get("model_name", "")
+            rec["version"] = str(info.get("version", ""))
+            rec["n"] = len(probs)
+            if status < 400:
+                rec["inputs"] = encode_images(batch)
+                rec["digits"] = probs.argmax(axis=1)
+                rec["probabilities"] = np.round(probs, 5)
+        return orjson.dumps(rec, option=DUMPS_OPTS) + b"\n"
+
+    def _current_file(self, incoming: int):
+        f = self._file
+        now = time.time()
+        if f is not None and (f.tell() + incoming > self.rotate_bytes or now - self._file_opened > self.rotate_seconds):
+            self._close_file()
+            f = None
+        if f is None:
+            self._seq += 1
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+            path = self.dir / f"{stamp}-{os.getpid()}-{self._seq:04d}.jsonl"
+            f = self._file = open(path, "ab")
+            self._file_opened = now
+        return f
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            finally:
+                self._file.close()
+                self._file = None
+
+
+class FeedbackLog:
+    """Ground truth, appended (and handed to the OS) before the client hears 202."""
+
+    def __init__(self, monitor_dir: Path):
+        self.path = Path(monitor_dir) / FEEDBACK_FILE
+        self._lock = threading.Lock()
+
+    def append(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = orjson.dumps(record) + b"\n"
+        with self._lock, open(self.path, "ab") as f:
+            f.write(line)

@@ -1,0 +1,147 @@
+"""The endpoint's data collector on a real server (uvicorn on 127.0.0.1, a real registered model):
+every scoring request is recorded with what it got and gave back, off the hot path; feedback joins
+by request id; a restart loses no accepted record; a killed server loses at most the last flush."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from serving_fixtures import ServerProcess, make_endpoint, registered_model
+from mnistops.data.idx import read_idx
+from mnistops.monitoring import store
+from mnistops.serving.collector import Collector, decode_images, monitor_dir_of
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, data_cache) -> Path:
+    return registered_model(tmp_path_factory, data_cache)
+
+
+@pytest.fixture(scope="module")
+def mnist(data_cache):
+    images = read_idx(data_cache / "mnist" / "t10k-images-idx3-ubyte")[:300]
+    labels = read_idx(data_cache / "mnist" / "t10k-labels-idx1-ubyte")[:300]
+    return np.array(images), np.array(labels)
+
+
+def records(endpoint_dir: Path) -> list:
+    files = sorted((monitor_dir_of(endpoint_dir) / "requests").glob("*.jsonl"))
+    return [json.loads(line) for f in files for line in f.read_text().splitlines()]
+
+
+def test_requests_are_collected_with_inputs_outputs_and_feedback(tmp_path, model_dir, mnist):
+    images, labels = mnist
+    d = make_endpoint(tmp_path, model_dir)
+    srv = ServerProcess(d).start()
+    try:
+        with srv.client() as c:
+            ids = []
+            for i in range(20):
+                r = c.post("/score", json={"data": images[i:i + 1].tolist()})
+                assert r.status_code == 200
+                ids.append(r.json()["request_id"])
+            batch = c.post("/invocations", json={"inputs": images[20:23].tolist()}, headers={"x-request-id": "batch-3"})
+            assert batch.status_code == 200
+            assert c.post("/score", json={"data": [[1, 2, 3]]}).status_code == 422
+            for rid, label in zip(ids[:10], labels[:10]):
+                assert c.post("/feedback", json={"request_id": rid, "label": int(label)}).status_code == 202
+            metrics = c.get("/metrics").text
+    finally:
+        assert srv.stop() == 0
+    assert 'mnistops_collector_records_total{outcome="written"}' in metrics
+    recs = records(d)
+    assert len(recs) == 22
+    by_id = {r["id"]: r for r in recs}
+    first = by_id[ids[0]]
+    assert first["route"] == "/score" and first["status"] == 200 and first["deployment"] == "blue"
+    assert first["version"] == "1" and first["model"] == "mnist-classifier" and first["latency_ms"] > 0
+    # the inputs come back pixel-exact, the outputs are what the client was answered
+    assert np.array_equal(decode_images(first["inputs"], 1), images[:1])
+    assert len(first["probabilities"][0]) == 10 and first["digits"][0] == int(np.argmax(first["probabilities"][0]))
+    assert by_id["batch-3"]["n"] == 3 and np.array_equal(decode_images(by_id["batch-3"]["inputs"], 3), images[20:23])
+    refused = [r for r in recs if r["status"] == 422]
+    assert len(refused) == 1 and "inputs" not in refused[0] and refused[0]["deployment"] == ""
+
+    window = store.load_window(monitor_dir_of(d), 0, 1e12)
+    assert window.images.shape == (23, 28, 28) and len(window.requests) == 22
+    assert (window.labels >= 0).sum() == 10  # feedback joined by request id
+    assert set(window.requests["status"]) == {200, 422}
+
+
+def test_sampling_keeps_system_records_of_every_request(tmp_path, model_dir, mnist):
+    images, _ = mnist
+    d = make_endpoint(tmp_path, model_dir, collect_sampling_rate=0.0)
+    srv = ServerProcess(d).start()
+    try:
+        with srv.client() as c:
+            for i in range(10):
+                assert c.post("/score", json={"data": images[i:i + 1].tolist()}).status_code == 200
+    finally:
+        srv.stop()
+    recs = records(d)
+    assert len(recs) == 10 and not any("inputs" in r for r in recs)
+    assert all(r["status"] == 200 and r["latency_ms"] > 0 for r in recs)
+
+
+def test_collection_survives_restart_and_kill(tmp_path, model_dir, mnist):
+    images, _ = mnist
+    d = make_endpoint(tmp_path, model_dir, collect_flush_ms=50.0)
+    srv = ServerProcess(d)
+    sent = []
+
+    def burst(n: int, offset: int) -> None:
+        def worker(k: int):
+            with srv.client() as c:
+                for i in range(k, n, 4):
+                    r = c.post("/score", json={"data": images[offset + i:offset + i + 1].tolist()})
+                    assert r.status_code == 200
+                    sent.append(r.json()["request_id"])
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    srv.start()
+    burst(100, 0)
+    assert srv.stop() == 0  # graceful: everything pending is written
+    srv.start()
+    burst(60, 100)
+    assert srv.stop() == 0
+    assert sorted(r["id"] for r in records(d)) == sorted(sent)
+    # a restart opens a new file; the old ones are never written again
+    files = sorted((monitor_dir_of(d) / "requests").glob("*.jsonl"))
+    assert len(files) == 2
+
+    # kill -9: what was answered more than a flush period ago is on disk
+    srv.start()
+    burst(40, 160)
+    time.sleep(0.5)
+    srv.kill9()
+    assert sorted(r["id"] for r in records(d)) == sorted(sent)
+
+
+def test_rotation_by_size(tmp_path):
+    col = Collector(tmp_path, rotate_mb=0.01, flush_ms=10)  # ~10 KB files
+    col.start()
+    batch = np.zeros((1, 1, 28, 28), np.float32)
+    probs = np.full((1, 10), 0.1, np.float32)
+    info = {"model_name": "m", "version": "1"}
+    for i in range(100):
+        col.record(float(i), f"r{i}", "/score", 200, 0.001, "blue", (batch, probs, info))
+        if i % 10 == 9:
+            time.sleep(0.03)
+    col.close()
+    files = sorted((tmp_path / "requests").glob("*.jsonl"))
+    assert len(files) > 3
+    lines = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert [r["id"] for r in lines] == [f"r{i}" for i in range(100)]
+
