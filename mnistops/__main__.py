@@ -30,7 +30,7 @@ def main(cfg: DictConfig) -> float | None:
     from mnistops.stages import run_stage
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # local copies: noise, not progress
-    for chatty in ("httpx", "httpcore"):  # one line per HTTP call drowns what the stages say
+    for chatty in ("httpx", "httpcore", "great_expectations"):  # chatter drowns what the stages say
         logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         result = run_stage(cfg)

@@ -25,6 +25,16 @@ class PathsConfig:
 
 
 @dataclass
+class AzureWorkspaceConfig:
+    """The env's Azure ML workspace (env.backend=azure); conf/env/<env>.yaml fills it from environment
+    variables, so no id is ever committed. Authentication is DefaultAzureCredential's chain."""
+
+    subscription_id: Optional[str] = None
+    resource_group: Optional[str] = None
+    workspace: Optional[str] = None
+
+
+@dataclass
 class EnvConfig:
     name: str = MISSING
     backend: str = "local"  # local | azure
@@ -33,6 +43,7 @@ class EnvConfig:
     tracking_uri: Optional[str] = None
     model_name: str = "mnist-classifier"
     endpoint_port: int = 5080  # each env's local endpoint listens on its own port
+    azure: AzureWorkspaceConfig = field(default_factory=AzureWorkspaceConfig)
 
 
 @dataclass
@@ -56,6 +67,24 @@ class EndpointConfig:
     startup_timeout_s: float = 90.0
     action: str = "status"  # stage=endpoint: status | stop
     collect: "CollectConfig" = field(default_factory=lambda: CollectConfig())
+    # kind=azure_managed: a managed online endpoint (conf/endpoint/azure_managed.yaml)
+    instance_type: str = "Standard_DS3_v2"
+    instance_count: int = 1
+    max_concurrent_requests_per_instance: int = 1
+    max_queue_wait_ms: int = 500
+    liveness_probe: "ProbeConfig" = field(default_factory=lambda: ProbeConfig())
+    readiness_probe: "ProbeConfig" = field(default_factory=lambda: ProbeConfig(failure_threshold=3))
+
+
+@dataclass
+class ProbeConfig:
+    """An Azure ML online deployment's liveness or readiness probe (seconds)."""
+
+    initial_delay: int = 10
+    period: int = 10
+    timeout: int = 2
+    success_threshold: int = 1
+    failure_threshold: int = 30
 
 
 @dataclass
@@ -149,6 +178,16 @@ class ComputeConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     num_threads: Optional[int] = None  # torch intra-op threads; None: all cores
+    # An Azure ML compute cluster (compute=azure_cpu_cluster|azure_gpu_cluster, env.backend=azure);
+    # null cluster: the stage runs on this machine
+    cluster: Optional[str] = None
+    vm_size: Optional[str] = None
+    tier: str = "dedicated"  # dedicated | low_priority
+    min_nodes: int = 0
+    max_nodes: int = 1
+    idle_time_before_scale_down: int = 1800  # seconds
+    instance_count: int = 1  # nodes a training job uses (Lightning num_nodes)
+    process_count_per_instance: int = 1  # DDP processes per node (Lightning devices)
 
 
 @dataclass
@@ -239,6 +278,7 @@ class MonitorThresholds:
     malformed_rate: float = 0.05  # share of scoring requests refused as malformed (400/415/422)
     min_accuracy: float = 0.95  # on requests with feedback
     min_class_recall: float = 0.8  # per class, on requests with feedback
+    min_class_precision: float = 0.8  # per class, on requests with feedback
     max_p99_ms: float = 500.0  # per deployment
     max_error_rate: float = 0.01  # 5xx, 408 and 503 answers per deployment
 
@@ -266,6 +306,10 @@ class MonitorConfig:
     min_requests: int = 100  # fewer collected images: drift signals are reported as not computed
     min_feedback: int = 30  # fewer labelled requests: model performance is not judged
     embedding_components: int = 8  # principal components of the model embedding compared
+    # drift values are lower bounds: the distance minus this quantile of the distances that windows
+    # of the same size drawn from the reference itself show (sampling noise); None: raw distances
+    drift_noise_quantile: Optional[float] = 0.95
+    min_class_support: int = 10  # labelled (recall) or predicted (precision) images to judge a class
     model: Optional[str] = None  # whose embedding; None: the version that served most of the window
     thresholds: MonitorThresholds = field(default_factory=MonitorThresholds)
     alerts: AlertSinksConfig = field(default_factory=AlertSinksConfig)
@@ -286,6 +330,48 @@ class TrafficStageConfig:
     concurrency: int = 4
     seed: Optional[int] = None  # None: the top-level seed
     deployment: Optional[str] = None  # pin a deployment; None: the endpoint's traffic split
+
+
+@dataclass
+class AzureEnvironmentConfig:
+    """An Azure ML environment: a base image plus a conda file written from this project's dependencies."""
+
+    name: str = MISSING
+    image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04"
+
+
+@dataclass
+class AzureSweepConfig:
+    max_concurrent_trials: int = 4
+    timeout_s: int = 86400  # the whole sweep
+    trial_timeout_s: int = 7200
+
+
+@dataclass
+class AzureMonitoringConfig:
+    emails: List[str] = field(default_factory=list)  # alert notification; empty: Azure Monitor only
+    instance_type: str = "standard_e4s_v3"  # the serverless Spark pool that computes the signals
+    runtime_version: str = "3.4"
+    # a data asset (mltable) with the true `label` of scored requests by `correlation_id`
+    ground_truth: str = "${data.name}-ground-truth"
+
+
+@dataclass
+class AzureConfig:
+    """env.backend=azure: how stages become Azure ML entities (the workspace itself is env.azure)."""
+
+    dry_run: bool = False  # write every entity as `az ml ... create -f` YAML; no network, no credentials
+    experiment_name: str = "${experiment_name}"  # jobs log into the same MLflow experiment as local runs
+    stream_logs: bool = True  # follow a submitted job until it ends and exit with its status
+    train_environment: AzureEnvironmentConfig = field(default_factory=lambda: AzureEnvironmentConfig(
+        name="mnistops-train"))
+    inference_environment: AzureEnvironmentConfig = field(default_factory=lambda: AzureEnvironmentConfig(
+        name="mnistops-inference", image="mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04"))
+    data_asset: str = "${data.name}-raw"  # the verified raw files, version = dataset digest
+    reference_asset: str = "${data.name}-reference-features"  # training-image features: the drift baseline
+    endpoint_name: str = "${endpoint.name}-${env.name}"  # endpoint names are unique per Azure region
+    sweep: AzureSweepConfig = field(default_factory=AzureSweepConfig)
+    monitoring: AzureMonitoringConfig = field(default_factory=AzureMonitoringConfig)
 
 
 @dataclass
@@ -311,6 +397,7 @@ class Config:
     promote: PromoteStageConfig = field(default_factory=PromoteStageConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     traffic: TrafficStageConfig = field(default_factory=TrafficStageConfig)
+    azure: AzureConfig = field(default_factory=AzureConfig)
     seed: int = 42
     experiment_name: str = "mnistops"  # MLflow experiment, in the env's store
     # the score a sweep optimises (a metric of the train run, e.g. val/acc)

@@ -25,9 +25,17 @@ def commands():
 
 def test_pipelines_exist_for_every_flow():
     names = {p.relative_to(REPO).as_posix() for p in PIPELINES}
-    for flow in ("ci", "cd-qa", "cd-prod", "iac"):
+    for flow in ("ci", "cd-qa", "cd-prod", "iac", "monitor"):
         assert f"jobs/azure-devops/{flow}.yml" in names
-    assert {"jobs/github-actions/ci.yml", "jobs/github-actions/cd.yml"} <= names
+    assert {"jobs/github-actions/ci.yml", "jobs/github-actions/cd.yml", "jobs/github-actions/monitor.yml"} <= names
+
+
+def test_monitoring_runs_on_the_configured_schedule():
+    schedule = compose([]).monitor.schedule
+    ado = yaml.safe_load((REPO / "jobs" / "azure-devops" / "monitor.yml").read_text())
+    gh = yaml.safe_load((REPO / "jobs" / "github-actions" / "monitor.yml").read_text())
+    assert ado["schedules"][0]["cron"] == schedule and ado["schedules"][0]["always"] is True
+    assert gh[True]["schedule"][0]["cron"] == schedule  # YAML 1.1 reads the key `on` as True
 
 
 @pytest.mark.parametrize("path", PIPELINES, ids=lambda p: p.name)

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mnistops.errors import MnistopsError
 
 STAGES = ("data", "train", "evaluate", "register", "deploy", "smoke", "rollback", "endpoint", "baseline",
-          "validate", "gate", "tests", "cd", "promote", "traffic", "monitor")
+          "validate", "gate", "tests", "cd", "promote", "traffic", "monitor", "provision")
+BACKENDS = ("local", "azure")
 
 
 @dataclass
@@ -35,13 +36,29 @@ class StageResult:
 def run_step(name: str, cfg: DictConfig) -> StageResult:
     if name not in STAGES:
         raise MnistopsError(f"unknown step {name!r} in stage.steps; known steps: {', '.join(STAGES)}")
+    if cfg.env.backend == "azure":
+        from mnistops import azure
+
+        if name in azure.JOB_STAGES or name in azure.CONTROL_STAGES:
+            from mnistops.azure import backend
+
+            return backend.run_step(name, cfg)
     module = importlib.import_module(f"mnistops.stages.{name}")
     return module.run(cfg)
 
 
 def run_stage(cfg: DictConfig) -> StageResult:
     """Run `cfg.stage`: one step alone, or its steps in order under one parent MLflow run."""
+    if cfg.env.backend not in BACKENDS:
+        raise MnistopsError(f"env.backend={cfg.env.backend!r} is not one of {', '.join(BACKENDS)}")
     steps = list(cfg.stage.steps) or [cfg.stage.name]
+    if cfg.env.backend == "azure" and len(steps) > 1:
+        from mnistops import azure
+
+        if azure.handles(cfg):  # a composite of job stages: one Azure ML job runs all of it
+            from mnistops.azure import backend
+
+            return backend.submit(cfg)
     if len(steps) == 1 and steps[0] == cfg.stage.name:
         return run_step(steps[0], cfg)
 

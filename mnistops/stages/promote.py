@@ -24,6 +24,16 @@ def source_uri(cfg: DictConfig) -> str:
     return f"sqlite:///{db}?timeout=60"
 
 
+def check_promotable(source_tags: dict, name: str, version, src_env: str) -> None:
+    """Only a version the source env's gate approved and whose source-env smoke test passed moves on."""
+    if source_tags.get("mnistops.gate.decision") != "approved":
+        raise MnistopsError(f"{src_env} version {name}/{version} was not approved by the {src_env} gate "
+                            f"(decision: {source_tags.get('mnistops.gate.decision', 'none')})")
+    if source_tags.get(f"mnistops.smoke.{src_env}") != "passed":
+        raise MnistopsError(f"{src_env} version {name}/{version} has not passed a smoke test in {src_env} "
+                            f"(stage=cd env={src_env}; smoke: {source_tags.get(f'mnistops.smoke.{src_env}', 'never run')})")
+
+
 def run(cfg: DictConfig) -> StageResult:
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -47,12 +57,7 @@ def run(cfg: DictConfig) -> StageResult:
         raise MnistopsError(f"{cfg.promote.model} not found in the {cfg.promote.source_env} registry") from err
     source_tags = dict(mv.tags)
     src_env = cfg.promote.source_env
-    if source_tags.get("mnistops.gate.decision") != "approved":
-        raise MnistopsError(f"{src_env} version {name}/{mv.version} was not approved by the {src_env} gate "
-                            f"(decision: {source_tags.get('mnistops.gate.decision', 'none')})")
-    if source_tags.get(f"mnistops.smoke.{src_env}") != "passed":
-        raise MnistopsError(f"{src_env} version {name}/{mv.version} has not passed a smoke test in {src_env} "
-                            f"(stage=cd env={src_env}; smoke: {source_tags.get(f'mnistops.smoke.{src_env}', 'never run')})")
+    check_promotable(source_tags, name, mv.version, src_env)
 
     tracking.configure(cfg)
     dst = MlflowClient()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Optional, Tuple
 
 import numpy as np
 from omegaconf import DictConfig
@@ -15,29 +16,35 @@ from mnistops.errors import MnistopsError
 from mnistops.stages import StageResult
 
 
-def run(cfg: DictConfig) -> StageResult:
+def local_target(cfg: DictConfig) -> Tuple[str, str, str]:
+    from mnistops.deploy.local import LocalEndpoint
+
+    endpoint = LocalEndpoint(cfg)
+    if not endpoint.healthy():
+        raise MnistopsError(f"endpoint {endpoint.name} ({cfg.env.name}) is not running at {endpoint.url}: "
+                            "run stage=deploy first")
+    return endpoint.url, endpoint.key(), endpoint.name
+
+
+def run(cfg: DictConfig, target: Optional[Tuple[str, str, str]] = None) -> StageResult:
+    """`target`: (base URL, key, name) of the endpoint; None: the env's local endpoint."""
     import httpx
     import mlflow
 
     from mnistops import tracking
     from mnistops.data import mirrors
     from mnistops.data.idx import read_idx
-    from mnistops.deploy.local import LocalEndpoint
     from mnistops.serving_client import score
 
-    endpoint = LocalEndpoint(cfg)
-    if not endpoint.healthy():
-        raise MnistopsError(f"endpoint {endpoint.name} ({cfg.env.name}) is not running at {endpoint.url}: "
-                            "run stage=deploy first")
+    url, key, endpoint_name = target or local_target(cfg)
     paths = mirrors.fetch(cfg)
     images, labels = read_idx(paths["test_images"]), read_idx(paths["test_labels"])
     pick = np.random.default_rng(cfg.seed).choice(len(images), size=cfg.smoke.samples, replace=False)
-    key = endpoint.key()
 
     def one(i: int):
         start = time.perf_counter()
         try:
-            status, body = score(client, endpoint.url, key, images[i:i + 1], cfg.smoke.deployment)
+            status, body = score(client, url, key, images[i:i + 1], cfg.smoke.deployment)
         except httpx.HTTPError as err:
             status, body = 0, {"error": str(err)}
         ms = (time.perf_counter() - start) * 1000
@@ -66,7 +73,7 @@ def run(cfg: DictConfig) -> StageResult:
         failures.append(f"p95 latency {p95:.1f} ms > smoke.max_p95_ms {cfg.smoke.max_p95_ms}")
     metrics = {"smoke/accuracy": accuracy, "smoke/p50_ms": float(p50), "smoke/p95_ms": float(p95),
                "smoke/errors": float(len(errors)), "smoke/requests": float(len(results))}
-    report = {"endpoint": endpoint.url, "env": cfg.env.name, "passed": not failures, "failures": failures,
+    report = {"endpoint": url, "endpoint_name": endpoint_name, "env": cfg.env.name, "passed": not failures, "failures": failures,
               "metrics": metrics, "served_by": by_deployment, "requests": results}
 
     with tracking.start_run(cfg, "smoke") as active:
@@ -74,9 +81,9 @@ def run(cfg: DictConfig) -> StageResult:
         (out / "smoke_report.json").write_text(json.dumps(report, indent=2))
         mlflow.log_artifact(str(out / "smoke_report.json"))
         tracking.log_metrics(metrics)
-        mlflow.set_tags({"mnistops.smoke_passed": str(not failures).lower(), "mnistops.endpoint": endpoint.url})
+        mlflow.set_tags({"mnistops.smoke_passed": str(not failures).lower(), "mnistops.endpoint": url})
 
-    print(f"smoke test of {endpoint.url} ({cfg.env.name}): {len(results)} requests, accuracy {accuracy:.4f}, "
+    print(f"smoke test of {url} ({cfg.env.name}): {len(results)} requests, accuracy {accuracy:.4f}, "
           f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, errors {len(errors)}; served by {by_deployment}")
     if failures:
         raise MnistopsError("smoke test failed: " + "; ".join(failures))

@@ -97,6 +97,8 @@ def run(cfg: DictConfig) -> StageResult:
                             **trainer_kwargs(cfg))
         mlflow.set_tag("mnistops.world_size", trainer.world_size)
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(last_ckpt) if last_ckpt else None)
+        if not trainer.is_global_zero:  # DDP ranks launched by Azure ML: rank 0 alone records the run
+            return StageResult("train", run_id=run_id)
 
         best = best_cb.best_model_path
         if not best:  # fast_dev_run and friends switch checkpointing off: keep the weights anyway

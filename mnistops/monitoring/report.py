@@ -1,0 +1,230 @@
+"""The monitoring report of one window: a single self-contained HTML file (inline CSS, PNG plots as
+base64 data URIs, no external fetches), so it can be attached to a run, mailed or opened offline.
+
+Sections: header (env, endpoint, window, model, counts), alerts, signals table (breaches
+highlighted), feature distributions reference vs current, predicted-class shares, embedding
+principal components, confusion matrix on feedback, latency and throughput per deployment.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from mnistops import plots
+from mnistops.monitoring.drift import DRIFT_FEATURES, Reference, class_distribution, write_atomic
+from mnistops.monitoring.signals import Signal, describe
+from mnistops.monitoring.window import Window
+
+plt = plots.plt
+REF_COLOR, CUR_COLOR, BAD_COLOR = "#7f8c8d", "#1f77b4", "#c0392b"
+TIME_BINS = 48
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{font-size:22px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:13px} td,th{padding:3px 8px;border-bottom:1px solid #eee;text-align:left}
+th{background:#f4f4f4} td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.breached td{background:#fde2e0;color:#8b1a10;font-weight:600} tr.nc td{color:#999}
+.meta td{border:none;padding:1px 12px 1px 0} .ok{color:#1e7b34;font-weight:600} .bad{color:#c0392b;font-weight:600}
+img{max-width:100%;border:1px solid #eee} .muted{color:#888}
+"""
+
+
+def _png(fig) -> str:
+    """A figure as a data URI (and closed)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(uri: Optional[str], alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="{uri}">' if uri else f'<p class="muted">{html.escape(alt)}: no data</p>'
+
+
+def _by_key(signals: Sequence[Signal]) -> Dict[str, Signal]:
+    return {s.key: s for s in signals}
+
+
+def _hist_grid(ref: np.ndarray, cur: np.ndarray, names: Sequence[str], signals: Dict[str, Signal],
+               prefix: str, cols: int) -> Optional[str]:
+    """Small multiples: one density histogram per column, reference vs current."""
+    if not len(names) or not len(cur):
+        return None
+    rows = math.ceil(len(names) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.0), squeeze=False)
+    for ax, j, name in zip(axes.flat, range(len(names)), names):
+        r, c = ref[:, j], cur[:, j]
+        lo, hi = np.nanmin(np.r_[r, c]), np.nanmax(np.r_[r, c])
+        bins = np.linspace(lo, hi if hi > lo else lo + 1, 31)
+        ax.hist(r, bins=bins, density=True, color=REF_COLOR, alpha=0.5, label="reference")
+        ax.hist(c, bins=bins, density=True, histtype="step", color=CUR_COLOR, lw=1.5, label="current")
+        s = signals.get(f"{prefix}/{name}")
+        val = "" if s is None or s.value is None else f" {s.value:.3g}"
+        ax.set_title(f"{name}{val}", fontsize=8, color=BAD_COLOR if s is not None and s.breached else "black")
+        ax.tick_params(labelsize=6)
+        ax.set_yticks([])
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _class_plot(reference: Reference, window: Window) -> Optional[str]:
+    if not window.n_images:
+        return None
+    x = np.arange(10)
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    ax.bar(x - 0.2, reference.class_distribution, 0.4, color=REF_COLOR, label=f"reference ({reference.n_images})")
+    ax.bar(x + 0.2, class_distribution(window.digits), 0.4, color=CUR_COLOR, label=f"current ({window.n_images})")
+    ax.set_xticks(x)
+    ax.set_xlabel("predicted digit")
+    ax.set_ylabel("share")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _confusion(window: Window) -> Optional[str]:
+    from mnistops.metrics import confusion
+
+    labelled = np.asarray(window.labels) >= 0
+    if not labelled.any():
+        return None
+    cm = confusion(np.asarray(window.labels)[labelled].astype(np.int64),
+                   np.asarray(window.digits)[labelled].astype(np.int64), 10)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = plots.confusion_matrix(cm, [str(k) for k in range(10)], Path(tmp) / "cm.png",
+                                      title=f"confusion matrix on {int(labelled.sum())} labelled images")
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _system_plot(window: Window) -> Optional[str]:
+    """Per time bin and deployment: p50 / p99 latency (top) and requests per second (bottom)."""
+    req = window.requests
+    if not len(req):
+        return None
+    t = req["time"].to_numpy(np.float64)
+    t0, t1 = min(window.start, t.min()), max(window.end, t.max())
+    edges = np.linspace(t0, t1 if t1 > t0 else t0 + 1, TIME_BINS + 1)
+    width = edges[1] - edges[0]
+    mids = (edges[:-1] + edges[1:]) / 2 - t0
+    unit, scale = ("h", 3600.0) if t1 - t0 > 3 * 3600 else ("min", 60.0)
+    deps = req["deployment"].astype(str).replace("", "(none)")
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 4.6), sharex=True)
+    for d in sorted(deps.unique()):
+        g = req[deps == d]
+        b = np.clip(np.searchsorted(edges, g["time"].to_numpy(np.float64), side="right") - 1, 0, TIME_BINS - 1)
+        lat = g["latency_ms"].to_numpy(np.float64)
+        counts = np.bincount(b, minlength=TIME_BINS)
+        p50 = np.full(TIME_BINS, np.nan)
+        p99 = np.full(TIME_BINS, np.nan)
+        order = np.argsort(b, kind="stable")
+        for k, chunk in enumerate(np.split(lat[order], np.cumsum(counts)[:-1])):
+            chunk = chunk[np.isfinite(chunk)]
+            if len(chunk):
+                p50[k], p99[k] = np.percentile(chunk, [50, 99])
+        (line,) = ax1.plot(mids / scale, p99, marker=".", lw=1, label=f"{d} p99")
+        ax1.plot(mids / scale, p50, ls="--", lw=1, color=line.get_color(), label=f"{d} p50")
+        ax2.plot(mids / scale, counts / width, marker=".", lw=1, color=line.get_color(), label=d)
+    ax1.set_ylabel("latency ms")
+    ax1.legend(fontsize=6, ncol=4)
+    ax2.set_ylabel("requests / s")
+    ax2.set_xlabel(f"{unit} since window start")
+    ax2.legend(fontsize=6, ncol=4)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _signals_table(signals: Sequence[Signal]) -> str:
+    rows = []
+    for s in signals:
+        cls = "breached" if s.breached else ("nc" if not s.computed else "")
+        value = "n/a" if s.value is None else f"{s.value:.4g}"
+        thr = "" if math.isnan(s.threshold) else f"{'&gt;' if s.direction == 'above' else '&lt;'} {s.threshold:.4g}"
+        verdict = "BREACHED" if s.breached else ("not computed" if not s.computed else "ok")
+        rows.append(f'<tr class="{cls}"><td>{html.escape(s.name)}</td><td>{html.escape(s.metric)}</td>'
+                    f'<td>{html.escape(s.deployment or "")}</td><td class="num">{value}</td>'
+                    f'<td class="num">{thr}</td><td>{verdict}</td><td>{html.escape(s.note)}</td></tr>')
+    return ("<table><tr><th>signal</th><th>metric</th><th>deployment</th><th>value</th>"
+            "<th>breached if</th><th>verdict</th><th>note</th></tr>" + "".join(rows) + "</table>")
+
+
+def _alerts_table(alerts: Sequence[Dict[str, Any]]) -> str:
+    if not alerts:
+        return '<p class="ok">no alerts</p>'
+    keys: List[str] = []
+    for a in alerts:
+        keys += [k for k in a if k not in keys]
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(a.get(k, '')))}</td>" for k in keys) + "</tr>"
+                   for a in alerts)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _utc(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))
+
+
+def _header(window: Window, reference: Reference, signals: Sequence[Signal], meta: Dict[str, Any]) -> str:
+    breached = sum(s.breached for s in signals)
+    deps = sorted(set(np.asarray(window.deployments, dtype=str).tolist()) - {""})
+    items = [(k, meta[k]) for k in ("env", "endpoint", "window", "model") if meta.get(k) is not None]
+    items += [("from", _utc(window.start)), ("to", _utc(window.end)),
+              ("requests", len(window.requests)), ("images", window.n_images),
+              ("labelled images", window.n_labelled), ("deployments", ", ".join(deps) or "-"),
+              ("served version", window.served_version() or "-"),
+              ("reference", f"{reference.n_images} training images, {reference.components} embedding components")]
+    items += [(k, v) for k, v in meta.items() if k not in ("env", "endpoint", "window", "model", "title")]
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in items)
+    verdict = (f'<span class="bad">{breached} signal(s) breached</span>' if breached
+               else '<span class="ok">no signal breached</span>')
+    title = html.escape(str(meta.get("title") or "mnistops model monitoring"))
+    return f"<h1>{title}</h1><p>{verdict}</p><table class=\"meta\">{rows}</table>"
+
+
+def write_report(path, window: Window, reference: Reference, signals: List[Signal],
+                 alerts: List[Dict[str, Any]], meta: Dict[str, Any]) -> Path:
+    """Write the HTML report of ``window`` to ``path`` (atomically) and return the path.
+
+    ``meta``: shown in the header (``env``, ``endpoint``, ``window``, ``model`` first, then any
+    other key; ``title`` replaces the page title). ``alerts``: dicts, shown as a table.
+    """
+    from mnistops.quality.features import image_features
+
+    keyed = _by_key(signals)
+    cur_feats = (image_features(window.images)[list(DRIFT_FEATURES)].to_numpy(np.float64)
+                 if window.n_images else np.zeros((0, len(DRIFT_FEATURES))))
+    pcs = [f"pc{i + 1}" for i in range(reference.components)]
+    proj = None if window.embedding is None else reference.project(window.embedding)
+    sections = [
+        _header(window, reference, signals, meta),
+        "<h2>Alerts</h2>" + _alerts_table(alerts),
+        "<h2>Signals</h2>" + _signals_table(signals),
+        "<h2>Image features: reference vs current</h2>"
+        + _img(_hist_grid(reference.features.to_numpy(np.float64), cur_feats, DRIFT_FEATURES, keyed,
+                          "data_drift", 3), "feature distributions"),
+        "<h2>Predicted classes</h2>" + _img(_class_plot(reference, window), "predicted-class shares"),
+        "<h2>Embedding principal components</h2>"
+        + _img(None if proj is None else _hist_grid(reference.projected, np.asarray(proj), pcs, keyed,
+                                                     "embedding_drift", 4), "embedding components"),
+        "<h2>Model performance on feedback</h2>" + _img(_confusion(window), "confusion matrix"),
+        "<h2>Latency and throughput</h2>" + _img(_system_plot(window), "latency over time"),
+    ]
+    lines = [f"<li>{html.escape(describe(s))}</li>" for s in signals if s.breached]
+    if lines:
+        sections.insert(2, "<h2>Breaches</h2><ul>" + "".join(lines) + "</ul>")
+    doc = (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>mnistops monitoring</title>"
+           f"<style>{CSS}</style></head><body>{''.join(sections)}"
+           f"<p class=\"muted\">written {_utc(time.time())}</p></body></html>")
+    return write_atomic(path, doc.encode("utf-8"))

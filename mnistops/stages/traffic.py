@@ -1,0 +1,115 @@
+"""stage=traffic: a traffic simulator for demos and tests of monitoring.
+
+Real test-set images, optionally shifted (``traffic.shift`` at ``traffic.severity``), sent one per
+request to the env's endpoint at ``traffic.rate`` per second, with the true label sent to
+``/feedback`` for ``traffic.feedback_fraction`` of them (``traffic.label_noise`` of that feedback
+deliberately wrong). What the endpoint collects is what ``stage=monitor`` then judges.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+from omegaconf import DictConfig
+
+from mnistops.errors import MnistopsError
+from mnistops.stages import StageResult
+
+SHIFTS = ("none", "rotate", "noise", "blur", "invert", "thick", "imbalance")
+
+
+def check(cfg: DictConfig) -> None:
+    t = cfg.traffic
+    if t.shift not in SHIFTS:
+        raise MnistopsError(f"traffic.shift={t.shift!r}: expected one of {', '.join(SHIFTS)}")
+    for key, lo, hi in (("severity", 0, 1), ("feedback_fraction", 0, 1), ("label_noise", 0, 1)):
+        if not lo <= t[key] <= hi:
+            raise MnistopsError(f"traffic.{key}={t[key]} must be in {lo}..{hi}")
+    if t.requests < 1 or t.concurrency < 1 or t.rate < 0:
+        raise MnistopsError("traffic.requests and traffic.concurrency must be >= 1 and traffic.rate >= 0")
+
+
+def run(cfg: DictConfig) -> StageResult:
+    import httpx
+    import mlflow
+    from tqdm import tqdm
+
+    from mnistops import tracking
+    from mnistops.data import mirrors
+    from mnistops.data.idx import read_idx
+    from mnistops.deploy.local import LocalEndpoint
+    from mnistops.monitoring.shifts import apply_shift
+    from mnistops.serving_client import feedback, score
+
+    check(cfg)
+    t = cfg.traffic
+    endpoint = LocalEndpoint(cfg)
+    if not endpoint.healthy():
+        raise MnistopsError(f"endpoint {endpoint.name} ({cfg.env.name}) is not running at {endpoint.url}: "
+                            "run stage=deploy first")
+    rng = np.random.default_rng(cfg.seed if t.seed is None else t.seed)
+    paths = mirrors.fetch(cfg)
+    test_x, test_y = read_idx(paths["test_images"]), read_idx(paths["test_labels"]).astype(np.int64)
+    pick = rng.choice(len(test_x), size=t.requests, replace=t.requests > len(test_x))
+    images, labels = apply_shift(test_x[pick], test_y[pick], t.shift, float(t.severity), rng)
+    give_feedback = rng.random(len(images)) < t.feedback_fraction
+    wrong = rng.random(len(images)) < t.label_noise
+    told = np.where(wrong, (labels + rng.integers(1, 10, len(labels))) % 10, labels)
+    key = endpoint.key()
+    interval = 1.0 / t.rate if t.rate > 0 else 0.0
+
+    def one(i: int) -> dict:
+        due = t0 + i * interval
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        start = time.perf_counter()
+        try:
+            status, body = score(client, endpoint.url, key, images[i:i + 1], t.deployment)
+        except httpx.HTTPError as err:
+            status, body = 0, {"error": str(err)}
+        ms = (time.perf_counter() - start) * 1000
+        out = {"status": status, "ms": ms, "digit": body["predictions"][0]["digit"] if status == 200 else None,
+               "feedback": None}
+        if status == 200 and give_feedback[i]:
+            try:
+                out["feedback"] = feedback(client, endpoint.url, key, body["request_id"], int(told[i]))
+            except httpx.HTTPError:
+                out["feedback"] = 0
+        return out
+
+    with httpx.Client(limits=httpx.Limits(max_connections=t.concurrency)) as client, \
+            ThreadPoolExecutor(t.concurrency) as pool, \
+            tqdm(total=len(images), desc=f"traffic {t.shift}@{t.severity:g} -> {endpoint.url}", unit="req") as bar:
+        t0 = time.perf_counter()
+        results = []
+        for r in pool.map(one, range(len(images))):
+            results.append(r)
+            bar.update(1)
+        elapsed = time.perf_counter() - t0
+
+    ok = [i for i, r in enumerate(results) if r["status"] == 200]
+    errors = len(results) - len(ok)
+    accuracy = float(np.mean([results[i]["digit"] == labels[i] for i in ok])) if ok else 0.0
+    fed = sum(1 for r in results if r["feedback"] == 202)
+    fb_failed = sum(1 for r in results if r["feedback"] not in (None, 202))
+    metrics = {"traffic/requests": float(len(results)), "traffic/errors": float(errors),
+               "traffic/accuracy": accuracy, "traffic/feedback": float(fed), "traffic/feedback_failed": float(fb_failed),
+               "traffic/rate": len(results) / elapsed if elapsed > 0 else 0.0,
+               "traffic/p50_ms": float(np.percentile([r["ms"] for r in results], 50))}
+    with tracking.start_run(cfg, "traffic") as active:
+        out = tracking.output_dir(cfg, "traffic")
+        summary = {"endpoint": endpoint.url, "env": cfg.env.name, "shift": t.shift, "severity": float(t.severity),
+                   "metrics": metrics}
+        (out / "traffic.json").write_text(json.dumps(summary, indent=2))
+        mlflow.log_artifact(str(out / "traffic.json"))
+        mlflow.log_params({"traffic.shift": t.shift, "traffic.severity": t.severity})
+        tracking.log_metrics(metrics)
+    print(f"traffic to {endpoint.url} ({cfg.env.name}): {len(results)} requests, shift {t.shift} at severity "
+          f"{t.severity:g}, {metrics['traffic/rate']:.1f} req/s, {errors} errors, accuracy {accuracy:.4f}, "
+          f"feedback {fed}" + (f" ({fb_failed} refused)" if fb_failed else ""))
+    return StageResult("traffic", run_id=active.info.run_id, metrics=metrics,
+                       artifacts={"summary": str(out / "traffic.json")})

@@ -1,0 +1,224 @@
+"""The Azure ML backend without Azure: every entity a stage would create is rendered offline
+(azure.dry_run=true) by the real CLI and read back through the SDK's own loaders; the scoring script
+serves a real registered model through its init()/run() contract; missing settings and credentials
+fail in one line. Nothing here talks to Azure."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, compose, run_cli
+
+pytest.importorskip("azure.ai.ml")
+
+NO_WORKSPACE = {"AZURE_SUBSCRIPTION_ID": "", "AZUREML_QA_RESOURCE_GROUP": "", "AZUREML_QA_WORKSPACE": "",
+                "AZUREML_PROD_RESOURCE_GROUP": "", "AZUREML_PROD_WORKSPACE": ""}
+WORKSPACE = {"AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000",
+             "AZUREML_QA_RESOURCE_GROUP": "rg-mnistops-qa", "AZUREML_QA_WORKSPACE": "mlw-mnistops-qa",
+             # DefaultAzureCredential limited to its environment credential, left unconfigured: no login
+             # anywhere on this machine can be found, and no token endpoint is called
+             "AZURE_TOKEN_CREDENTIALS": "EnvironmentCredential"}
+
+
+def dry_run(tmp_path: Path, *args: str) -> dict:
+    """Run the CLI with azure.dry_run=true and no workspace settings; {file stem: path} of what it wrote."""
+    proc = run_cli(["env.backend=azure", "azure.dry_run=true", *args], tmp_path, env=NO_WORKSPACE, timeout=120,
+                   check=True)
+    written = [Path(line.split(" -f ", 1)[1]) for line in proc.stdout.splitlines() if line.strip().startswith("az ml ")]
+    assert written and all(p.is_file() for p in written), proc.stdout
+    assert "nothing was sent" in proc.stdout
+    return {p.stem: p for p in written}
+
+
+def test_provision_renders_cluster_environments_and_data_assets(tmp_path):
+    from azure.ai.ml import load_compute, load_data, load_environment
+
+    from mnistops.data import mirrors
+
+    files = dry_run(tmp_path, "env=qa", "stage=provision", "compute=azure_gpu_cluster", "compute.vm_size=Standard_NC6s_v3",
+                    "compute.min_nodes=1", "compute.max_nodes=3", "compute.idle_time_before_scale_down=600")
+    cluster = load_compute(files["compute-gpu-cluster"])
+    assert (cluster.size, cluster.min_instances, cluster.max_instances, cluster.idle_time_before_scale_down) == \
+        ("Standard_NC6s_v3", 1, 3, 600)
+    train_env = load_environment(files["environment-mnistops-train"])
+    pip = train_env.conda_file["dependencies"][-1]["pip"]
+    assert any(p.startswith("lightning") for p in pip) and any(p.startswith("azureml-mlflow") for p in pip)
+    infer_env = load_environment(files["environment-mnistops-inference"])
+    infer_pip = infer_env.conda_file["dependencies"][-1]["pip"]
+    assert all("==" in p for p in infer_pip) and any(p.startswith("onnxruntime==") for p in infer_pip)
+    assert not any(p.startswith(("torch", "mlflow")) for p in infer_pip)  # a small, pinned scoring image
+    digest = mirrors.digest(compose(["env=qa"], tmp_path))
+    raw, reference = load_data(files["data-mnist-raw"]), load_data(files["data-mnist-reference-features"])
+    assert (raw.type, raw.version, reference.type, reference.version) == ("uri_folder", digest, "mltable", digest)
+
+
+def test_train_becomes_a_multi_node_ddp_command_job_of_the_same_entrypoint(tmp_path):
+    from azure.ai.ml import load_job
+
+    files = dry_run(tmp_path, "env=qa", "stage=train", "compute=azure_cpu_cluster", "compute.instance_count=3",
+                    "compute.process_count_per_instance=2", "compute.max_nodes=3", "model=logreg", "trainer.max_epochs=2")
+    job = load_job(files["job-train"])
+    assert job.type == "command" and job.compute == "cpu-cluster"
+    assert job.resources.instance_count == 3
+    assert job.distribution.type == "pytorch" and job.distribution.process_count_per_instance == 2
+    assert "python -m mnistops env=qa stage=train compute=azure_cpu_cluster" in job.command
+    assert "model=logreg trainer.max_epochs=2 env.backend=local" in job.command
+    assert "compute.num_nodes=3 compute.devices=2 compute.strategy=ddp" in job.command
+    assert "azure.dry_run" not in job.command and '"env.tracking_uri=$MLFLOW_TRACKING_URI"' in job.command
+    assert job.inputs["dataset"].path.split(":")[-2] == "mnist-raw" and Path(job.code) == REPO
+    assert job.environment.removeprefix("azureml:").startswith("mnistops-train:") and job.experiment_name == "mnistops"
+
+
+def test_hparams_search_becomes_a_sweep_job_with_the_same_space(tmp_path):
+    import math
+
+    from azure.ai.ml import load_job
+
+    files = dry_run(tmp_path, "env=qa", "hparams_search=optuna", "compute=azure_cpu_cluster", "hydra.sweeper.n_trials=7")
+    job = load_job(files["job-train"])
+    assert job.type == "sweep" and job.limits.max_total_trials == 7
+    assert (job.objective.primary_metric, job.objective.goal) == ("best_val/acc", "maximize")
+    space = job.search_space
+    assert space["model_lr"].type == "loguniform"
+    assert math.isclose(space["model_lr"].min_value, math.log(3e-4)) and math.isclose(space["model_lr"].max_value, math.log(1e-2))
+    assert (space["model_label_smoothing"].type, space["model_label_smoothing"].max_value) == ("uniform", 0.15)
+    assert space["data_batch_size"].values == [64, 128, 256]
+    assert job.sampling_algorithm.lower() == "random"  # Bayesian sampling takes no loguniform
+    assert "model.lr=${{search_space.model_lr}}" in job.trial.command and "hparams_search" not in job.trial.command
+
+
+def test_ci_is_one_job_on_one_node(tmp_path):
+    from azure.ai.ml import load_job
+
+    files = dry_run(tmp_path, "env=qa", "stage=ci", "compute=azure_cpu_cluster")
+    job = load_job(files["job-ci"])
+    assert job.resources.instance_count == 1 and job.distribution is None
+    assert "stage=ci" in job.command and "stage.steps=[data,validate,train,evaluate,register,baseline,gate]" in job.command
+
+
+def test_deploy_renders_endpoint_and_blue_green_deployment(tmp_path):
+    from azure.ai.ml import load_online_deployment, load_online_endpoint
+
+    files = dry_run(tmp_path, "env=qa", "stage=deploy", "endpoint=azure_managed", "deploy.model=models:/mnist-classifier/4",
+                    "deploy.deployment=green", "endpoint.traffic={blue:90,green:10}", "endpoint.mirror_traffic={blue:20}",
+                    "endpoint.instance_count=2", "endpoint.instance_type=Standard_F4s_v2",
+                    "endpoint.readiness_probe.failure_threshold=5", "endpoint.collect.sampling_rate=0.5")
+    endpoint = load_online_endpoint(files["online-endpoint-mnist-qa"])
+    assert (endpoint.auth_mode, endpoint.traffic, endpoint.mirror_traffic) == ("key", {"blue": 90, "green": 10}, {"blue": 20})
+    dep = load_online_deployment(files["online-deployment-green"])
+    assert (dep.name, dep.endpoint_name, dep.model.removeprefix("azureml:")) == ("green", "mnist-qa", "mnist-classifier:4")
+    assert (dep.instance_type, dep.instance_count) == ("Standard_F4s_v2", 2)
+    assert dep.readiness_probe.failure_threshold == 5 and dep.liveness_probe.failure_threshold == 30
+    assert dep.request_settings.request_timeout_ms == 2000 and dep.request_settings.max_concurrent_requests_per_instance == 4
+    assert set(dep.data_collector.collections) == {"model_inputs", "model_outputs"} and dep.data_collector.sampling_rate == 0.5
+    assert (Path(dep.code_configuration.code) / dep.code_configuration.scoring_script).is_file()
+    assert dep.environment.removeprefix("azureml:").startswith("mnistops-inference:")
+
+
+def test_promote_renders_an_mlflow_model_with_lineage(tmp_path):
+    from azure.ai.ml import load_model
+
+    files = dry_run(tmp_path, "env=prod", "stage=promote")
+    model = load_model(files["model-mnist-classifier"])
+    assert model.type == "mlflow_model"
+    assert model.tags["mnistops.source_env"] == "qa" and model.tags["mnistops.env"] == "prod"
+
+
+def test_monitoring_schedule_carries_the_local_monitor_thresholds(tmp_path):
+    from azure.ai.ml.entities._load_functions import load_schedule
+
+    from mnistops.azure.monitoring import monitor_schedule
+
+    cfg = compose(["env=qa", "env.backend=azure", "azure.dry_run=true", "endpoint=azure_managed", "stage=monitor",
+                   "monitor.thresholds.data_drift=0.2", "monitor.schedule=*/30 * * * *", "monitor.window=7d",
+                   "azure.monitoring.emails=[ops@example.com]", "endpoint.traffic={green:100}"], tmp_path)
+    result = monitor_schedule(cfg)
+    schedule = load_schedule(result.artifacts["schedule"])
+    assert schedule.trigger.expression == "*/30 * * * *"
+    monitor = schedule.create_monitor
+    assert monitor.monitoring_target.endpoint_deployment_id == "azureml:mnist-qa:green"
+    assert monitor.alert_notification.emails == ["ops@example.com"]
+    signals = monitor.monitoring_signals
+    assert signals["data_drift"].metric_thresholds.numerical.normalized_wasserstein_distance == 0.2
+    assert signals["data_drift"].production_data.data_window.lookback_window_size == "P7D"
+    assert signals["prediction_drift"].metric_thresholds.categorical.jensen_shannon_distance == 0.1
+    assert signals["data_quality"].metric_thresholds.numerical.out_of_bounds_rate == 0.05
+    assert signals["model_performance"].metric_thresholds.classification.accuracy == 0.95
+
+
+def test_missing_workspace_setting_fails_in_one_line(tmp_path):
+    proc = run_cli(["env=qa", "env.backend=azure", "stage=provision", "compute=azure_cpu_cluster"], tmp_path,
+                   env=NO_WORKSPACE, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == ("mnistops: error: env.azure.subscription_id is not set for env=qa: "
+                                                    "export AZURE_SUBSCRIPTION_ID (or pass env.azure.subscription_id=...)")
+    proc = run_cli(["env=qa", "env.backend=azure", "stage=train", "compute=cpu"], tmp_path, env=WORKSPACE, timeout=120)
+    assert proc.returncode == 2 and "compute=cpu is not an Azure ML cluster" in proc.stderr
+
+
+def test_missing_credential_fails_in_one_line(tmp_path):
+    proc = run_cli(["env=qa", "env.backend=azure", "stage=train", "compute=azure_cpu_cluster"], tmp_path,
+                   env=WORKSPACE, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [errors[0]] and errors[0].startswith("mnistops: error: no Azure credential: DefaultAzureCredential")
+
+
+def test_the_cli_does_not_import_the_azure_sdk():
+    code = ("import sys, mnistops.config, mnistops.stages, mnistops.azure; "
+            "assert not [m for m in sys.modules if m.startswith('azure')], 'azure SDK imported'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+# --------------------------------------------------------------------------- the scoring script
+
+@pytest.fixture(scope="module")
+def azure_model_dir(tmp_path_factory, data_cache):
+    """A registered model laid out as Azure mounts it: AZUREML_MODEL_DIR/<model folder>/{MLmodel, artifacts/}."""
+    from serving_fixtures import registered_model
+
+    root = tmp_path_factory.mktemp("azureml-model-dir")
+    shutil.copytree(registered_model(tmp_path_factory, data_cache), root / "model")
+    return root
+
+
+@pytest.fixture
+def score(azure_model_dir, monkeypatch):
+    monkeypatch.setenv("AZUREML_MODEL_DIR", str(azure_model_dir))
+    monkeypatch.setenv("MNISTOPS_MODEL_NAME", "mnist-classifier")
+    monkeypatch.setenv("MNISTOPS_MODEL_VERSION", "7")
+    monkeypatch.setenv("MNISTOPS_DEPLOYMENT", "green")
+    module = importlib.reload(importlib.import_module("mnistops.azure.score"))
+    module.init()
+    return module
+
+
+def test_scoring_script_serves_real_images_like_the_local_endpoint(score, data_cache):
+    from mnistops.data.idx import read_idx
+    from mnistops.serving.deployments import OnnxModel
+    from mnistops.serving.inputs import to_batch
+
+    images = read_idx(data_cache / "mnist" / "t10k-images-idx3-ubyte")[:64]
+    labels = read_idx(data_cache / "mnist" / "t10k-labels-idx1-ubyte")[:64]
+    answer = score.run(json.dumps({"data": images.tolist()}))
+    digits = np.array([p["digit"] for p in answer["predictions"]])
+    assert (answer["model"], answer["version"], answer["deployment"]) == ("mnist-classifier", "7", "green")
+    assert answer["request_id"] and (digits == labels).mean() >= 0.8
+    local = OnnxModel(score.find_model_dir(Path(score.os.environ["AZUREML_MODEL_DIR"]))).predict(to_batch(images))
+    assert np.array_equal(digits, local.argmax(axis=1))  # the same predictor as the local endpoint
+    flat = score.run(json.dumps({"input_data": (images[:3].reshape(3, 784) / 255.0).tolist()}).encode())
+    assert [p["digit"] for p in flat["predictions"]] == digits[:3].tolist()
+
+
+def test_scoring_script_refuses_bad_payloads_with_the_field(score):
+    answer = score.run('{"data": [[1, 2, 3]]}')
+    assert answer["field"] == "data" and "28x28" in answer["error"]
+    assert score.run("not json")["field"] == "body"

@@ -1,0 +1,154 @@
+"""Monitoring end to end on a real endpoint (uvicorn on 127.0.0.1, collection on) and real data:
+clean traffic raises no drift alert, shifted traffic does, wrong feedback lowers the measured
+accuracy and alerts, alerts reach a webhook on 127.0.0.1, a dead sink is reported, and the
+retraining trigger runs the CI pipeline whose gate still decides."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from conftest import QUICK, free_port, fresh_home, mlflow_client, run_cli, runs_of
+
+pytestmark = pytest.mark.slow
+
+FAST_TESTS = "ci.pytest_args=[tests/test_config.py::test_default_main_job_is_the_dev_pipeline,-q,-p,no:cacheprovider]"
+# a quick logreg reads ~0.85-0.9 of digits: judge performance against that, not production's 0.95
+MONITOR = ["monitor.min_requests=100", "monitor.min_feedback=30", "monitor.thresholds.min_accuracy=0.75",
+           "monitor.thresholds.min_class_recall=0.3", "monitor.thresholds.min_class_precision=0.3",
+           "monitor.reference_size=3000"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, data_cache):
+    """An env whose champion (CI: gate, baselines) serves on a real endpoint with collection on."""
+    home = fresh_home(tmp_path_factory, data_cache, "monitoring-home")
+    port = f"endpoint.port={free_port()}"
+    run_cli(["stage=ci", *QUICK, FAST_TESTS, "gate.min_accuracy=0.75"], home, check=True, timeout=900)
+    run_cli(["stage=deploy", port, "deploy.model=models:/mnist-classifier@champion"], home, check=True, timeout=300)
+    yield home, port
+    run_cli(["stage=endpoint", "endpoint.action=stop", port], home)
+
+
+class Since:
+    """``monitor.window`` covering exactly the traffic sent since this was made."""
+
+    def __init__(self):
+        self.t0 = time.time()
+
+    def window(self) -> str:
+        return f"monitor.window={math.ceil(time.time() - self.t0) + 1}s"
+
+
+def traffic(home, port, *extra):
+    return run_cli(["stage=traffic", port, "traffic.rate=0", "traffic.requests=300", *extra], home, check=True,
+                   timeout=300)
+
+
+def alerts(home) -> list:
+    path = home / "dev" / "monitoring" / "alerts.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def drift_alerts(new: list) -> list:
+    return [a for a in new if a["signal"] in ("data_drift", "embedding_drift", "prediction_drift")]
+
+
+class Hook(BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):
+        Hook.received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_clean_shifted_and_wrong_feedback(served):
+    home, port = served
+    # clean traffic with true feedback: no alert of any kind
+    since = Since()
+    out = traffic(home, port, "traffic.feedback_fraction=0.5", "traffic.seed=1")
+    assert "300 requests" in out.stdout and "0 errors" in out.stdout
+    before = len(alerts(home))
+    clean = run_cli(["stage=monitor", port, since.window(), *MONITOR], home, check=True, timeout=600)
+    assert "no alerts" in clean.stdout, clean.stdout
+    assert alerts(home)[before:] == []
+    report = home / "dev" / "outputs"
+    assert list(report.rglob("monitor_report.html"))
+
+    # inverted images: drift alerts, and the stage still exits 0 (alerts are data)
+    since = Since()
+    traffic(home, port, "traffic.shift=invert", "traffic.severity=1.0", "traffic.seed=2")
+    before = len(alerts(home))
+    shifted = run_cli(["stage=monitor", port, since.window(), *MONITOR], home, check=True, timeout=600)
+    new = alerts(home)[before:]
+    assert drift_alerts(new), shifted.stdout
+    a = drift_alerts(new)[0]
+    assert a["value"] > a["threshold"] and a["window"]["requests"] == 300 and a["env"] == "dev"
+    assert "ALERT" in shifted.stdout
+
+    # wrong labels in the feedback: measured accuracy falls and alerts; a webhook on 127.0.0.1 gets it
+    hook = HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=hook.serve_forever, daemon=True)
+    thread.start()
+    try:
+        since = Since()
+        traffic(home, port, "traffic.feedback_fraction=1.0", "traffic.label_noise=0.6", "traffic.seed=3")
+        wrong = run_cli(["stage=monitor", port, since.window(), *MONITOR,
+                         f"monitor.alerts.webhook_url=http://127.0.0.1:{hook.server_port}/hook"], home, check=True,
+                        timeout=600)
+    finally:
+        hook.shutdown()
+        hook.server_close()
+    perf = [a for a in alerts(home) if a["signal"] == "model_performance" and a["metric"] == "accuracy"]
+    assert perf and perf[-1]["value"] < 0.6, wrong.stdout
+    assert Hook.received, "the webhook got nothing"
+    payload = Hook.received[-1]
+    assert "accuracy" in payload["text"] and payload["alerts"][0]["threshold"] is not None
+    client = mlflow_client(home)
+    run = max(runs_of(client, "monitor"), key=lambda r: r.info.start_time)
+    assert run.data.metrics["monitor/alerts"] >= 1
+    assert any(a.path.endswith("monitor_report.html") for a in client.list_artifacts(run.info.run_id, "monitoring"))
+
+
+def test_dead_sink_is_reported(served):
+    home, port = served
+    since = Since()
+    traffic(home, port, "traffic.shift=invert", "traffic.seed=4", "traffic.requests=150")
+    dead = f"monitor.alerts.webhook_url=http://127.0.0.1:{free_port()}/nobody-listens"
+    fast = ["monitor.alerts.retries=1", "monitor.alerts.backoff_s=0.05", "monitor.alerts.timeout_s=1"]
+    reported = run_cli(["stage=monitor", port, since.window(), *MONITOR, dead, *fast], home, check=True, timeout=600)
+    assert "WARNING: alert sink webhook failed after 2 attempt(s)" in reported.stdout
+    assert "nobody-listens" not in reported.stdout  # webhook URLs carry secrets: host only
+    failed = run_cli(["stage=monitor", port, since.window(), *MONITOR, dead, *fast,
+                      "monitor.alerts.fail_on_sink_error=true"], home, timeout=600)
+    assert failed.returncode == 2 and "alert sink webhook failed" in failed.stderr
+    strict = run_cli(["stage=monitor", port, since.window(), *MONITOR, "monitor.fail_on_alert=true"], home, timeout=600)
+    assert strict.returncode == 2 and "monitoring alert(s)" in strict.stderr
+
+
+def test_retraining_runs_ci_and_respects_the_gate(served):
+    home, port = served
+    client = mlflow_client(home)
+    champion = client.get_model_version_by_alias("mnist-classifier", "champion").version
+    since = Since()
+    traffic(home, port, "traffic.shift=thick", "traffic.severity=1.0", "traffic.feedback_fraction=1.0", "traffic.seed=5")
+    # the retrained model is deliberately starved (one batch): the gate must refuse it
+    starved = ["model=logreg", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
+               FAST_TESTS]
+    retrain = ["monitor.on_alert=retrain", "monitor.retrain.overrides=[" + ",".join(f"'{o}'" for o in starved) + "]"]
+    out = run_cli(["stage=monitor", port, since.window(), *MONITOR, *retrain], home, check=True, timeout=900)
+    assert "retraining" in out.stdout and "the gate refused the retrained model" in out.stdout, out.stdout
+    assert client.get_model_version_by_alias("mnist-classifier", "champion").version == champion
+    newest = max(client.search_model_versions("name='mnist-classifier'"), key=lambda v: int(v.version))
+    assert newest.tags["mnistops.gate.decision"] == "rejected" and newest.version != champion
+    train = max(runs_of(client, "train"), key=lambda r: r.info.start_time)
+    assert "labelled" in train.data.params.get("data.extra_train", "")
