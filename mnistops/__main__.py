@@ -5,8 +5,6 @@
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 from pathlib import Path
 
@@ -29,9 +27,9 @@ def config_path() -> str:
 def main(cfg: DictConfig) -> float | None:
     from mnistops.stages import run_stage
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # local copies: noise, not progress
-    for chatty in ("httpx", "httpcore", "great_expectations"):  # chatter drowns what the stages say
-        logging.getLogger(chatty).setLevel(logging.WARNING)
+    from mnistops.quiet import quiet_libraries
+
+    quiet_libraries()
     try:
         result = run_stage(cfg)
     except MnistopsError as err:

@@ -24,7 +24,6 @@ from mnistops.monitoring.drift import DRIFT_FEATURES, Reference, class_distribut
 from mnistops.monitoring.signals import Signal, describe
 from mnistops.monitoring.window import Window
 
-plt = plots.plt
 REF_COLOR, CUR_COLOR, BAD_COLOR = "#7f8c8d", "#1f77b4", "#c0392b"
 TIME_BINS = 48
 
@@ -40,10 +39,9 @@ img{max-width:100%;border:1px solid #eee} .muted{color:#888}
 
 
 def _png(fig) -> str:
-    """A figure as a data URI (and closed)."""
+    """A figure as a data URI."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -61,7 +59,7 @@ def _hist_grid(ref: np.ndarray, cur: np.ndarray, names: Sequence[str], signals: 
     if not len(names) or not len(cur):
         return None
     rows = math.ceil(len(names) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.6, rows * 2.0), squeeze=False)
+    fig, axes = plots.figure((cols * 2.6, rows * 2.0), rows, cols, squeeze=False)
     for ax, j, name in zip(axes.flat, range(len(names)), names):
         r, c = ref[:, j], cur[:, j]
         lo, hi = np.nanmin(np.r_[r, c]), np.nanmax(np.r_[r, c])
@@ -84,7 +82,7 @@ def _class_plot(reference: Reference, window: Window) -> Optional[str]:
     if not window.n_images:
         return None
     x = np.arange(10)
-    fig, ax = plt.subplots(figsize=(6, 2.6))
+    fig, ax = plots.figure((6, 2.6))
     ax.bar(x - 0.2, reference.class_distribution, 0.4, color=REF_COLOR, label=f"reference ({reference.n_images})")
     ax.bar(x + 0.2, class_distribution(window.digits), 0.4, color=CUR_COLOR, label=f"current ({window.n_images})")
     ax.set_xticks(x)
@@ -121,7 +119,7 @@ def _system_plot(window: Window) -> Optional[str]:
     mids = (edges[:-1] + edges[1:]) / 2 - t0
     unit, scale = ("h", 3600.0) if t1 - t0 > 3 * 3600 else ("min", 60.0)
     deps = req["deployment"].astype(str).replace("", "(none)")
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 4.6), sharex=True)
+    fig, (ax1, ax2) = plots.figure((9, 4.6), 2, 1, sharex=True)
     for d in sorted(deps.unique()):
         g = req[deps == d]
         b = np.clip(np.searchsorted(edges, g["time"].to_numpy(np.float64), side="right") - 1, 0, TIME_BINS - 1)

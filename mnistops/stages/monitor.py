@@ -62,8 +62,10 @@ def run(cfg: DictConfig) -> StageResult:
         alerting.append_log(store.alerts_path(cfg), raised)
         sinks = _send(cfg, raised)
         out = tracking.output_dir(cfg, "monitor")
-        meta = {"env": cfg.env.name, "endpoint": mdir.name, "window": window_info, "model": model_uri,
-                "sinks": [s.__dict__ for s in sinks]}
+        meta = {"env": cfg.env.name, "endpoint": mdir.name, "window": str(cfg.monitor.window), "model": model_uri,
+                "monitor run": run_id,
+                "alert sinks": "; ".join(f"{s.sink}: " + ("delivered" if s.ok else f"FAILED ({s.error})") for s in sinks)
+                or ("webhook configured, nothing to send" if cfg.monitor.alerts.webhook_url else "alert log only")}
         html = report.write_report(out / "monitor_report.html", window, reference, signals,
                                    [a.to_dict() for a in raised], meta)
         (out / "signals.json").write_text(json.dumps([s.__dict__ for s in signals], indent=2, default=str))

@@ -18,9 +18,13 @@ log = logging.getLogger(__name__)
 CHECKPOINT_TAG = "mnistops.checkpoint_dir"
 
 
+def in_notebook() -> bool:
+    return "ipykernel" in sys.modules
+
+
 def trainer_kwargs(cfg: DictConfig) -> Dict[str, Any]:
     kwargs = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if v is not None}
-    kwargs.setdefault("enable_progress_bar", sys.stderr.isatty())
+    kwargs.setdefault("enable_progress_bar", sys.stderr.isatty() or in_notebook())
     kwargs.update(accelerator=cfg.compute.accelerator, devices=cfg.compute.devices,
                   num_nodes=cfg.compute.num_nodes, strategy=cfg.compute.strategy,
                   use_distributed_sampler=False)  # the in-memory batches shard themselves
@@ -88,6 +92,10 @@ def run(cfg: DictConfig) -> StageResult:
                                   mode=cfg.train.monitor_mode, save_top_k=1, save_last=True,
                                   auto_insert_metric_name=False)
         callbacks = [best_cb]
+        if in_notebook():  # Lightning's default (Rich) bar needs ipywidgets in Jupyter; tqdm's text bar does not
+            from lightning.pytorch.callbacks import TQDMProgressBar
+
+            callbacks.append(TQDMProgressBar())
         if cfg.train.checkpoint_every_n_steps:
             callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="step", save_last=True,
                                              every_n_train_steps=cfg.train.checkpoint_every_n_steps))
