@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import httpx
+import numpy as np
+import pytest
 
 from conftest import QUICK, REPO, free_port, fresh_home, mlflow_client, run_cli
 
@@ -45,6 +47,22 @@ def registered_model(tmp_path_factory, data_cache: Path) -> Path:
     assert (path / "artifacts" / "model.onnx").is_file() and (path / "MLmodel").is_file()
     _MODELS["candidate"] = path
     return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, data_cache) -> Path:
+    """The session's registered model, for the test modules that serve it (import this fixture)."""
+    return registered_model(tmp_path_factory, data_cache)
+
+
+@pytest.fixture(scope="module")
+def mnist(data_cache):
+    """The first 300 official test images and labels."""
+    from mnistops.data.idx import read_idx
+
+    images = read_idx(data_cache / "mnist" / "t10k-images-idx3-ubyte")[:300]
+    labels = read_idx(data_cache / "mnist" / "t10k-labels-idx1-ubyte")[:300]
+    return np.array(images), np.array(labels)
 
 
 def make_endpoint(root: Path, model_dir: Path, name: str = "mnist", port: Optional[int] = None, **server) -> Path:

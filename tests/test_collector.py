@@ -12,24 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving_fixtures import ServerProcess, make_endpoint, registered_model
-from mnistops.data.idx import read_idx
+from serving_fixtures import ServerProcess, make_endpoint, mnist, model_dir  # noqa: F401 (fixtures)
 from mnistops.monitoring import store
 from mnistops.serving.collector import Collector, decode_images, monitor_dir_of
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, data_cache) -> Path:
-    return registered_model(tmp_path_factory, data_cache)
-
-
-@pytest.fixture(scope="module")
-def mnist(data_cache):
-    images = read_idx(data_cache / "mnist" / "t10k-images-idx3-ubyte")[:300]
-    labels = read_idx(data_cache / "mnist" / "t10k-labels-idx1-ubyte")[:300]
-    return np.array(images), np.array(labels)
 
 
 def records(endpoint_dir: Path) -> list:

@@ -16,23 +16,9 @@ import httpx
 import numpy as np
 import pytest
 
-from serving_fixtures import AUTH, KEY, ServerProcess, make_endpoint, registered_model
-from mnistops.data.idx import read_idx
+from serving_fixtures import AUTH, KEY, ServerProcess, make_endpoint, mnist, model_dir  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.slow
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, data_cache) -> Path:
-    """A logreg model trained and registered by the real pipeline, downloaded as the deploy stage does."""
-    return registered_model(tmp_path_factory, data_cache)
-
-
-@pytest.fixture(scope="module")
-def mnist(data_cache):
-    images = read_idx(data_cache / "mnist" / "t10k-images-idx3-ubyte")[:200]
-    labels = read_idx(data_cache / "mnist" / "t10k-labels-idx1-ubyte")[:200]
-    return np.array(images), np.array(labels)
-
 
 def reference(model_dir: Path, images: np.ndarray) -> np.ndarray:
     """What onnxruntime answers directly: softmax probabilities."""

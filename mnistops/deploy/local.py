@@ -18,18 +18,11 @@ from typing import Any, Dict, Optional
 import httpx
 from omegaconf import DictConfig
 
+from mnistops.atomic import write_atomic
 from mnistops.errors import MnistopsError
 
 SERVER_KEYS = ("host", "port", "auth", "max_body_bytes", "request_timeout_ms", "max_batch", "max_wait_ms",
                "max_queue")
-
-
-def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 class LocalEndpoint:
@@ -48,7 +41,7 @@ class LocalEndpoint:
         """The endpoint's API key, generated on first use and kept 0600."""
         if not self.key_file.is_file():
             self.dir.mkdir(parents=True, exist_ok=True)
-            _write_atomic(self.key_file, secrets.token_urlsafe(32) + "\n", mode=0o600)
+            write_atomic(self.key_file, secrets.token_urlsafe(32) + "\n", mode=0o600)
         return self.key_file.read_text().strip()
 
     def write_server_config(self) -> None:
@@ -59,7 +52,7 @@ class LocalEndpoint:
                     "collect_rotate_mb": float(collect.rotate_mb), "collect_rotate_minutes": float(collect.rotate_minutes),
                     "collect_flush_ms": float(collect.flush_ms), "collect_max_pending": int(collect.max_pending)}
         self.dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.dir / "server.json", json.dumps(settings, indent=2))
+        write_atomic(self.dir / "server.json", json.dumps(settings, indent=2))
 
     def pid(self) -> Optional[int]:
         try:

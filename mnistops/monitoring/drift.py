@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -37,6 +35,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 import pandas as pd
 
+from mnistops.atomic import write_atomic
 from mnistops.errors import MnistopsError
 
 DRIFT_FEATURES = ("mean_intensity", "ink_coverage", "bbox_top", "bbox_left", "bbox_height",
@@ -187,24 +186,6 @@ def build_reference(images: np.ndarray, embedder, components: int, *, size: Opti
                           "model_version": getattr(embedder, "version", None), **(meta or {})})
     ref.projected = ref.project(emb)
     return ref
-
-
-def write_atomic(path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same folder + rename: a crash never
-    leaves a half file that a later run trusts."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_reference(ref: Reference, path) -> Path:

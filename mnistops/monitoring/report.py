@@ -158,15 +158,22 @@ def _signals_table(signals: Sequence[Signal]) -> str:
             "<th>breached if</th><th>verdict</th><th>note</th></tr>" + "".join(rows) + "</table>")
 
 
+ALERT_COLUMNS = ("signal", "metric", "deployment", "value", "threshold", "direction", "id")
+
+
 def _alerts_table(alerts: Sequence[Dict[str, Any]]) -> str:
+    """One row an alert: what breached, by how much, and its id in the alert log (the window is the page's)."""
     if not alerts:
         return '<p class="ok">no alerts</p>'
-    keys: List[str] = []
-    for a in alerts:
-        keys += [k for k in a if k not in keys]
-    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(a.get(k, '')))}</td>" for k in keys) + "</tr>"
-                   for a in alerts)
+
+    def cell(a: Dict[str, Any], k: str) -> str:
+        v = a.get(k)
+        if isinstance(v, float):
+            return f'<td class="num">{v:.4g}</td>'
+        return f"<td>{html.escape('' if v is None else str(v))}</td>"
+
+    head = "".join(f"<th>{k}</th>" for k in ALERT_COLUMNS)
+    body = "".join('<tr class="breached">' + "".join(cell(a, k) for k in ALERT_COLUMNS) + "</tr>" for a in alerts)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 

@@ -4,11 +4,12 @@ digest, plus `current.json` naming the one in force) and the model-quality basel
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from omegaconf import DictConfig
+
+from mnistops.atomic import write_atomic
 
 
 def quality_dir(cfg: DictConfig) -> Path:
@@ -16,11 +17,7 @@ def quality_dir(cfg: DictConfig) -> Path:
 
 
 def write_json(path: Path, data: Dict[str, Any]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, json.dumps(data, indent=2))
 
 
 def read_json(path: Path) -> Optional[Dict[str, Any]]:

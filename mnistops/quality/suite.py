@@ -56,8 +56,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -70,6 +68,7 @@ import pandas as pd
 import great_expectations as gx
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
+from mnistops.atomic import write_atomic
 from mnistops.errors import MnistopsError
 from mnistops.quality.features import FEATURE_COLUMNS, INK_THRESHOLD, as_image_grid, image_features
 
@@ -330,21 +329,8 @@ def suite_info(suite: gx.ExpectationSuite) -> Dict[str, Any]:
 
 
 def save_suite(suite: gx.ExpectationSuite, path) -> Path:
-    """Write the suite as JSON, atomically (temp file in the same folder + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(suite.to_json_dict(), indent=1, sort_keys=False)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write the suite as JSON, atomically."""
+    return write_atomic(path, json.dumps(suite.to_json_dict(), indent=1, sort_keys=False))
 
 
 def load_suite(path) -> gx.ExpectationSuite:
@@ -522,6 +508,8 @@ def _select(suite: gx.ExpectationSuite, labels_given: bool, batch_checks: bool,
 
 
 def _quiet(context) -> None:
+    # GX sets this logger to INFO itself, so the CLI's quieting of "great_expectations" misses it
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
     try:
         context.variables.progress_bars = ProgressBarsConfig(globally=False)
     except Exception:  # pragma: no cover - cosmetic only

@@ -38,6 +38,7 @@ log = logging.getLogger("mnistops.serving")
 REQUESTS_DIR = "requests"
 FEEDBACK_FILE = "feedback.jsonl"
 DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY
+CHUNK = 64  # records serialised per turn of the writer (~0.3 ms holding the GIL)
 
 
 def monitor_dir_of(endpoint_dir: Path) -> Path:
@@ -46,13 +47,8 @@ def monitor_dir_of(endpoint_dir: Path) -> Path:
     return endpoint_dir.parent.parent / "monitoring" / endpoint_dir.name
 
 
-def encode_images(batch: np.ndarray) -> str:
-    """float [0, 1] images -> base64 of uint8 pixels (MNIST's own precision; 784 bytes an image)."""
-    pixels = np.rint(np.asarray(batch, dtype=np.float32).reshape(-1, 784) * 255.0).clip(0, 255).astype(np.uint8)
-    return base64.b64encode(pixels.tobytes()).decode("ascii")
-
-
 def decode_images(text: str, n: int) -> np.ndarray:
+    """A record's ``inputs``: base64 of uint8 pixels (MNIST's own precision, 784 bytes an image)."""
     return np.frombuffer(base64.b64decode(text), dtype=np.uint8).reshape(n, 28, 28)
 
 
@@ -124,36 +120,51 @@ class Collector:
         pending = self._pending
         if not pending:
             return
-        lines = []
         while pending:
-            lines.append(self._line(pending.popleft()))
-        data = b"".join(lines)
-        try:
-            f = self._current_file(len(data))
-            f.write(data)
-            f.flush()
-        except OSError:
-            if self._m_failed is not None:
-                self._m_failed.inc(len(lines))
-            raise
-        if self._m_written is not None:
-            self._m_written.inc(len(lines))
+            items = [pending.popleft() for _ in range(min(CHUNK, len(pending)))]
+            data = self._lines(items)
+            try:
+                f = self._current_file(len(data))
+                f.write(data)
+                f.flush()
+            except OSError:
+                if self._m_failed is not None:
+                    self._m_failed.inc(len(items))
+                raise
+            if self._m_written is not None:
+                self._m_written.inc(len(items))
+            time.sleep(0)  # hand the GIL back to the event loop between chunks: serving latency first
 
     @staticmethod
-    def _line(item: Pending) -> bytes:
-        t, rid, route, status, seconds, deployment, payload = item
-        rec: dict[str, Any] = {"t": round(t, 4), "id": rid, "route": route, "status": status,
-                               "latency_ms": round(seconds * 1000.0, 3), "deployment": deployment}
-        if payload is not None:
-            batch, probs, info = payload
-            rec["model"] = info.get("model_name", "")
-            rec["version"] = str(info.get("version", ""))
-            rec["n"] = len(probs)
-            if status < 400:
-                rec["inputs"] = encode_images(batch)
-                rec["digits"] = probs.argmax(axis=1)
-                rec["probabilities"] = np.round(probs, 5)
-        return orjson.dumps(rec, option=DUMPS_OPTS) + b"\n"
+    def _lines(items: list) -> bytes:
+        """JSON lines for ``items``. The numpy work runs once over all of them (a few large calls,
+        which release the GIL, instead of many small ones that hold it against the event loop)."""
+        answered = [it for it in items if it[6] is not None and it[3] < 400]
+        if answered:
+            probs = np.concatenate([it[6][1] for it in answered])
+            pixels = np.concatenate([it[6][0] for it in answered]).reshape(-1, 784)
+            pixels = np.rint(pixels * 255.0).clip(0, 255).astype(np.uint8)
+            digits = probs.argmax(axis=1)
+        out = []
+        offset = 0
+        for t, rid, route, status, seconds, deployment, payload in items:
+            rec: dict[str, Any] = {"t": round(t, 4), "id": rid, "route": route, "status": status,
+                                   "latency_ms": round(seconds * 1000.0, 3), "deployment": deployment}
+            if payload is not None:
+                info = payload[2]
+                n = len(payload[1])
+                rec["model"] = info.get("model_name", "")
+                rec["version"] = str(info.get("version", ""))
+                rec["n"] = n
+                if status < 400:
+                    end = offset + n
+                    rec["inputs"] = base64.b64encode(pixels[offset:end].tobytes()).decode("ascii")
+                    rec["digits"] = digits[offset:end]
+                    rec["probabilities"] = probs[offset:end]
+                    offset = end
+            out.append(orjson.dumps(rec, option=DUMPS_OPTS))
+            out.append(b"\n")
+        return b"".join(out)
 
     def _current_file(self, incoming: int):
         f = self._file
