@@ -22,6 +22,9 @@ SHIFTS = ("none", "rotate", "noise", "blur", "invert", "thick", "imbalance")
 
 
 def check(cfg: DictConfig) -> None:
+    if cfg.env.backend != "local":
+        raise MnistopsError("stage=traffic drives the env's local endpoint (its /feedback route included); "
+                            "with env.backend=azure use stage=smoke against the managed endpoint")
     t = cfg.traffic
     if t.shift not in SHIFTS:
         raise MnistopsError(f"traffic.shift={t.shift!r}: expected one of {', '.join(SHIFTS)}")
