@@ -271,3 +271,22 @@ def test_report_is_self_contained(mnist, embedder, reference, suite, mcfg, tmp_p
     assert text.count("data:image/png;base64,") == 5  # features, classes, components, confusion, system
     assert "BREACHED" in text and "stroke_width" in text and "mnist-classifier/7" in text and "green" in text
     assert not list(path.parent.glob(".*part"))
+
+
+def test_bad_monitoring_knobs_fail_with_one_clear_message(tmp_path):
+    """A typo in a window, a shift or an action names the key and what it accepts."""
+    from mnistops.errors import MnistopsError
+    from mnistops.monitoring.store import window_bounds
+    from mnistops.stages import monitor, traffic
+
+    assert window_bounds("90m", now=10_000.0) == (10_000.0 - 5400, 10_000.0)
+    assert window_bounds("all", now=5.0) == (0.0, 5.0)
+    for bad in ("1 hour", "-5m", "0h", "h"):
+        with pytest.raises(MnistopsError, match="monitor.window"):
+            window_bounds(bad)
+    with pytest.raises(MnistopsError, match=r"traffic.shift='rotat'.*rotate"):
+        traffic.check(compose(["stage=traffic", "traffic.shift=rotat"], tmp_path))
+    with pytest.raises(MnistopsError, match=r"traffic.severity=1.5 must be in 0..1"):
+        traffic.check(compose(["stage=traffic", "traffic.severity=1.5"], tmp_path))
+    with pytest.raises(MnistopsError, match=r"monitor.on_alert='retrian'.*retrain"):
+        monitor.run(compose(["stage=monitor", "monitor.on_alert=retrian"], tmp_path))
