@@ -65,12 +65,6 @@ def append_log(path: Path, alerts: List[Alert]) -> None:
         os.fsync(f.fileno())
 
 
-def read_log(path: Path) -> List[Dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
 @dataclass
 class SinkResult:
     sink: str

@@ -10,6 +10,7 @@ Layout (written by ``mnistops.serving.collector``)::
 
 from __future__ import annotations
 
+import io
 import re
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import orjson
 import pandas as pd
 from omegaconf import DictConfig
 
+from mnistops.atomic import write_atomic
 from mnistops.errors import MnistopsError
 from mnistops.serving.collector import FEEDBACK_FILE, REQUESTS_DIR, decode_images
 
@@ -60,6 +62,19 @@ class ReadStats:
     torn: int = 0  # lines a killed writer left half-written: skipped
 
 
+def json_lines(path: Path, stats: ReadStats) -> Iterator[dict]:
+    """The records of one append-only JSON-lines file; a torn line (a killed writer's) is counted, skipped."""
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                rec = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                stats.torn += 1
+                continue
+            stats.lines += 1
+            yield rec
+
+
 def iter_records(monitor_dir: Path, start: float, end: float, stats: Optional[ReadStats] = None) -> Iterator[dict]:
     """Every collected request record with ``start <= t <= end``, oldest file first."""
     stats = stats if stats is not None else ReadStats()
@@ -68,32 +83,17 @@ def iter_records(monitor_dir: Path, start: float, end: float, stats: Optional[Re
         if path.stat().st_mtime < start:  # last written before the window opened
             continue
         stats.files += 1
-        with open(path, "rb") as f:
-            for line in f:
-                try:
-                    rec = orjson.loads(line)
-                except orjson.JSONDecodeError:
-                    stats.torn += 1
-                    continue
-                stats.lines += 1
-                if start <= rec.get("t", 0.0) <= end:
-                    yield rec
+        for rec in json_lines(path, stats):
+            if start <= rec.get("t", 0.0) <= end:
+                yield rec
 
 
 def read_feedback(monitor_dir: Path) -> Dict[str, int]:
     """request id -> label; a later answer for the same request wins."""
     path = Path(monitor_dir) / FEEDBACK_FILE
-    labels: Dict[str, int] = {}
     if not path.is_file():
-        return labels
-    with open(path, "rb") as f:
-        for line in f:
-            try:
-                rec = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            labels[rec["request_id"]] = int(rec["label"])
-    return labels
+        return {}
+    return {rec["request_id"]: int(rec["label"]) for rec in json_lines(path, ReadStats())}
 
 
 def load_window(monitor_dir: Path, start: float, end: float, stats: Optional[ReadStats] = None):
@@ -140,10 +140,7 @@ def export_labelled(window, monitor_dir: Path) -> Optional[Path]:
     has = window.labels >= 0
     if not has.any():
         return None
-    out = Path(monitor_dir) / "labelled"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(window.end))}-{int(has.sum())}.npz"
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez_compressed(tmp, images=window.images[has], labels=window.labels[has])
-    tmp.replace(path)
-    return path
+    path = Path(monitor_dir) / "labelled" / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(window.end))}-{int(has.sum())}.npz"
+    buf = io.BytesIO()
+    np.savez_compressed(buf, images=window.images[has], labels=window.labels[has])
+    return write_atomic(path, buf.getvalue())

@@ -44,10 +44,10 @@ def run(cfg: DictConfig) -> StageResult:
     mdir = store.endpoint_monitoring_dir(cfg)
     stats = store.ReadStats()
     window = store.load_window(mdir, start, end, stats)
-    n_requests, n_images = len(window.requests), len(window.images)
+    n_requests, n_images = len(window.requests), window.n_images
     print(f"monitor {cfg.env.name}/{mdir.name}: window {cfg.monitor.window} "
           f"({_iso(start)} .. {_iso(end)}): {n_requests} requests, {n_images} collected images, "
-          f"{int((window.labels >= 0).sum())} with feedback" + (f"; {stats.torn} torn lines skipped" if stats.torn else ""))
+          f"{window.n_labelled} with feedback" + (f"; {stats.torn} torn lines skipped" if stats.torn else ""))
 
     model_uri, embedder = _embedder(cfg, window)
     reference = _reference(cfg, embedder, model_uri)
@@ -82,6 +82,7 @@ def run(cfg: DictConfig) -> StageResult:
         retrain = _retrain(cfg, window, mdir, raised) if raised and cfg.monitor.on_alert == "retrain" else None
         if retrain is not None:
             metrics["monitor/retrain_exit_code"] = float(retrain["exit_code"])
+            tracking.log_metrics({"monitor/retrain_exit_code": metrics["monitor/retrain_exit_code"]})
             mlflow.log_dict(retrain, "monitoring/retrain.json")
             mlflow.set_tag("mnistops.monitor.retrain", retrain["outcome"])
 
@@ -101,8 +102,7 @@ def run(cfg: DictConfig) -> StageResult:
         raise MnistopsError(f"{len(raised)} monitoring alert(s) (monitor.fail_on_alert=true); first: {raised[0].message}")
     return StageResult("monitor", run_id=run_id, metrics=metrics, model_uri=model_uri,
                        artifacts={"report": str(html), "signals": str(out / "signals.json"),
-                                  "alerts": str(out / "alerts.json"), "alert_log": str(store.alerts_path(cfg))},
-                       outputs={})
+                                  "alerts": str(out / "alerts.json"), "alert_log": str(store.alerts_path(cfg))})
 
 
 def _iso(t: float) -> str:
@@ -170,7 +170,7 @@ def _retrain(cfg: DictConfig, window, mdir: Path, raised) -> Optional[dict]:
 
     from mnistops.monitoring.store import export_labelled
 
-    labelled = int((window.labels >= 0).sum())
+    labelled = window.n_labelled
     if labelled < cfg.monitor.retrain.min_labelled:
         return {"outcome": f"skipped: {labelled} labelled images < monitor.retrain.min_labelled "
                            f"{cfg.monitor.retrain.min_labelled}", "exit_code": -1}

@@ -16,10 +16,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from mnistops.errors import MnistopsError
+from mnistops.monitoring.shifts import SHIFTS
 from mnistops.stages import StageResult
-
-SHIFTS = ("none", "rotate", "noise", "blur", "invert", "thick", "imbalance")
-
 
 def check(cfg: DictConfig) -> None:
     if cfg.env.backend != "local":
@@ -43,16 +41,13 @@ def run(cfg: DictConfig) -> StageResult:
     from mnistops import tracking
     from mnistops.data import mirrors
     from mnistops.data.idx import read_idx
-    from mnistops.deploy.local import LocalEndpoint
     from mnistops.monitoring.shifts import apply_shift
     from mnistops.serving_client import feedback, score
+    from mnistops.stages.smoke import local_target
 
     check(cfg)
     t = cfg.traffic
-    endpoint = LocalEndpoint(cfg)
-    if not endpoint.healthy():
-        raise MnistopsError(f"endpoint {endpoint.name} ({cfg.env.name}) is not running at {endpoint.url}: "
-                            "run stage=deploy first")
+    url, key, _ = local_target(cfg)
     rng = np.random.default_rng(cfg.seed if t.seed is None else t.seed)
     paths = mirrors.fetch(cfg)
     test_x, test_y = read_idx(paths["test_images"]), read_idx(paths["test_labels"]).astype(np.int64)
@@ -61,7 +56,6 @@ def run(cfg: DictConfig) -> StageResult:
     give_feedback = rng.random(len(images)) < t.feedback_fraction
     wrong = rng.random(len(images)) < t.label_noise
     told = np.where(wrong, (labels + rng.integers(1, 10, len(labels))) % 10, labels)
-    key = endpoint.key()
     interval = 1.0 / t.rate if t.rate > 0 else 0.0
 
     def one(i: int) -> dict:
@@ -71,7 +65,7 @@ def run(cfg: DictConfig) -> StageResult:
             time.sleep(delay)
         start = time.perf_counter()
         try:
-            status, body = score(client, endpoint.url, key, images[i:i + 1], t.deployment)
+            status, body = score(client, url, key, images[i:i + 1], t.deployment)
         except httpx.HTTPError as err:
             status, body = 0, {"error": str(err)}
         ms = (time.perf_counter() - start) * 1000
@@ -79,14 +73,14 @@ def run(cfg: DictConfig) -> StageResult:
                "feedback": None}
         if status == 200 and give_feedback[i]:
             try:
-                out["feedback"] = feedback(client, endpoint.url, key, body["request_id"], int(told[i]))
+                out["feedback"] = feedback(client, url, key, body["request_id"], int(told[i]))
             except httpx.HTTPError:
                 out["feedback"] = 0
         return out
 
     with httpx.Client(limits=httpx.Limits(max_connections=t.concurrency)) as client, \
             ThreadPoolExecutor(t.concurrency) as pool, \
-            tqdm(total=len(images), desc=f"traffic {t.shift}@{t.severity:g} -> {endpoint.url}", unit="req") as bar:
+            tqdm(total=len(images), desc=f"traffic {t.shift}@{t.severity:g} -> {url}", unit="req") as bar:
         t0 = time.perf_counter()
         results = []
         for r in pool.map(one, range(len(images))):
@@ -105,13 +99,13 @@ def run(cfg: DictConfig) -> StageResult:
                "traffic/p50_ms": float(np.percentile([r["ms"] for r in results], 50))}
     with tracking.start_run(cfg, "traffic") as active:
         out = tracking.output_dir(cfg, "traffic")
-        summary = {"endpoint": endpoint.url, "env": cfg.env.name, "shift": t.shift, "severity": float(t.severity),
+        summary = {"endpoint": url, "env": cfg.env.name, "shift": t.shift, "severity": float(t.severity),
                    "metrics": metrics}
         (out / "traffic.json").write_text(json.dumps(summary, indent=2))
         mlflow.log_artifact(str(out / "traffic.json"))
         mlflow.log_params({"traffic.shift": t.shift, "traffic.severity": t.severity})
         tracking.log_metrics(metrics)
-    print(f"traffic to {endpoint.url} ({cfg.env.name}): {len(results)} requests, shift {t.shift} at severity "
+    print(f"traffic to {url} ({cfg.env.name}): {len(results)} requests, shift {t.shift} at severity "
           f"{t.severity:g}, {metrics['traffic/rate']:.1f} req/s, {errors} errors, accuracy {accuracy:.4f}, "
           f"feedback {fed}" + (f" ({fb_failed} refused)" if fb_failed else ""))
     return StageResult("traffic", run_id=active.info.run_id, metrics=metrics,
