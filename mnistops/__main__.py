@@ -6,21 +6,12 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from mnistops import config as _schemas  # noqa: F401  (registers the structured configs)
+from mnistops.config import config_path  # importing it registers the structured configs
 from mnistops.errors import MnistopsError
-
-
-def config_path() -> str:
-    """The repo's conf/ in a source checkout; the copy packaged as mnistops.conf once installed."""
-    source_tree = Path(__file__).resolve().parent.parent / "conf"
-    if (source_tree / "config.yaml").is_file() and (source_tree / "stage").is_dir():
-        return str(source_tree)
-    return "pkg://mnistops.conf"
 
 
 @hydra.main(version_base="1.3", config_path=config_path(), config_name="config")

@@ -71,7 +71,7 @@ def _config_source() -> tuple:
     """(initializer, its argument): the CLI's own config tree, in a checkout or installed."""
     from hydra import initialize_config_dir, initialize_config_module
 
-    from mnistops.__main__ import config_path
+    from mnistops.config import config_path
 
     source = config_path()
     if source.startswith("pkg://"):

@@ -14,6 +14,18 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+
+
+def config_path() -> str:
+    """The repo's conf/ in a source checkout; the copy packaged as mnistops.conf once installed."""
+    from pathlib import Path
+
+    source_tree = Path(__file__).resolve().parent.parent / "conf"
+    if (source_tree / "config.yaml").is_file() and (source_tree / "stage").is_dir():
+        return str(source_tree)
+    return "pkg://mnistops.conf"
+
+
 if not OmegaConf.has_resolver("abspath"):
     OmegaConf.register_new_resolver("abspath", lambda p: os.path.abspath(os.path.expanduser(str(p))))
 

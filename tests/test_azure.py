@@ -135,7 +135,7 @@ def test_promote_renders_an_mlflow_model_with_lineage(tmp_path):
 def test_monitoring_schedule_carries_the_local_monitor_thresholds(tmp_path):
     from azure.ai.ml.entities._load_functions import load_schedule
 
-    from mnistops.azure.monitoring import monitor_schedule
+    from mnistops.backends.azure.monitoring import monitor_schedule
 
     cfg = compose(["env=qa", "env.backend=azure", "azure.dry_run=true", "endpoint=azure_managed", "stage=monitor",
                    "monitor.thresholds.data_drift=0.2", "monitor.schedule=*/30 * * * *", "monitor.window=7d",
@@ -173,7 +173,7 @@ def test_missing_credential_fails_in_one_line(tmp_path):
 
 
 def test_the_cli_does_not_import_the_azure_sdk():
-    code = ("import sys, mnistops.config, mnistops.stages, mnistops.azure; "
+    code = ("import sys, mnistops.config, mnistops.stages, mnistops.backends.azure; "
             "assert not [m for m in sys.modules if m.startswith('azure')], 'azure SDK imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
@@ -196,7 +196,7 @@ def score(azure_model_dir, monkeypatch):
     monkeypatch.setenv("MNISTOPS_MODEL_NAME", "mnist-classifier")
     monkeypatch.setenv("MNISTOPS_MODEL_VERSION", "7")
     monkeypatch.setenv("MNISTOPS_DEPLOYMENT", "green")
-    module = importlib.reload(importlib.import_module("mnistops.azure.score"))
+    module = importlib.reload(importlib.import_module("mnistops.backends.azure.score"))
     module.init()
     return module
 

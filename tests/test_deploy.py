@@ -56,7 +56,7 @@ def deploy(overrides, *extra):
 
 
 def state(overrides):
-    from mnistops.deploy.local import LocalEndpoint
+    from mnistops.backends.local.server import LocalEndpoint
 
     return LocalEndpoint(compose(overrides)).state()
 
@@ -66,7 +66,7 @@ _ENDPOINTS = {}
 
 def score_once(overrides, images, deployment=None):
     """One /score request as a user sends it (composing once per endpoint: threads call this)."""
-    from mnistops.deploy.local import LocalEndpoint
+    from mnistops.backends.local.server import LocalEndpoint
     from mnistops.serving_client import score
 
     key = tuple(overrides)
@@ -165,7 +165,7 @@ def test_missing_model_is_one_clear_error(endpoint_cfg):
 
 
 def test_killed_server_comes_back_with_its_deployments(endpoint_cfg, test_images):
-    from mnistops.deploy.local import LocalEndpoint
+    from mnistops.backends.local.server import LocalEndpoint
 
     deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1")
     deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/2", "endpoint.traffic={blue:20,green:80}")

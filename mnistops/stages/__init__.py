@@ -37,10 +37,10 @@ def run_step(name: str, cfg: DictConfig) -> StageResult:
     if name not in STAGES:
         raise MnistopsError(f"unknown step {name!r} in stage.steps; known steps: {', '.join(STAGES)}")
     if cfg.env.backend == "azure":
-        from mnistops import azure
+        from mnistops.backends import azure
 
         if name in azure.JOB_STAGES or name in azure.CONTROL_STAGES:
-            from mnistops.azure import backend
+            from mnistops.backends.azure import backend
 
             return backend.run_step(name, cfg)
     module = importlib.import_module(f"mnistops.stages.{name}")
@@ -53,10 +53,10 @@ def run_stage(cfg: DictConfig) -> StageResult:
         raise MnistopsError(f"env.backend={cfg.env.backend!r} is not one of {', '.join(BACKENDS)}")
     steps = list(cfg.stage.steps) or [cfg.stage.name]
     if cfg.env.backend == "azure" and len(steps) > 1:
-        from mnistops import azure
+        from mnistops.backends import azure
 
         if azure.handles(cfg):  # a composite of job stages: one Azure ML job runs all of it
-            from mnistops.azure import backend
+            from mnistops.backends.azure import backend
 
             return backend.submit(cfg)
     if len(steps) == 1 and steps[0] == cfg.stage.name:

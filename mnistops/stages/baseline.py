@@ -18,7 +18,7 @@ def run(cfg: DictConfig) -> StageResult:
     from mnistops import tracking
     from mnistops.data import mirrors
     from mnistops.data.idx import read_idx
-    from mnistops.deploy import registry
+    from mnistops.backends.local import registry
     from mnistops.errors import MnistopsError
     from mnistops.quality import build_suite, save_suite, validate_batch
     from mnistops.quality import model_quality, store

@@ -48,8 +48,8 @@ def serving(state: dict, version_uri: str) -> Optional[str]:
 
 
 def run(cfg: DictConfig) -> StageResult:
-    from mnistops.deploy import registry
-    from mnistops.deploy.local import LocalEndpoint
+    from mnistops.backends.local import registry
+    from mnistops.backends.local.server import LocalEndpoint
     from mnistops.serving_client import sample_request
 
     if cfg.endpoint.kind != "local":

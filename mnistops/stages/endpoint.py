@@ -11,7 +11,7 @@ ACTIONS = ("status", "stop")
 
 
 def run(cfg: DictConfig) -> StageResult:
-    from mnistops.deploy.local import LocalEndpoint
+    from mnistops.backends.local.server import LocalEndpoint
 
     action = cfg.endpoint.action
     if action not in ACTIONS:

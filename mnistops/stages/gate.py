@@ -21,7 +21,7 @@ def run(cfg: DictConfig) -> StageResult:
     from mlflow.tracking import MlflowClient
 
     from mnistops import tracking
-    from mnistops.deploy import registry
+    from mnistops.backends.local import registry
     from mnistops.quality import model_quality
 
     candidate = registry.resolve(cfg, cfg.gate.candidate)

@@ -27,7 +27,7 @@ ON_ALERT = ("none", "retrain")
 
 def run(cfg: DictConfig) -> StageResult:
     if cfg.env.backend == "azure":
-        from mnistops.azure.monitoring import monitor_schedule
+        from mnistops.backends.azure.monitoring import monitor_schedule
 
         return monitor_schedule(cfg)
     if cfg.monitor.on_alert not in ON_ALERT:
@@ -111,7 +111,7 @@ def _iso(t: float) -> str:
 
 def _embedder(cfg: DictConfig, window):
     """The registered model whose embedding is compared: monitor.model, else the window's most-served version."""
-    from mnistops.deploy import registry
+    from mnistops.backends.local import registry
     from mnistops.monitoring.embedding import Embedder
     from mnistops.monitoring.store import env_monitoring_dir
 

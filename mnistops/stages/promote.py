@@ -40,7 +40,7 @@ def run(cfg: DictConfig) -> StageResult:
     from mlflow.tracking import MlflowClient
 
     from mnistops import tracking
-    from mnistops.deploy.registry import MODEL_URI
+    from mnistops.backends.local.registry import MODEL_URI
 
     if cfg.promote.source_env == cfg.env.name:
         raise MnistopsError(f"promote.source_env={cfg.promote.source_env!r} is this env: promote copies between envs "

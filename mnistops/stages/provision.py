@@ -1,5 +1,5 @@
 """stage=provision (env.backend=azure): ensure the Azure ML compute cluster of `compute`, the
-training and inference environments and the data assets, idempotently. See mnistops/azure/backend.py."""
+training and inference environments and the data assets, idempotently. See mnistops/backends/azure/backend.py."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from mnistops.stages import StageResult
 
 
 def run(cfg: DictConfig) -> StageResult:
-    from mnistops.deploy.local import LocalEndpoint
+    from mnistops.backends.local.server import LocalEndpoint
 
     endpoint = LocalEndpoint(cfg)
     if not endpoint.healthy():

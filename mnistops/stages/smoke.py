@@ -17,7 +17,7 @@ from mnistops.stages import StageResult
 
 
 def local_target(cfg: DictConfig) -> Tuple[str, str, str]:
-    from mnistops.deploy.local import LocalEndpoint
+    from mnistops.backends.local.server import LocalEndpoint
 
     endpoint = LocalEndpoint(cfg)
     if not endpoint.healthy():

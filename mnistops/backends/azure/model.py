@@ -34,7 +34,7 @@ def resolve(ml_client, reference: str, where: str):
     """models:/name/3, models:/name/latest, models:/name@candidate|@champion -> the SDK Model."""
     from azure.core.exceptions import ResourceNotFoundError
 
-    from mnistops.deploy.registry import MODEL_URI
+    from mnistops.backends.local.registry import MODEL_URI
 
     match = MODEL_URI.match(reference or "")
     if not match:

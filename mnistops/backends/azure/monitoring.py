@@ -91,7 +91,7 @@ def schedule(cfg: DictConfig, deployment: str):
 
 def monitor_schedule(cfg: DictConfig) -> StageResult:
     """Create or update the schedule (or, with azure.dry_run=true, write its YAML)."""
-    from mnistops.azure import backend, render
+    from mnistops.backends.azure import backend, render
 
     if cfg.azure.dry_run:
         deployment = backend.live_deployment(cfg, None)

@@ -14,7 +14,7 @@ from typing import Dict, List
 
 from omegaconf import DictConfig
 
-from mnistops.azure import compute as azure_compute
+from mnistops.backends.azure import compute as azure_compute
 
 # overrides that are about submitting, not about what runs on the cluster
 LOCAL_ONLY = ("azure.dry_run", "azure.stream_logs", "env.backend", "env.tracking_uri", "paths.home")

@@ -54,7 +54,7 @@ def azure_space(params: Dict[str, str]) -> Tuple[Dict[str, object], Dict[str, st
 def sweep_job(cfg: DictConfig, sweeper: DictConfig, env_ref: str):
     from azure.ai.ml import PyTorchDistribution, command
 
-    from mnistops.azure import jobs
+    from mnistops.backends.azure import jobs
 
     params = dict(sweeper.get("params") or {})
     if not params:

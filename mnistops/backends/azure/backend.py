@@ -19,13 +19,13 @@ from mnistops.stages import StageResult
 
 def connect(cfg: DictConfig, env_name: Optional[str] = None):
     """The MLClient of this env's workspace (or of `env_name`'s), settings and credential checked first."""
-    from mnistops.azure import workspace
+    from mnistops.backends.azure import workspace
 
     return workspace.client(cfg, workspace.settings_of(cfg, env_name) if env_name else None)
 
 
 def run_step(name: str, cfg: DictConfig) -> StageResult:
-    from mnistops.azure import JOB_STAGES
+    from mnistops.backends.azure import JOB_STAGES
 
     if name in JOB_STAGES:
         return submit(cfg)
@@ -51,7 +51,7 @@ def hydra_sweeper() -> Optional[DictConfig]:
 
 def submit(cfg: DictConfig) -> StageResult:
     """The stage (single or composite) as one command job, or a sweep job; streamed to its end."""
-    from mnistops.azure import environment, jobs, render, sweep
+    from mnistops.backends.azure import environment, jobs, render, sweep
 
     env = environment.train_environment(cfg)
     sweeper = hydra_sweeper()
@@ -97,7 +97,7 @@ def _ensure_provisioned(ml, cfg: DictConfig, env) -> None:
 
 def provision(cfg: DictConfig) -> StageResult:
     """Ensure (create or update, idempotently) the cluster, both environments and the data assets."""
-    from mnistops.azure import assets, compute, environment, render
+    from mnistops.backends.azure import assets, compute, environment, render
 
     entities = [compute.cluster(cfg), environment.train_environment(cfg), environment.inference_environment(cfg),
                 assets.raw_data(cfg), assets.reference_features(cfg)]
@@ -156,8 +156,8 @@ def deploy(cfg: DictConfig) -> StageResult:
     Azure's readiness probe and a pinned request, and only then traffic (and mirror) moves."""
     from azure.core.exceptions import ResourceNotFoundError
 
-    from mnistops.azure import endpoint as spec
-    from mnistops.azure import environment, model, render
+    from mnistops.backends.azure import endpoint as spec
+    from mnistops.backends.azure import environment, model, render
     from mnistops.serving_client import sample_request
     from mnistops.stages.deploy import desired_traffic, pick_slot
 
@@ -166,7 +166,7 @@ def deploy(cfg: DictConfig) -> StageResult:
     env = environment.inference_environment(cfg)
     mirror = _percent(cfg, "mirror_traffic")
     if cfg.azure.dry_run:
-        from mnistops.deploy.registry import MODEL_URI
+        from mnistops.backends.local.registry import MODEL_URI
 
         match = MODEL_URI.match(cfg.deploy.model) or {}
         slot = cfg.deploy.deployment or "blue"
@@ -232,7 +232,7 @@ def rollback(cfg: DictConfig) -> StageResult:
     """The traffic (and mirror) the endpoint had before the last deploy, from its tags."""
     import json
 
-    from mnistops.azure import endpoint as spec
+    from mnistops.backends.azure import endpoint as spec
 
     if cfg.azure.dry_run:
         raise MnistopsError("stage=rollback reads the endpoint's previous traffic from Azure: no dry run")
@@ -299,7 +299,7 @@ def endpoint_status(cfg: DictConfig) -> StageResult:
 def promote(cfg: DictConfig) -> StageResult:
     """The source (QA) workspace's approved, smoke-tested version, downloaded and created in this
     (PROD) workspace as an MLflow model asset with its lineage; the same source version once."""
-    from mnistops.azure import model, render
+    from mnistops.backends.azure import model, render
     from mnistops.stages.promote import SOURCE_VERSION_TAG, check_promotable
 
     src_env, name = cfg.promote.source_env, cfg.env.model_name

@@ -73,7 +73,7 @@ def settings_of(cfg: DictConfig, env_name: str) -> Workspace:
 
     from omegaconf import OmegaConf
 
-    from mnistops.__main__ import config_path
+    from mnistops.config import config_path
 
     root = config_path()
     path = resources.files("mnistops.conf") / "env" / f"{env_name}.yaml" if root.startswith("pkg://") \

@@ -11,7 +11,7 @@ from typing import Dict, Optional
 from omegaconf import DictConfig
 
 PREVIOUS_TAG = "mnistops.previous_traffic"
-SCORING_SCRIPT = "mnistops/azure/score.py"
+SCORING_SCRIPT = "mnistops/backends/azure/score.py"
 
 
 def endpoint(cfg: DictConfig, traffic: Optional[Dict[str, int]] = None, mirror: Optional[Dict[str, int]] = None,
@@ -37,7 +37,7 @@ def deployment(cfg: DictConfig, slot: str, model_name: str, model_version: str, 
     from azure.ai.ml.entities import (CodeConfiguration, DataCollector, DeploymentCollection,
                                       ManagedOnlineDeployment, OnlineRequestSettings)
 
-    from mnistops.azure.jobs import code_root
+    from mnistops.backends.azure.jobs import code_root
 
     ep = cfg.endpoint
     collector = None

@@ -59,7 +59,7 @@ def train_environment(cfg: DictConfig):
 
 def inference_environment(cfg: DictConfig):
     return build(cfg.azure.inference_environment, pinned(INFERENCE) + INFERENCE_SERVER,
-                 "mnistops online scoring (mnistops/azure/score.py), pinned")
+                 "mnistops online scoring (mnistops/backends/azure/score.py), pinned")
 
 
 def reference(env) -> str:

@@ -24,7 +24,7 @@ if str(_ROOT) not in sys.path:
 from mnistops.serving.deployments import LoadError, load_model  # noqa: E402
 from mnistops.serving.inputs import InputError, invocations_batch, parse_json, score_batch  # noqa: E402
 
-log = logging.getLogger("mnistops.azure.score")
+log = logging.getLogger("mnistops.backends.azure.score")
 STATE: dict = {}
 
 
