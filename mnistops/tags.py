@@ -1,0 +1,71 @@
+"""Every tag key mnistops writes on MLflow runs, registered model versions and Azure ML assets.
+
+One place for the names, because other stages, other envs and the pipelines read them back: a
+misspelt literal would silently break promotion or a lookup. Keep them stable: stores written by
+earlier versions are read with these names.
+"""
+
+from __future__ import annotations
+
+PREFIX = "mnistops."
+
+# --- runs -------------------------------------------------------------------------------------
+STAGE = "mnistops.stage"  # which stage made the run
+ENV = "mnistops.env"  # the env whose store holds it (also on versions: the env that registered them)
+GIT_COMMIT = "mnistops.git_commit"
+OUTPUT_DIR = "mnistops.output_dir"
+OVERRIDES = "mnistops.overrides"
+SWEEP_DIR = "mnistops.sweep_dir"
+DATASET_DIGEST = "mnistops.dataset_digest"
+MODEL = "mnistops.model"  # model config name (cnn, logreg, ...)
+CHECKPOINT_DIR = "mnistops.checkpoint_dir"
+BEST_CHECKPOINT = "mnistops.best_checkpoint"
+WORLD_SIZE = "mnistops.world_size"
+EVALUATED = "mnistops.evaluated"
+SUITE_VERSION = "mnistops.suite_version"
+VALIDATION = "mnistops.validation"
+BATCH = "mnistops.batch"
+SMOKE_PASSED = "mnistops.smoke_passed"
+ENDPOINT = "mnistops.endpoint"
+
+# --- registered versions: lineage -------------------------------------------------------------
+RUN_ID = "mnistops.run_id"
+CONFIG = "mnistops.config"
+WEIGHTS_SHA256 = "mnistops.weights_sha256"
+TEST_ACC = "mnistops.test_acc"
+
+# --- registered versions: decisions -----------------------------------------------------------
+GATE_DECISION = "mnistops.gate.decision"  # approved | rejected
+GATE_REASONS = "mnistops.gate.reasons"
+GATE_COMPARED_TO = "mnistops.gate.compared_to"
+GATE_ACCURACY = "mnistops.gate.accuracy"
+GATE_RUN_ID = "mnistops.gate.run_id"
+GATE_ENV = "mnistops.gate.env"
+GATE_CANDIDATE = "mnistops.gate.candidate"  # on the gate run
+PREVIOUS_CHAMPION = "mnistops.previous_champion"
+APPROVED = "approved"
+REJECTED = "rejected"
+
+
+def smoke(env: str) -> str:
+    """The smoke outcome of a version in `env` (passed | failed): promotion out of `env` needs passed."""
+    return f"mnistops.smoke.{env}"
+
+
+# --- registered versions: promotion lineage ---------------------------------------------------
+SOURCE_ENV = "mnistops.source_env"
+SOURCE_VERSION = "mnistops.source_version"
+SOURCE_RUN_ID = "mnistops.source_run_id"
+SOURCE_URI = "mnistops.source_uri"
+SOURCE_ASSET_ID = "mnistops.source_asset_id"
+
+# --- monitoring runs --------------------------------------------------------------------------
+MONITOR_WINDOW = "mnistops.monitor.window"
+MONITOR_ALERTS = "mnistops.monitor.alerts"
+MONITOR_ENDPOINT = "mnistops.monitor.endpoint"
+MONITOR_MODEL = "mnistops.monitor.model"
+MONITOR_RETRAIN = "mnistops.monitor.retrain"
+
+# --- sweeps -----------------------------------------------------------------------------------
+BEST_RUN_ID = "mnistops.best_run_id"
+BEST_OVERRIDES = "mnistops.best_overrides"
