@@ -25,8 +25,6 @@ from mnistops.quiet import quiet_libraries
 if TYPE_CHECKING:  # Hydra and OmegaConf load on the first call, not with the package
     from omegaconf import DictConfig
 
-# stages that act on the env's endpoint: their result names its URL
-ENDPOINT_STAGES = frozenset({"deploy", "smoke", "rollback", "cd", "traffic"})
 PER_CLASS = re.compile(r"_\d+$")  # test/recall_3 and friends: in .metrics, not in the summary
 SHOWN_METRICS = 12
 
@@ -126,19 +124,6 @@ def compose(overrides: Optional[Sequence[str]] = None, *, config_name: str = "co
         raise ConfigError(cli_message(err)) from None
 
 
-def _endpoint_url(cfg, result) -> Optional[str]:
-    """Where the env's endpoint answers: what the stage reported, else (a local endpoint) its config."""
-    if "url" in result.artifacts:
-        return result.artifacts["url"]
-    scoring = result.artifacts.get("scoring_url")
-    if scoring:
-        return scoring[:-len("/score")] if scoring.endswith("/score") else scoring
-    if cfg.env.backend != "local" or cfg.endpoint.kind != "local":
-        return None  # an Azure endpoint's address is the workspace's to say
-    steps = set(cfg.stage.steps or []) | {cfg.stage.name}
-    return f"http://{cfg.endpoint.host}:{cfg.endpoint.port}" if steps & ENDPOINT_STAGES else None
-
-
 @contextlib.contextmanager
 def _no_leaked_runs() -> Iterator[None]:
     """End any MLflow run a stage left open (a failure between start and end), so the next call
@@ -174,4 +159,4 @@ def run(stage: str, overrides: Optional[Sequence[str]] = None) -> Result:
         result = run_stage(cfg)
     return Result(stage=result.stage, run_id=result.run_id, metrics=dict(result.metrics),
                   artifacts=dict(result.artifacts), model_uri=result.model_uri,
-                  endpoint_url=_endpoint_url(cfg, result), score=result.score, config=cfg)
+                  endpoint_url=result.endpoint_url, score=result.score, config=cfg)

@@ -21,11 +21,39 @@ def config_path() -> str:
     from pathlib import Path
 
     source_tree = Path(__file__).resolve().parent.parent / "conf"
-    if (source_tree / "config.yaml").is_file() and (source_tree / "stage").is_dir():
+    if (source_tree / "config.yaml").is_file() and (source_tree / "env").is_dir():
         return str(source_tree)
     return "pkg://mnistops.conf"
 
 
+def other_env(cfg, name: str):
+    """Another env's `env` section (e.g. `promote.source_env=qa` read from env=prod), from its
+    conf/env/<name>.yaml on the same schema, with its ${oc.env:...} values read now."""
+    from importlib import resources
+    from pathlib import Path
+
+    from mnistops.errors import MnistopsError
+
+    root = config_path()
+    path = resources.files("mnistops.conf") / "env" / f"{name}.yaml" if root.startswith("pkg://") \
+        else Path(root) / "env" / f"{name}.yaml"
+    if not path.is_file():
+        raise MnistopsError(f"env {name!r} has no config file ({path})")
+    raw = OmegaConf.load(str(path))
+    section = raw["env"] if "env" in raw else raw  # a `# @package _global_` env file holds an env: block
+    merged = OmegaConf.merge(OmegaConf.structured(EnvConfig), section)
+    OmegaConf.resolve(merged)
+    return merged
+
+
+def _stages_help() -> str:
+    from mnistops.stage_table import help_text
+
+    return help_text()
+
+
+if not OmegaConf.has_resolver("mnistops_stages"):  # `--help` lists the stages from their one table
+    OmegaConf.register_new_resolver("mnistops_stages", _stages_help)
 if not OmegaConf.has_resolver("abspath"):
     OmegaConf.register_new_resolver("abspath", lambda p: os.path.abspath(os.path.expanduser(str(p))))
 
@@ -417,21 +445,13 @@ class Config:
 
 
 def register_configs() -> None:
-    """Put the schemas where the YAML files' defaults lists can extend them."""
+    """The root schema (every YAML file merges onto it) and one `stage` option per stage of the table."""
+    from mnistops.stage_table import STAGES
+
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    for group, node in (
-        ("env", EnvConfig),
-        ("data", DataConfig),
-        ("model", ModelConfig),
-        ("compute", ComputeConfig),
-        ("endpoint", EndpointConfig),
-        ("stage", StageConfig),
-        ("trainer", TrainerConfig),
-        ("paths", PathsConfig),
-        ("monitor", MonitorConfig),
-    ):
-        cs.store(group=group, name=f"{group}_schema", node=node)
+    for stage in STAGES.values():
+        cs.store(group="stage", name=stage.name, node=StageConfig(name=stage.name, steps=list(stage.steps)))
 
 
 register_configs()

@@ -23,6 +23,7 @@ BEST_CHECKPOINT = "mnistops.best_checkpoint"
 WORLD_SIZE = "mnistops.world_size"
 EVALUATED = "mnistops.evaluated"
 SUITE_VERSION = "mnistops.suite_version"
+BASELINE_RUN_ID = "mnistops.baseline_run_id"  # on a validate run: the baseline run whose suite it used
 VALIDATION = "mnistops.validation"
 BATCH = "mnistops.batch"
 SMOKE_PASSED = "mnistops.smoke_passed"

@@ -24,11 +24,16 @@ def env_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.home) / cfg.env.name
 
 
-def tracking_uri(cfg: DictConfig) -> str:
-    if cfg.env.tracking_uri:
-        return cfg.env.tracking_uri
+def store_uri(env: Any, home: str) -> str:
+    """An env's tracking + registry URI: its `tracking_uri` (a server), else its own sqlite store."""
+    if env.tracking_uri:
+        return str(env.tracking_uri)
     # timeout: sqlite's busy wait, so parallel writers (sweeps, DDP ranks, servers) queue, not fail
-    return f"sqlite:///{env_dir(cfg) / 'mlflow.db'}?timeout=60"
+    return f"sqlite:///{Path(home) / env.name / 'mlflow.db'}?timeout=60"
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    return store_uri(cfg.env, cfg.paths.home)
 
 
 def configure(cfg: DictConfig) -> str:
@@ -156,6 +161,11 @@ def log_config(cfg: DictConfig) -> None:
     existing = mlflow.active_run().data.params if mlflow.active_run() else {}
     mlflow.log_params({k: v for k, v in params.items() if k not in existing})
     mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+
+
+def set_tags(values: Dict[str, Any]) -> None:
+    """Tags on the active run (values cut to what every MLflow store accepts)."""
+    mlflow.set_tags({k: str(v)[:4900] for k, v in values.items()})
 
 
 def log_metrics(metrics: Dict[str, float]) -> None:

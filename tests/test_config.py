@@ -16,6 +16,10 @@ GROUPS = ["env", "data", "model", "trainer", "compute", "paths", "stage", "exper
 
 
 def options(group: str):
+    if group == "stage":  # stages come from their table, not from files
+        from mnistops.stage_table import STAGES
+
+        return sorted(STAGES)
     return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
 
 

@@ -31,7 +31,7 @@ from mnistops.errors import MnistopsError
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
-    from mnistops.stages import StageResult
+    from mnistops.result import StageResult
 
 
 # --------------------------------------------------------------------------- model registry
@@ -143,6 +143,7 @@ class ScoringTarget:
     url: str
     key: Optional[str]
     name: str
+    key_file: Optional[str] = None  # where the key is kept on this machine, when it is a file
 
 
 class Endpoint(abc.ABC):
@@ -184,6 +185,10 @@ class Endpoint(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> List[str]:
         """Lines for `stage=endpoint`: where it is, its deployments, traffic, health, restarts, keys."""
+
+    def hints(self, version: ModelVersion) -> List[str]:
+        """Lines telling a user how to call the endpoint, printed after a deploy."""
+        return []
 
     def regenerate_key(self, which: str) -> str:
         """Rotate the `primary` or `secondary` scoring key; returns where the new key is."""
@@ -252,4 +257,9 @@ class Backend(abc.ABC):
 
     @property
     def provisioner(self) -> Optional[Provisioner]:
+        return None
+
+    def tracking_uri(self) -> Optional[str]:
+        """The env's MLflow tracking URI when the flavour provides one (the workspace's MLflow);
+        None: `env.tracking_uri`, or the env's own sqlite store."""
         return None

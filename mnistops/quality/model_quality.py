@@ -3,23 +3,23 @@ own registered artifact (not by trusting its run's metrics): accuracy and per-cl
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Dict
 
 from omegaconf import DictConfig
 
 
-def measure(cfg: DictConfig, model_uri: str) -> Dict[str, Any]:
+def measure(cfg: DictConfig, model_dir: Path, model_uri: str) -> Dict[str, Any]:
+    """`model_dir`: the version's MLflow model directory on this machine (its registry's download)."""
     import mlflow
 
-    from mnistops import tracking
     from mnistops.data import mirrors
     from mnistops.data.idx import read_idx
     from mnistops.metrics import performance_matrix
 
-    tracking.configure(cfg)
     paths = mirrors.fetch(cfg)
     images, labels = read_idx(paths["test_images"]), read_idx(paths["test_labels"])
-    predicted = mlflow.pyfunc.load_model(model_uri).predict(images)["digit"].to_numpy()
+    predicted = mlflow.pyfunc.load_model(str(model_dir)).predict(images)["digit"].to_numpy()
     report = performance_matrix(labels, predicted, list(cfg.data.classes))
     return {"model_uri": model_uri, "accuracy": report["accuracy"], "n": int(len(labels)),
             "recall": {row["class"]: row["recall"] for row in report["per_class"]},

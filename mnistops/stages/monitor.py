@@ -19,6 +19,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from mnistops import tags as T
 from mnistops.errors import MnistopsError
 from mnistops.stages import StageResult
 
@@ -26,10 +27,11 @@ ON_ALERT = ("none", "retrain")
 
 
 def run(cfg: DictConfig) -> StageResult:
-    if cfg.env.backend == "azure":
-        from mnistops.backends.azure.monitoring import monitor_schedule
+    from mnistops import backends
 
-        return monitor_schedule(cfg)
+    backend = backends.get(cfg)
+    if backend.monitoring.remote:  # the platform computes the signals on monitor.schedule
+        return backend.monitoring.apply(cfg)
     if cfg.monitor.on_alert not in ON_ALERT:
         raise MnistopsError(f"monitor.on_alert={cfg.monitor.on_alert!r}: expected one of {', '.join(ON_ALERT)}")
 
@@ -49,7 +51,7 @@ def run(cfg: DictConfig) -> StageResult:
           f"({_iso(start)} .. {_iso(end)}): {n_requests} requests, {n_images} collected images, "
           f"{window.n_labelled} with feedback" + (f"; {stats.torn} torn lines skipped" if stats.torn else ""))
 
-    model_uri, embedder = _embedder(cfg, window)
+    model_uri, embedder = _embedder(cfg, backend.registry(), window)
     reference = _reference(cfg, embedder, model_uri)
     suite = _suite(cfg)
     signals = sig.evaluate_window(window, reference, embedder, cfg.monitor, suite=suite)
@@ -77,14 +79,14 @@ def run(cfg: DictConfig) -> StageResult:
         tracking.log_metrics(metrics)
         for path in (html, out / "signals.json", out / "alerts.json"):
             mlflow.log_artifact(str(path), "monitoring")
-        mlflow.set_tags({"mnistops.monitor.window": str(cfg.monitor.window), "mnistops.monitor.alerts": str(len(raised)),
-                         "mnistops.monitor.endpoint": mdir.name, "mnistops.monitor.model": model_uri or "none"})
+        tracking.set_tags({T.MONITOR_WINDOW: str(cfg.monitor.window), T.MONITOR_ALERTS: str(len(raised)),
+                           T.MONITOR_ENDPOINT: mdir.name, T.MONITOR_MODEL: model_uri or "none"})
         retrain = _retrain(cfg, window, mdir, raised) if raised and cfg.monitor.on_alert == "retrain" else None
         if retrain is not None:
             metrics["monitor/retrain_exit_code"] = float(retrain["exit_code"])
             tracking.log_metrics({"monitor/retrain_exit_code": metrics["monitor/retrain_exit_code"]})
             mlflow.log_dict(retrain, "monitoring/retrain.json")
-            mlflow.set_tag("mnistops.monitor.retrain", retrain["outcome"])
+            tracking.set_tags({T.MONITOR_RETRAIN: retrain["outcome"]})
 
     print(sig.summary(signals))
     print(f"  report: {html}")
@@ -109,9 +111,8 @@ def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t > 0 else "beginning"
 
 
-def _embedder(cfg: DictConfig, window):
+def _embedder(cfg: DictConfig, registry, window):
     """The registered model whose embedding is compared: monitor.model, else the window's most-served version."""
-    from mnistops.backends.local import registry
     from mnistops.monitoring.embedding import Embedder
     from mnistops.monitoring.store import env_monitoring_dir
 
@@ -120,8 +121,8 @@ def _embedder(cfg: DictConfig, window):
         served = window.served_version()
         # nothing collected yet: judge against the champion (the drift signals will say "not computed")
         reference = f"models:/{cfg.env.model_name}/{served}" if served else f"models:/{cfg.env.model_name}@champion"
-    model = registry.resolve(cfg, reference)
-    model_dir = registry.fetch(model, env_monitoring_dir(cfg) / "models")
+    model = registry.resolve(reference, "monitor.model")
+    model_dir = registry.download(model, env_monitoring_dir(cfg) / "models")
     return model.uri, Embedder(model_dir)
 
 
@@ -146,11 +147,10 @@ def _reference(cfg: DictConfig, embedder, model_uri: str):
 
 
 def _suite(cfg: DictConfig):
-    from mnistops.quality import store as quality_store
-    from mnistops.quality.suite import load_suite
+    from mnistops.quality import baselines
 
-    path = quality_store.current_suite_path(cfg)
-    return load_suite(path) if path is not None and Path(path).is_file() else None
+    current = baselines.current_suite(cfg)
+    return current[0] if current is not None else None
 
 
 def _send(cfg: DictConfig, raised):

@@ -1,5 +1,5 @@
-"""stage=provision (env.backend=azure): ensure the Azure ML compute cluster of `compute`, the
-training and inference environments and the data assets, idempotently. See mnistops/backends/azure/backend.py."""
+"""stage=provision: ensure, idempotently, what the env needs before jobs run, through the flavour's
+provisioner (Azure ML: the environments and data assets; the clusters belong to Terraform)."""
 
 from __future__ import annotations
 
@@ -10,5 +10,10 @@ from mnistops.stages import StageResult
 
 
 def run(cfg: DictConfig) -> StageResult:
-    raise MnistopsError("stage=provision creates Azure ML resources: run it with env.backend=azure "
-                        "(azure.dry_run=true to preview them)")
+    from mnistops import backends
+
+    backend = backends.get(cfg)
+    if backend.provisioner is None:
+        raise MnistopsError(f"stage=provision: the {backend.name} backend needs nothing provisioned (its stores are "
+                            "made on first use); it is for env.backend=azure (azure.dry_run=true previews it)")
+    return backend.provisioner.provision(cfg)

@@ -7,27 +7,25 @@ from __future__ import annotations
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Optional, Tuple
-
 import numpy as np
 from omegaconf import DictConfig
 
+from mnistops import tags as T
 from mnistops.errors import MnistopsError
 from mnistops.stages import StageResult
 
 
-def local_target(cfg: DictConfig) -> Tuple[str, str, str]:
-    from mnistops.backends.local.server import LocalEndpoint
+def target_of(cfg: DictConfig):
+    """The env's endpoint's scoring URL and key, through its flavour (fails when it is not up)."""
+    from mnistops import backends
 
-    endpoint = LocalEndpoint(cfg)
-    if not endpoint.healthy():
-        raise MnistopsError(f"endpoint {endpoint.name} ({cfg.env.name}) is not running at {endpoint.url}: "
-                            "run stage=deploy first")
-    return endpoint.url, endpoint.key(), endpoint.name
+    target = backends.get(cfg).endpoint().target()
+    if target is None:
+        raise MnistopsError(f"stage={cfg.stage.name} sends real requests to the endpoint: it cannot run as a dry run")
+    return target
 
 
-def run(cfg: DictConfig, target: Optional[Tuple[str, str, str]] = None) -> StageResult:
-    """`target`: (base URL, key, name) of the endpoint; None: the env's local endpoint."""
+def run(cfg: DictConfig) -> StageResult:
     import httpx
     import mlflow
 
@@ -36,7 +34,8 @@ def run(cfg: DictConfig, target: Optional[Tuple[str, str, str]] = None) -> Stage
     from mnistops.data.idx import read_idx
     from mnistops.serving_client import score
 
-    url, key, endpoint_name = target or local_target(cfg)
+    target = target_of(cfg)
+    url, key, endpoint_name = target.url, target.key, target.name
     paths = mirrors.fetch(cfg)
     images, labels = read_idx(paths["test_images"]), read_idx(paths["test_labels"])
     pick = np.random.default_rng(cfg.seed).choice(len(images), size=cfg.smoke.samples, replace=False)
@@ -81,7 +80,7 @@ def run(cfg: DictConfig, target: Optional[Tuple[str, str, str]] = None) -> Stage
         (out / "smoke_report.json").write_text(json.dumps(report, indent=2))
         mlflow.log_artifact(str(out / "smoke_report.json"))
         tracking.log_metrics(metrics)
-        mlflow.set_tags({"mnistops.smoke_passed": str(not failures).lower(), "mnistops.endpoint": url})
+        mlflow.set_tags({T.SMOKE_PASSED: str(not failures).lower(), T.ENDPOINT: url})
 
     print(f"smoke test of {url} ({cfg.env.name}): {len(results)} requests, accuracy {accuracy:.4f}, "
           f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, errors {len(errors)}; served by {by_deployment}")
@@ -89,4 +88,4 @@ def run(cfg: DictConfig, target: Optional[Tuple[str, str, str]] = None) -> Stage
         raise MnistopsError("smoke test failed: " + "; ".join(failures))
     print("  passed")
     return StageResult("smoke", run_id=active.info.run_id, metrics=metrics,
-                       artifacts={"report": str(out / "smoke_report.json")})
+                       artifacts={"report": str(out / "smoke_report.json")}, endpoint_url=url)

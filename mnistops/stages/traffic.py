@@ -20,9 +20,6 @@ from mnistops.monitoring.shifts import SHIFTS
 from mnistops.stages import StageResult
 
 def check(cfg: DictConfig) -> None:
-    if cfg.env.backend != "local":
-        raise MnistopsError("stage=traffic drives the env's local endpoint (its /feedback route included); "
-                            "with env.backend=azure use stage=smoke against the managed endpoint")
     t = cfg.traffic
     if t.shift not in SHIFTS:
         raise MnistopsError(f"traffic.shift={t.shift!r}: expected one of {', '.join(SHIFTS)}")
@@ -43,11 +40,12 @@ def run(cfg: DictConfig) -> StageResult:
     from mnistops.data.idx import read_idx
     from mnistops.monitoring.shifts import apply_shift
     from mnistops.serving_client import feedback, score
-    from mnistops.stages.smoke import local_target
+    from mnistops.stages.smoke import target_of
 
     check(cfg)
     t = cfg.traffic
-    url, key, _ = local_target(cfg)
+    target = target_of(cfg)
+    url, key = target.url, target.key
     rng = np.random.default_rng(cfg.seed if t.seed is None else t.seed)
     paths = mirrors.fetch(cfg)
     test_x, test_y = read_idx(paths["test_images"]), read_idx(paths["test_labels"]).astype(np.int64)

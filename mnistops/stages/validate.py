@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from mnistops import tags as T
 from mnistops.errors import MnistopsError
 from mnistops.stages import StageResult
 
@@ -36,13 +37,13 @@ def run(cfg: DictConfig) -> StageResult:
     import mlflow
 
     from mnistops import tracking
-    from mnistops.quality import load_suite, store, validate_batch
+    from mnistops.quality import baselines, validate_batch
 
-    suite_file = store.current_suite_path(cfg)
-    if suite_file is None:
+    current = baselines.current_suite(cfg)
+    if current is None:
         print(f"validate: no baseline suite in env {cfg.env.name!r} yet (stage=baseline makes one): nothing to compare")
         return StageResult("validate", metrics={"validate/skipped": 1.0})
-    suite = load_suite(suite_file)
+    suite, baseline_run = current
     images, labels = load_batch(cfg)
     with tracking.start_run(cfg, "validate") as active:
         out = tracking.output_dir(cfg, "validate")
@@ -58,9 +59,8 @@ def run(cfg: DictConfig) -> StageResult:
                    "validate/failed_expectations": float(stats.get("unsuccessful_expectations", 0)),
                    "validate/evaluated_expectations": float(stats.get("evaluated_expectations", 0))}
         tracking.log_metrics(metrics)
-        mlflow.set_tags({"mnistops.suite_version": suite.meta["mnistops"]["suite_version"],
-                         "mnistops.validation": "passed" if report.success else "failed",
-                         "mnistops.batch": str(cfg.validate.batch)})
+        tracking.set_tags({T.SUITE_VERSION: baselines.suite_version(suite), T.BASELINE_RUN_ID: baseline_run,
+                           T.VALIDATION: "passed" if report.success else "failed", T.BATCH: str(cfg.validate.batch)})
     print(report.summary())
     if not report.success:
         raise MnistopsError(f"validation of {cfg.validate.batch} failed against suite "
