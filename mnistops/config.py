@@ -334,6 +334,10 @@ class AlertSinksConfig:
 
 @dataclass
 class RetrainConfig:
+    # the env whose CI retrains: the labelled production data are handed to its store, and a new
+    # champion reaches this env only through that env's CI, CD, approval and promotion
+    env: str = "qa"
+    trigger: str = "local"  # local: run `env=<env> stage=ci` here now | none: hand the data over only
     overrides: List[str] = field(default_factory=list)  # extra overrides for the retraining `stage=ci`
     min_labelled: int = 1  # feedback-labelled images needed before a retraining is worth it
 

@@ -60,12 +60,18 @@ SOURCE_RUN_ID = "mnistops.source_run_id"
 SOURCE_URI = "mnistops.source_uri"
 SOURCE_ASSET_ID = "mnistops.source_asset_id"
 
+# --- datasets handed between envs (feedback-labelled production data) -------------------------
+DATASET = "mnistops.dataset"  # what a data run holds, e.g. production-feedback
+IMAGES = "mnistops.images"  # how many images it holds
+SOURCE_MONITOR_RUN = "mnistops.source_monitor_run"  # the monitor run (in the source env) that handed it over
+
 # --- monitoring runs --------------------------------------------------------------------------
 MONITOR_WINDOW = "mnistops.monitor.window"
 MONITOR_ALERTS = "mnistops.monitor.alerts"
 MONITOR_ENDPOINT = "mnistops.monitor.endpoint"
 MONITOR_MODEL = "mnistops.monitor.model"
 MONITOR_RETRAIN = "mnistops.monitor.retrain"
+DRIFT_REFERENCE = "mnistops.drift_reference"  # on the run holding a drift reference: its cache key
 
 # --- sweeps -----------------------------------------------------------------------------------
 BEST_RUN_ID = "mnistops.best_run_id"

@@ -39,19 +39,24 @@ def tracking_uri(cfg: DictConfig) -> str:
 def configure(cfg: DictConfig) -> str:
     """Point MLflow at the env's store and return the experiment id (created on first use)."""
     uri = tracking_uri(cfg)
-    if uri.startswith("sqlite:"):
-        env_dir(cfg).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    client = MlflowClient()
-    experiment = client.get_experiment_by_name(cfg.experiment_name)
+    return ensure_experiment(MlflowClient(), uri, env_dir(cfg), cfg.experiment_name)
+
+
+def ensure_experiment(client: MlflowClient, uri: str, env_root: Path, name: str) -> str:
+    """The id of experiment `name` in the store at `uri`, created on first use (a sqlite store keeps
+    its artifacts beside it, in <env_root>/artifacts)."""
+    if uri.startswith("sqlite:"):
+        Path(env_root).mkdir(parents=True, exist_ok=True)
+    experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = (env_dir(cfg) / "artifacts").as_uri() if uri.startswith("sqlite:") else None
+    artifacts = (Path(env_root) / "artifacts").as_uri() if uri.startswith("sqlite:") else None
     try:
-        return client.create_experiment(cfg.experiment_name, artifact_location=artifacts)
+        return client.create_experiment(name, artifact_location=artifacts)
     except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel process
-        return client.get_experiment_by_name(cfg.experiment_name).experiment_id
+        return client.get_experiment_by_name(name).experiment_id
 
 
 def git_commit() -> str:
@@ -185,6 +190,15 @@ def latest_run(cfg: DictConfig, stage: str, *, finished: Optional[bool] = None,
     runs = MlflowClient().search_runs([experiment_id], filter_string=flt, order_by=["attributes.start_time DESC"], max_results=20)
     if finished is False:
         runs = [r for r in runs if r.info.status != "FINISHED"]
+    return runs[0] if runs else None
+
+
+def latest_run_tagged(cfg: DictConfig, key: str, value: str) -> Optional[Run]:
+    """The newest finished run of the env's experiment carrying tag `key`=`value`, or None."""
+    experiment_id = configure(cfg)
+    runs = MlflowClient().search_runs([experiment_id], filter_string=f"tags.`{key}` = '{value}' and "
+                                      "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+                                      max_results=1)
     return runs[0] if runs else None
 
 

@@ -32,7 +32,9 @@ def load_splits(cfg: DictConfig) -> Tuple[Split, Split, Split]:
     order = np.random.default_rng(cfg.seed).permutation(len(train_x))
     val_idx, train_idx = order[: cfg.data.val_size], order[cfg.data.val_size:]
     train = Split(train_x[train_idx], train_y[train_idx])
-    for path in cfg.data.get("extra_train") or ():
+    from mnistops.monitoring.production_data import extra_train_files
+
+    for path in extra_train_files(cfg):
         extra = read_extra(path)
         train = Split(np.concatenate([train.images, extra.images]), np.concatenate([train.labels, extra.labels]))
     return train, Split(train_x[val_idx], train_y[val_idx]), Split(test_x, test_y)

@@ -24,6 +24,8 @@ from mnistops.errors import MnistopsError
 from mnistops.stages import StageResult
 
 ON_ALERT = ("none", "retrain")
+REFERENCE_ARTIFACTS = "monitoring/reference"
+TRIGGERS = ("local", "none")
 
 
 def run(cfg: DictConfig) -> StageResult:
@@ -52,7 +54,7 @@ def run(cfg: DictConfig) -> StageResult:
           f"{window.n_labelled} with feedback" + (f"; {stats.torn} torn lines skipped" if stats.torn else ""))
 
     model_uri, embedder = _embedder(cfg, backend.registry(), window)
-    reference = _reference(cfg, embedder, model_uri)
+    reference, new_reference = _reference(cfg, embedder, model_uri)
     suite = _suite(cfg)
     signals = sig.evaluate_window(window, reference, embedder, cfg.monitor, suite=suite)
 
@@ -81,10 +83,14 @@ def run(cfg: DictConfig) -> StageResult:
             mlflow.log_artifact(str(path), "monitoring")
         tracking.set_tags({T.MONITOR_WINDOW: str(cfg.monitor.window), T.MONITOR_ALERTS: str(len(raised)),
                            T.MONITOR_ENDPOINT: mdir.name, T.MONITOR_MODEL: model_uri or "none"})
-        retrain = _retrain(cfg, window, mdir, raised) if raised and cfg.monitor.on_alert == "retrain" else None
-        if retrain is not None:
+        if new_reference is not None:  # kept in the env's store, for monitors on other machines
+            mlflow.log_artifact(str(new_reference[0]), REFERENCE_ARTIFACTS)
+            tracking.set_tags({T.DRIFT_REFERENCE: new_reference[1]})
+        retrain = _retrain(cfg, window, run_id, raised) if raised and cfg.monitor.on_alert == "retrain" else None
+        if retrain is not None and retrain["exit_code"] is not None:
             metrics["monitor/retrain_exit_code"] = float(retrain["exit_code"])
             tracking.log_metrics({"monitor/retrain_exit_code": metrics["monitor/retrain_exit_code"]})
+        if retrain is not None:
             mlflow.log_dict(retrain, "monitoring/retrain.json")
             tracking.set_tags({T.MONITOR_RETRAIN: retrain["outcome"]})
 
@@ -127,7 +133,13 @@ def _embedder(cfg: DictConfig, registry, window):
 
 
 def _reference(cfg: DictConfig, embedder, model_uri: str):
-    """Training images (``monitor.reference_size``, seeded) through the model; cached per dataset and model."""
+    """(reference, file to keep in the store or None): training images (``monitor.reference_size``,
+    seeded) through the model, per dataset and model. Looked up in this machine's cache, then in the
+    env's tracking store (a run tagged with its key, e.g. an earlier monitor run on another agent),
+    and built only when neither has it."""
+    import mlflow
+
+    from mnistops import tracking
     from mnistops.data import mirrors
     from mnistops.data.datamodule import load_splits
     from mnistops.monitoring import drift
@@ -136,14 +148,20 @@ def _reference(cfg: DictConfig, embedder, model_uri: str):
     digest = mirrors.digest(cfg)[:12]
     name = model_uri.split("models:/", 1)[1].replace("/", "-v")
     k = cfg.monitor.embedding_components
-    path = env_monitoring_dir(cfg) / "reference" / f"{cfg.data.name}-{digest}-{name}-{cfg.monitor.reference_size}-{k}.npz"
+    key = f"{cfg.data.name}-{digest}-{name}-{cfg.monitor.reference_size}-{k}"
+    path = env_monitoring_dir(cfg) / "reference" / f"{key}.npz"
     if path.is_file():
-        return drift.load_reference(path)
+        return drift.load_reference(path), None
+    stored = tracking.latest_run_tagged(cfg, T.DRIFT_REFERENCE, key)
+    if stored is not None:
+        got = mlflow.artifacts.download_artifacts(run_id=stored.info.run_id, artifact_path=f"{REFERENCE_ARTIFACTS}/{path.name}",
+                                                  dst_path=str(path.parent), tracking_uri=tracking.tracking_uri(cfg))
+        return drift.load_reference(got), None
     train, _, _ = load_splits(cfg)
     reference = drift.build_reference(train.images, embedder, k, size=cfg.monitor.reference_size, seed=cfg.seed,
                                       meta={"model": model_uri, "dataset": cfg.data.name, "digest": digest})
     drift.save_reference(reference, path)
-    return reference
+    return reference, (path, key)
 
 
 def _suite(cfg: DictConfig):
@@ -163,28 +181,54 @@ def _send(cfg: DictConfig, raised):
                          backoff_s=sinks.backoff_s)]
 
 
-def _retrain(cfg: DictConfig, window, mdir: Path, raised) -> Optional[dict]:
-    """``stage=ci`` in this env, as its own process, with the feedback-labelled images added to training."""
+def _retrain(cfg: DictConfig, window, run_id: str, raised) -> dict:
+    """Hand the window's feedback-labelled images to the retraining env's store, then (trigger=local)
+    run its CI here as a process of its own; the outcome is read from the child's exit status and
+    from that env's store (its gate run), not from its output."""
     import subprocess
     import sys
 
-    from mnistops.monitoring.store import export_labelled
+    from mnistops.monitoring import production_data
 
-    labelled = window.n_labelled
-    if labelled < cfg.monitor.retrain.min_labelled:
+    retrain, labelled = cfg.monitor.retrain, window.n_labelled
+    if retrain.trigger not in TRIGGERS:
+        raise MnistopsError(f"monitor.retrain.trigger={retrain.trigger!r}: expected one of {', '.join(TRIGGERS)}")
+    if labelled < retrain.min_labelled:
         return {"outcome": f"skipped: {labelled} labelled images < monitor.retrain.min_labelled "
-                           f"{cfg.monitor.retrain.min_labelled}", "exit_code": -1}
-    path = export_labelled(window, mdir)
-    cmd = [sys.executable, "-m", "mnistops", f"env={cfg.env.name}", "stage=ci", f"paths.home={cfg.paths.home}",
-           f"data.extra_train=[{path}]", *cfg.monitor.retrain.overrides]
-    print(f"  retraining ({len(raised)} alert(s), {labelled} labelled production images): {' '.join(cmd[1:])}")
-    proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
-    error = proc.stderr.strip().splitlines()[-1] if proc.returncode and proc.stderr.strip() else ""
-    if proc.returncode == 0:
-        outcome = "ci passed: the retrained model passed the gate and is champion"
-    elif "gate refused" in error:
-        outcome = f"ci ran; the gate refused the retrained model, champion unchanged ({error})"
-    else:
-        outcome = f"ci failed (exit {proc.returncode}): {error}"
-    return {"outcome": outcome, "exit_code": proc.returncode, "command": cmd[1:], "extra_train": str(path),
-            "labelled": labelled}
+                           f"{retrain.min_labelled}", "exit_code": None}
+    has = window.labels >= 0
+    dataset = production_data.hand_over(cfg, window.images[has], window.labels[has], to_env=retrain.env,
+                                        monitor_run_id=run_id)
+    cmd = [sys.executable, "-m", "mnistops", f"env={retrain.env}", "stage=ci", f"paths.home={cfg.paths.home}",
+           f"data.extra_train=[{production_data.KEYWORD}]", *retrain.overrides]
+    shown = " ".join(cmd[1:])
+    record = {"env": retrain.env, "dataset_run_id": dataset, "labelled": labelled, "command": cmd[1:]}
+    print(f"  {labelled} labelled production images handed to {retrain.env} (run {dataset})")
+    if retrain.trigger == "none":
+        return {**record, "exit_code": None,
+                "outcome": f"handed over to {retrain.env}; queue its CI: python {shown}"}
+    print(f"  retraining in {retrain.env} ({len(raised)} alert(s)): python {shown}")
+    started_ms = int(time.time() * 1000)
+    code = subprocess.run(cmd).returncode
+    return {**record, "exit_code": code, "outcome": _retrain_outcome(cfg, retrain.env, code, started_ms)}
+
+
+def _retrain_outcome(cfg: DictConfig, env: str, code: int, started_ms: int) -> str:
+    from mnistops import backends, tracking
+    from mnistops.config import other_env
+
+    if code == 0:
+        champion = backends.get(cfg).registry(env).get(cfg.env.model_name, "champion")
+        return (f"ci in {env} passed: the retrained model {champion.uri if champion else '?'} passed the gate "
+                f"and is {env}'s champion; it reaches {cfg.env.name} through {env}'s CD, approval and promotion")
+    from mlflow.tracking import MlflowClient
+
+    env_node = cfg.env if env == cfg.env.name else other_env(cfg, env)
+    uri = tracking.store_uri(env_node, cfg.paths.home)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name(cfg.experiment_name)
+    gates = client.search_runs([experiment.experiment_id], filter_string=(
+        f"tags.`{T.STAGE}` = 'gate' and attributes.start_time >= {started_ms}"), max_results=1) if experiment else []
+    if gates and gates[0].data.tags.get(T.GATE_DECISION) == T.REJECTED:
+        return f"ci in {env} ran; the gate refused the retrained model, champion unchanged"
+    return f"ci in {env} failed (exit {code}) before its gate decided; champion unchanged"
