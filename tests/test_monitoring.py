@@ -144,11 +144,15 @@ def test_retraining_runs_ci_and_respects_the_gate(served):
     # the retrained model is deliberately starved (one batch): the gate must refuse it
     starved = ["model=logreg", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
                FAST_TESTS]
-    retrain = ["monitor.on_alert=retrain", "monitor.retrain.overrides=[" + ",".join(f"'{o}'" for o in starved) + "]"]
+    retrain = ["monitor.on_alert=retrain", "monitor.retrain.env=dev",
+               "monitor.retrain.overrides=[" + ",".join(f"'{o}'" for o in starved) + "]"]
     out = run_cli(["stage=monitor", port, since.window(), *MONITOR, *retrain], home, check=True, timeout=900)
     assert "retraining" in out.stdout and "the gate refused the retrained model" in out.stdout, out.stdout
+    handed = client.search_runs([client.get_experiment_by_name("mnistops").experiment_id],
+                                filter_string="tags.`mnistops.dataset` = 'production-feedback'")
+    assert len(handed) == 1 and int(handed[0].data.tags["mnistops.images"]) > 0
     assert client.get_model_version_by_alias("mnist-classifier", "champion").version == champion
     newest = max(client.search_model_versions("name='mnist-classifier'"), key=lambda v: int(v.version))
     assert newest.tags["mnistops.gate.decision"] == "rejected" and newest.version != champion
     train = max(runs_of(client, "train"), key=lambda r: r.info.start_time)
-    assert "labelled" in train.data.params.get("data.extra_train", "")
+    assert "production-feedback" in train.data.params.get("data.extra_train", "")
