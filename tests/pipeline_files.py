@@ -61,6 +61,9 @@ def setup(path: Path) -> str:
 
 
 def load(path: Path) -> dict:
+    """The pipeline as its platform reads it: Azure DevOps reads every scalar as a string."""
+    if flavour(path) == "azure-devops":
+        return yaml.load(path.read_text(), Loader=yaml.BaseLoader)
     doc = yaml.safe_load(path.read_text())
     if True in doc:  # YAML 1.1 reads GitHub's `on:` key as the boolean true
         doc["on"] = doc.pop(True)
