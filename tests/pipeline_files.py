@@ -162,7 +162,8 @@ def _ado_steps(path: Path, doc: dict, values: Dict[str, str], parameters: Dict[s
 # --------------------------------------------------------------------------------- GitHub Actions
 
 def _github_steps(path: Path, doc: dict, values: Dict[str, str], parameters: Dict[str, str]) -> Iterator[Step]:
-    dispatch = (doc.get("on") or {}).get("workflow_dispatch") or {}
+    triggers = doc.get("on") if isinstance(doc.get("on"), dict) else {}  # `on: push` is a plain string
+    dispatch = triggers.get("workflow_dispatch") or {}
     inputs = {k: str(v.get("default", "")) for k, v in (dispatch.get("inputs") or {}).items()}
     inputs.update(parameters)
 

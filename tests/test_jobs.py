@@ -389,3 +389,15 @@ def test_each_env_reads_its_own_subscription(monkeypatch):
     assert compose(["env=prod"]).env.azure.subscription_id == "shared"
     monkeypatch.setenv("AZURE_PROD_SUBSCRIPTION_ID", "prod-subscription")
     assert compose(["env=prod"]).env.azure.subscription_id == "prod-subscription"
+
+
+def test_a_misspelt_variable_fails_instead_of_vanishing(tmp_path):
+    """bash would expand `$MNISTOPS_ARG` to nothing; reading the pipelines, it is an error."""
+    for flavour, text in (("azure-devops", "steps:\n  - script: .venv/bin/python -m mnistops env=qa stage=ci $(NOPE)\n"),
+                          ("azure-devops", "variables:\n  MNISTOPS_ARGS: ''\nsteps:\n  - script: .venv/bin/python -m mnistops env=qa $MNISTOPS_ARG\n"),
+                          ("github-actions", "on: push\njobs:\n  a:\n    steps:\n      - run: .venv/bin/python -m mnistops ${{ inputs.nope }}\n")):
+        path = tmp_path / flavour / "x.yml"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(text)
+        with pytest.raises(pf.Undefined):
+            pf.steps(path, NEUTRAL)
