@@ -50,7 +50,17 @@ def test_pipeline_is_valid_yaml(path):
     assert isinstance(pf.load(path), dict)
 
 
-@pytest.mark.parametrize("step", list(all_steps()))
+def distinct_steps():
+    """One step per distinct command line (Azure DevOps and GitHub run the same ones: see below)."""
+    seen = set()
+    for param in all_steps():
+        step = param.values[0]
+        if tuple(step.args) not in seen:
+            seen.add(tuple(step.args))
+            yield param
+
+
+@pytest.mark.parametrize("step", list(distinct_steps()))
 def test_every_mnistops_step_composes(step, tmp_path):
     pending = sorted(k for k in PENDING if step.value(k) is not None)
     try:
