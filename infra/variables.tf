@@ -1,3 +1,8 @@
+variable "subscription_id" {
+  description = "The env's own Azure subscription (QA and PROD may be different subscriptions and tenants); the pipeline passes it as TF_VAR_subscription_id"
+  type        = string
+}
+
 variable "environment" {
   description = "qa or prod: one workspace per environment, as mnistops keeps one store per env"
   type        = string
@@ -13,6 +18,12 @@ variable "prefix" {
   default     = "mnistops"
 }
 
+variable "name_suffix" {
+  description = "Suffix of the globally unique names (storage, key vault, registry, endpoint); null: derived from the subscription and env"
+  type        = string
+  default     = null
+}
+
 variable "location" {
   description = "Azure region"
   type        = string
@@ -24,6 +35,12 @@ variable "storage_replication" {
   default = "LRS"
 }
 
+variable "soft_delete_days" {
+  description = "Days deleted blobs, containers and key vault objects stay recoverable"
+  type        = number
+  default     = 7
+}
+
 variable "registry_sku" {
   type    = string
   default = "Basic"
@@ -32,6 +49,12 @@ variable "registry_sku" {
 variable "log_retention_days" {
   type    = number
   default = 30
+}
+
+variable "cluster_name" {
+  description = "The training cluster; keep equal to `cluster:` in conf/compute/azure_cpu_cluster.yaml"
+  type        = string
+  default     = "cpu-cluster"
 }
 
 variable "cluster_vm_size" {
@@ -57,7 +80,54 @@ variable "cluster_max_nodes" {
 variable "cluster_idle_time" {
   description = "ISO 8601 duration before idle nodes are released"
   type        = string
-  default     = "PT15M"
+  default     = "PT30M"
+}
+
+variable "endpoint_name" {
+  description = "The online endpoint (unique per region); null: mnist-<env>-<suffix>"
+  type        = string
+  default     = null
+}
+
+variable "pipeline_federated_subjects" {
+  description = "Service connections / GitHub environments that sign in as this env's CI/CD identity (workload identity federation)"
+  type = list(object({
+    name    = string
+    issuer  = string
+    subject = string
+  }))
+  default = []
+}
+
+variable "cross_env_principal_ids" {
+  description = "Object ids of other envs' CI/CD identities (in QA: PROD's) that may read approved models and hand over labelled data"
+  type        = list(string)
+  default     = []
+}
+
+variable "ci_webhook_url" {
+  description = "Webhook the endpoint's alerts call to queue QA's CI (an Azure DevOps incoming webhook URL); null: e-mail only"
+  type        = string
+  default     = null
+  sensitive   = true
+}
+
+variable "alert_emails" {
+  description = "Who is e-mailed when an endpoint alert fires"
+  type        = list(string)
+  default     = []
+}
+
+variable "alert_p99_latency_ms" {
+  description = "p99 latency budget of the endpoint (as monitor.thresholds.max_p99_ms)"
+  type        = number
+  default     = 500
+}
+
+variable "alert_5xx_per_minute" {
+  description = "5xx answers per minute, averaged over 5 minutes, above which the endpoint alerts"
+  type        = number
+  default     = 1
 }
 
 variable "tags" {

@@ -1,0 +1,338 @@
+"""A rehearsal of the whole multi-env process, as the self-hosted pipelines run it (issue 12).
+
+Two real `mlflow server`s (QA and PROD: SQL backend, --serve-artifacts) on 127.0.0.1 are the envs'
+stores. The steps come from the pipeline files themselves (jobs/self-hosted/azure-devops/*.yml; the
+GitHub workflows run the same commands, see test_jobs.py), with their variables substituted, each in a
+fresh working directory like a fresh agent: a job's scratch MNISTOPS_HOME starts empty (only the
+verified raw-data cache is copied in, to save the download), and on the two agent hosts that serve the
+endpoints only what the endpoints keep survives between steps (their state and what they collected).
+So everything one pipeline hands to the next goes through the env's tracking server.
+
+The chain: CI in QA -> CD to QA with a smoke test that fails (the chain stops; promotion refuses) ->
+CD to QA -> promotion and CD to PROD (the approval is given) -> traffic against PROD with shifted
+images and feedback (a test driver) -> monitoring in PROD alerts and hands the labelled data to QA ->
+the CI it queues runs in QA, trains a worse model and its gate refuses it (the chain stops, PROD
+unchanged). Small training slices come in through the pipelines' MNISTOPS_ARGS variable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pytest
+
+import pipeline_files as pf
+from conftest import QUICK, REPO, free_port, mirror_url
+from mnistops import tags
+
+
+
+def pending_stage_changes() -> List[str]:
+    """What the rehearsal needs from the stages that is not there yet (issue 12, the lead's part)."""
+    from conftest import compose
+
+    missing = []
+    os.environ["MNISTOPS_QA_TRACKING_URI"], previous = "http://qa.invalid", os.environ.get("MNISTOPS_QA_TRACKING_URI")
+    try:
+        if compose(["env=qa"]).env.tracking_uri != "http://qa.invalid":
+            missing.append("env=qa reads MNISTOPS_QA_TRACKING_URI")
+    finally:
+        if previous is None:
+            del os.environ["MNISTOPS_QA_TRACKING_URI"]
+        else:
+            os.environ["MNISTOPS_QA_TRACKING_URI"] = previous
+    retrain = compose([]).monitor.retrain
+    missing += [f"monitor.retrain.{key}" for key in ("trigger", "request_file") if key not in retrain]
+    return missing
+
+
+PENDING = pending_stage_changes()
+pytestmark = [pytest.mark.integration, pytest.mark.slow,
+              # not run while the stages lack what the pipelines use: run it with --runxfail to see how far it goes
+              pytest.mark.xfail(bool(PENDING), reason=f"issue 12, pending in the stages: {'; '.join(PENDING)}",
+                                run=False, strict=True)]
+
+PIPELINES = REPO / "jobs" / "self-hosted" / "azure-devops"
+MODEL = "mnist-classifier"
+FAST_TESTS = "ci.pytest_args=[tests/test_config.py::test_default_main_job_is_the_dev_pipeline,-q,-p,no:cacheprovider]"
+# logreg on 60 batches reaches ~0.85-0.9: a first champion and a smoke test need bars it can meet
+CI_ARGS = [*QUICK, "gate.min_accuracy=0.8", FAST_TESTS, "monitor.reference_size=1000"]
+STEP_TIMEOUT = 600
+
+
+# ----------------------------------------------------------------------------- the stores
+
+class TrackingServer:
+    """`mlflow server` with a sqlite backend and served artifacts, as an env's store."""
+
+    def __init__(self, root: Path, name: str):
+        self.root = root / f"mlflow-{name}"
+        self.root.mkdir(parents=True)
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.log = (self.root / "server.log").open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--serve-artifacts", "--artifacts-destination", str(self.root / "artifacts")],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")})
+
+    def wait(self, timeout: float = 240.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"mlflow server {self.uri} exited:\n{(self.root / 'server.log').read_text()[-3000:]}"
+            try:
+                if httpx.get(f"{self.uri}/health", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise AssertionError(f"mlflow server {self.uri} not up after {timeout} s")
+
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+
+    def stop(self) -> None:
+        self.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+        self.log.close()
+
+
+# ----------------------------------------------------------------------------- the agents
+
+@dataclass
+class StepRun:
+    step: pf.Step
+    returncode: Optional[int]  # None: skipped (an earlier step failed)
+    stdout: str = ""
+    stderr: str = ""
+
+    def tail(self) -> str:
+        return f"$ mnistops {' '.join(self.step.args)}\n(exit {self.returncode})\n{self.stdout[-2000:]}\n{self.stderr[-4000:]}"
+
+
+@dataclass
+class PipelineRun:
+    pipeline: str
+    steps: List[StepRun] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(s.returncode == 0 for s in self.steps if s.returncode is not None)
+
+    def of(self, stage: str) -> StepRun:
+        return next(s for s in self.steps if s.step.value("stage") == stage)
+
+    def report(self) -> str:
+        return f"pipeline {self.pipeline}:\n" + "\n".join(s.tail() for s in self.steps if s.returncode)
+
+
+class Agents:
+    """Runs a pipeline file's mnistops steps as an Azure DevOps agent would, in order, each in a fresh
+    working directory, stopping at the first failure (steps with `condition: always()` still run)."""
+
+    def __init__(self, root: Path, data_cache: Path, qa: TrackingServer, prod: TrackingServer):
+        self.root, self.data_cache, self.runs = root, data_cache, 0
+        self.hosts = {"qa": root / "hosts" / "qa", "prod": root / "hosts" / "prod"}  # MNISTOPS_HOST_HOME
+        self.ports = {"qa": free_port(), "prod": free_port()}
+        self.stores = {"MNISTOPS_QA_TRACKING_URI": qa.uri, "MNISTOPS_PROD_TRACKING_URI": prod.uri}
+
+    def values(self, env: str, workspace: Path, args: List[str]) -> Dict[str, str]:
+        return {"Pipeline.Workspace": str(workspace), "Build.ArtifactStagingDirectory": str(workspace / "a"),
+                "Build.SourceVersion": "rehearsal", "RELEASE": str(REPO), "System.AccessToken": "unused",
+                "alertWebhookUrl": "", "MNISTOPS_HOST_HOME": str(self.hosts[env]),
+                "MNISTOPS_ARGS": " ".join([*args, f"env.endpoint_port={self.ports[env]}"]), **self.stores}
+
+    def prepare_home(self, home: Path) -> None:
+        """A scratch home is new and empty; a host's home keeps only what its endpoints keep."""
+        if any(home == h / "home" for h in self.hosts.values()) and home.is_dir():
+            for env_dir in [p for p in home.iterdir() if p.is_dir() and p.name != "data"]:
+                for item in env_dir.iterdir():
+                    if item.name not in ("endpoints", "monitoring"):
+                        shutil.rmtree(item) if item.is_dir() else item.unlink()
+        if not (home / "data").is_dir():
+            shutil.copytree(self.data_cache, home / "data")
+
+    def run(self, name: str, env: str, args: List[str], parameters: Optional[Dict[str, str]] = None) -> PipelineRun:
+        self.runs += 1
+        workspace = self.root / "runs" / f"{self.runs:02d}-{name}"
+        (workspace / "a").mkdir(parents=True)
+        result = PipelineRun(name)
+        failed = False
+        for number, step in enumerate(pf.steps(PIPELINES / f"{name}.yml", self.values(env, workspace, args), parameters)):
+            if failed and step.condition != "always()":
+                result.steps.append(StepRun(step, None))
+                continue
+            cwd = workspace / f"step-{number}"
+            cwd.mkdir()
+            home = Path(step.env["MNISTOPS_HOME"])
+            self.prepare_home(home)
+            result.steps.append(self.execute(step, step.args, step.env, cwd))
+            failed = failed or result.steps[-1].returncode != 0
+        return result
+
+    def execute(self, step: pf.Step, args: List[str], env: Dict[str, str], cwd: Path) -> StepRun:
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("MNISTOPS_", "AZURE", "MLFLOW_"))}
+        full_env = {**base, "MNISTOPS_DATA_MIRROR": mirror_url(), "PYTHONUNBUFFERED": "1", **env}
+        proc = subprocess.run([sys.executable, "-m", "mnistops", *args], cwd=cwd, env=full_env,
+                              capture_output=True, text=True, timeout=STEP_TIMEOUT)
+        return StepRun(step, proc.returncode, proc.stdout, proc.stderr)
+
+    def driver(self, env: str, args: List[str]) -> StepRun:
+        """A command the test runs on an env's host (traffic), not a pipeline step."""
+        home = self.hosts[env] / "home"
+        self.prepare_home(home)
+        step = pf.Step(Path("driver"), "driver", "driver", [f"env={env}", *args], {}, None, "")
+        cwd = self.root / "runs" / f"driver-{time.monotonic_ns()}"
+        cwd.mkdir(parents=True)
+        return self.execute(step, step.args + [f"env.endpoint_port={self.ports[env]}"],
+                            {"MNISTOPS_HOME": str(home), **self.stores}, cwd)
+
+    def served_versions(self, env: str) -> List[str]:
+        """What the env's endpoint answers it serves (Open Inference Protocol model metadata)."""
+        import httpx
+
+        keys = sorted((self.hosts[env] / "home" / env / "endpoints").glob("*/key"))
+        assert keys, f"no endpoint state on the {env} host"
+        answer = httpx.get(f"http://127.0.0.1:{self.ports[env]}/v2/models/{MODEL}", timeout=30,
+                           headers={"Authorization": f"Bearer {keys[0].read_text().strip()}"})
+        assert answer.status_code == 200, answer.text
+        return answer.json()["versions"]
+
+    def stop_endpoints(self) -> None:
+        """`stage=endpoint endpoint.action=stop` on both hosts at once."""
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("MNISTOPS_", "AZURE", "MLFLOW_"))}
+        stopping = []
+        for env, host in self.hosts.items():
+            if (host / "home" / env / "endpoints").is_dir():
+                cwd = self.root / "runs" / f"teardown-{env}"
+                cwd.mkdir(parents=True, exist_ok=True)
+                stopping.append(subprocess.Popen(
+                    [sys.executable, "-m", "mnistops", f"env={env}", "stage=endpoint", "endpoint.action=stop",
+                     f"env.endpoint_port={self.ports[env]}"], cwd=cwd, stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL, env={**base, "MNISTOPS_HOME": str(host / "home"), **self.stores}))
+        for proc in stopping:
+            proc.wait(STEP_TIMEOUT)
+
+
+# ----------------------------------------------------------------------------- the rehearsal
+
+@pytest.fixture
+def process(tmp_path, data_cache):
+    qa, prod = TrackingServer(tmp_path, "qa"), TrackingServer(tmp_path, "prod")
+    agents = Agents(tmp_path, data_cache, qa, prod)
+    try:
+        qa.wait()
+        prod.wait()
+        yield agents, qa, prod
+    finally:
+        agents.stop_endpoints()
+        qa.terminate()  # both at once
+        prod.terminate()
+        qa.stop()
+        prod.stop()
+
+
+def champion(server: TrackingServer):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return server.client().get_model_version_by_alias(MODEL, "champion")
+    except MlflowException:
+        return None
+
+
+def versions(server: TrackingServer) -> list:
+    return server.client().search_model_versions(f"name = '{MODEL}'")
+
+
+def runs_with(server: TrackingServer, stage: str) -> list:
+    client = server.client()
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiments, filter_string=f"tags.`{tags.STAGE}` = '{stage}'") if experiments else []
+
+
+def test_the_pipelines_connect_through_each_envs_store(process):
+    agents, qa, prod = process
+
+    # 1. CI in QA: trains, registers, baselines and gates into QA's server
+    ci = agents.run("ci", "qa", CI_ARGS)
+    assert ci.ok, ci.report()
+    approved = champion(qa)
+    assert approved is not None, "CI passed but QA's tracking server has no @champion: " + ci.of("ci").stdout[-1500:]
+    assert approved.tags[tags.GATE_DECISION] == tags.APPROVED
+
+    # 2. CD to QA whose smoke test fails: rolled back, tagged failed; the chain stops and promotion refuses
+    cd_bad = agents.run("cd-qa", "qa", [*CI_ARGS, "smoke.min_accuracy=0.999"])
+    assert not cd_bad.ok and cd_bad.of("cd").returncode != 0, cd_bad.report()
+    assert qa.client().get_model_version(MODEL, approved.version).tags.get(tags.smoke("qa")) == "failed"
+    forced = agents.run("cd-prod", "prod", CI_ARGS)  # as if someone approved it anyway
+    assert forced.of("promote").returncode != 0 and forced.of("cd").returncode is None, forced.report()
+    assert "smoke" in forced.of("promote").stderr, forced.report()
+    assert not versions(prod), "a version QA's smoke test failed reached PROD"
+
+    # 3. CD to QA: deployed and smoke-tested in QA
+    cd_qa = agents.run("cd-qa", "qa", [*CI_ARGS, "smoke.min_accuracy=0.7"])
+    assert cd_qa.ok, cd_qa.report()
+    assert qa.client().get_model_version(MODEL, approved.version).tags[tags.smoke("qa")] == "passed"
+
+    # 4. promotion and CD to PROD (the ManualValidation stage: approved)
+    cd_prod = agents.run("cd-prod", "prod", [*CI_ARGS, "smoke.min_accuracy=0.7"])
+    assert cd_prod.ok, cd_prod.report()
+    promoted = champion(prod)
+    assert promoted is not None
+    assert promoted.tags[tags.SOURCE_ENV] == "qa" and promoted.tags[tags.SOURCE_VERSION] == str(approved.version)
+    assert promoted.tags[tags.WEIGHTS_SHA256] == approved.tags[tags.WEIGHTS_SHA256]
+    assert promoted.tags[tags.GATE_DECISION] == tags.APPROVED and promoted.tags[tags.smoke("qa")] == "passed"
+    assert agents.served_versions("prod") == [str(promoted.version)], "PROD serves another version than QA approved"
+
+    # 5. production traffic, rotated, with feedback (a test driver, not a pipeline)
+    traffic = agents.driver("prod", ["stage=traffic", "traffic.shift=rotate", "traffic.severity=1.0",
+                                     "traffic.requests=200", "traffic.rate=0", "traffic.feedback_fraction=0.5"])
+    assert traffic.returncode == 0, traffic.tail()
+
+    # 6. monitoring in PROD: alerts, hands the labelled data to QA, asks for QA's CI
+    monitor = agents.run("monitor", "prod", CI_ARGS)
+    assert monitor.ok, monitor.report()
+    assert "ALERT" in monitor.of("monitor").stdout, monitor.of("monitor").tail()
+    request_file = Path(monitor.of("monitor").step.value("monitor.retrain.request_file"))
+    assert request_file.is_file(), "the monitor handed nothing over: " + monitor.of("monitor").stdout[-1500:]
+    request = json.loads(request_file.read_text())
+    assert request["ci_overrides"], request
+    assert not runs_with(prod, "ci") and not runs_with(prod, "train"), "PROD trained a model"
+
+    # 7. the CI that monitoring queues runs in QA with the handed-over data; a worse model is refused
+    before = {v.version for v in versions(qa)}
+    retrain = agents.run("ci", "qa", [*CI_ARGS, "trainer.limit_train_batches=2"],
+                         parameters={"ciArgs": " ".join(request["ci_overrides"])})
+    assert retrain.of("ci").returncode != 0, "a 2-batch model passed the gate against the champion"
+    assert "gate refused" in retrain.of("ci").stderr, retrain.report()
+    new = [v for v in versions(qa) if v.version not in before]
+    assert len(new) == 1 and new[0].tags[tags.GATE_DECISION] == tags.REJECTED, "retraining did not happen in QA"
+    overrides = " ".join(r.data.tags.get(tags.OVERRIDES, "") for r in runs_with(qa, "ci"))
+    assert request["ci_overrides"][0] in overrides, "QA's CI did not train with the handed-over data"
+    assert champion(qa).version == approved.version
+    assert [v.version for v in versions(prod)] == [promoted.version], "something reached PROD without QA"
+    assert agents.served_versions("prod") == [str(promoted.version)]
