@@ -338,6 +338,10 @@ class RetrainConfig:
     # champion reaches this env only through that env's CI, CD, approval and promotion
     env: str = "qa"
     trigger: str = "local"  # local: run `env=<env> stage=ci` here now | none: hand the data over only
+    # trigger=none: write what the retraining CI needs ({env, dataset_run_id, labelled, command,
+    # ci_overrides}) to this JSON file, for a pipeline step that queues that env's CI; removed when
+    # the stage starts, so no file means no retraining asked for
+    request_file: Optional[str] = None
     overrides: List[str] = field(default_factory=list)  # extra overrides for the retraining `stage=ci`
     min_labelled: int = 1  # feedback-labelled images needed before a retraining is worth it
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 from omegaconf import DictConfig
 
@@ -44,6 +43,9 @@ def run(cfg: DictConfig) -> StageResult:
     from mnistops.monitoring import report, signals as sig, store
 
     started = time.perf_counter()
+    request_file = cfg.monitor.retrain.request_file
+    if request_file:  # a request left by an earlier run must not queue a retraining again
+        Path(request_file).unlink(missing_ok=True)
     start, end = store.window_bounds(cfg.monitor.window)
     mdir = store.endpoint_monitoring_dir(cfg)
     stats = store.ReadStats()
@@ -205,8 +207,14 @@ def _retrain(cfg: DictConfig, window, run_id: str, raised) -> dict:
     record = {"env": retrain.env, "dataset_run_id": dataset, "labelled": labelled, "command": cmd[1:]}
     print(f"  {labelled} labelled production images handed to {retrain.env} (run {dataset})")
     if retrain.trigger == "none":
+        if retrain.request_file:
+            from mnistops.atomic import write_atomic
+
+            overrides = [f"data.extra_train=[{production_data.KEYWORD}]", *retrain.overrides]
+            write_atomic(Path(retrain.request_file), json.dumps({**record, "ci_overrides": overrides}, indent=2))
         return {**record, "exit_code": None,
-                "outcome": f"handed over to {retrain.env}; queue its CI: python {shown}"}
+                "outcome": f"handed over to {retrain.env}; queue its CI: python {shown}"
+                           + (f" (request: {retrain.request_file})" if retrain.request_file else "")}
     print(f"  retraining in {retrain.env} ({len(raised)} alert(s)): python {shown}")
     started_ms = int(time.time() * 1000)
     code = subprocess.run(cmd).returncode
