@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 
 # entity class -> (az ml command group, JSON schema name) for the header line and `$schema`
 KINDS = {
-    "AmlCompute": ("compute", "amlCompute"),
     "Environment": ("environment", "environment"),
     "Data": ("data", "data"),
     "Model": ("model", "model"),
