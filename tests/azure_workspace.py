@@ -126,6 +126,9 @@ class FakeWorkspace(HttpTransport):
         recorded = Recorded(request.method, url.path.rstrip("/").lower(),
                             {k: v[0] for k, v in parse_qs(url.query).items()}, body)
         self.requests.append(recorded)
+        if url.netloc == f"{self.location}.api.azureml.ms":
+            status, answer = self.data_plane(recorded)
+            return json_response(request, status, answer)
         if url.netloc != urlparse(ARM).netloc:
             return json_response(request, 404, not_found(request.url))
         status, answer = self.answer(recorded)
@@ -205,6 +208,22 @@ class FakeWorkspace(HttpTransport):
                 return self._model_container(r.path, rel)
             return 404, not_found(rel)
         return 404, not_found(rel)
+
+    def data_plane(self, r: Recorded) -> tuple:
+        """The workspace's regional services the SDK finds through its discovery URL: run history,
+        which ml.jobs.stream polls for a job's status and logs."""
+        base = f"https://{self.location}.api.azureml.ms"
+        if r.path == "/discovery":
+            return 200, {name: base for name in ("api", "catalog", "experimentation", "gallery", "history",
+                                                 "hyperdrive", "labeling", "modelmanagement", "pipelines", "studio")}
+        run = re.search(r"/runs/([^/]+)", r.path)
+        job = self.resources.get(f"{self.prefix}/jobs/{run.group(1)}".lower()) if run else None
+        if job is None:
+            return 404, not_found(r.path)
+        status = job["properties"]["status"]
+        return 200, {"runId": run.group(1), "status": status, "logFiles": {}, "warnings": [],
+                     "error": {"error": {"message": "the job failed"}} if status == "Failed" else None,
+                     "startTimeUtc": "2026-01-01T00:00:00Z", "endTimeUtc": "2026-01-01T00:01:00Z"}
 
     def _workspace(self) -> dict:
         return {"id": self._cased(self.prefix), "name": self.workspace, "location": self.location,

@@ -27,16 +27,18 @@ def digest(path: Path) -> str:
 
 
 def ensure(ml, cfg: DictConfig) -> str:
-    """`azureml:<code_asset>:<digest>`, uploaded first if the workspace does not have it yet."""
-    from azure.ai.ml.entities import Code
+    """The ARM id of `<code_asset>:<digest>` (what jobs and deployments take as their code),
+    uploaded first if the workspace does not have it yet. The SDK keeps its code operations and
+    entity private (MLClient._code); its public path would upload a snapshot per job."""
+    from azure.ai.ml.entities._assets._artifacts.code import Code
     from azure.core.exceptions import ResourceNotFoundError
 
     path = root()
     name, version = cfg.azure.code_asset, digest(path)
     try:
-        ml._code.get(name=name, version=version)
+        code = ml._code.get(name=name, version=version)
     except ResourceNotFoundError:
         print(f"uploading the source snapshot {name}:{version} ({path})")
-        ml._code.create_or_update(Code(name=name, version=version, path=str(path),
-                                       description="mnistops source snapshot (python -m mnistops, score.py)"))
-    return f"azureml:{name}:{version}"
+        code = ml._code.create_or_update(Code(name=name, version=version, path=str(path),
+                                              description="mnistops source snapshot (python -m mnistops, score.py)"))
+    return code.id

@@ -98,15 +98,16 @@ def nodes(cfg: DictConfig, steps: Sequence[str]) -> int:
 
 
 def command_job(cfg: DictConfig, steps: Sequence[str], env_ref: str, code: str):
-    from azure.ai.ml import PyTorchDistribution
-    from azure.ai.ml.entities import CommandJob, JobResourceConfiguration
+    """The job as the SDK submits it: a `command()` node (ml.jobs.create_or_update refuses a bare
+    CommandJob entity); render.py writes it as the CommandJob YAML `az ml job create -f` takes."""
+    from azure.ai.ml import PyTorchDistribution, command
 
     distributed = is_distributed(cfg, steps)
     name = cfg.stage.name if len(steps) > 1 or steps == [cfg.stage.name] else steps[0]
-    return CommandJob(
+    return command(
         command=command_line(cfg, steps, distributed), display_name=f"mnistops {name} ({cfg.env.name})",
         description=f"python -m mnistops {' '.join([*user_overrides(), *stage_args(cfg, steps)])}",
-        resources=JobResourceConfiguration(instance_count=nodes(cfg, steps)),
+        instance_count=nodes(cfg, steps),
         distribution=PyTorchDistribution(process_count_per_instance=cfg.compute.process_count_per_instance)
         if distributed else None,
         **common(cfg, env_ref, code, name),

@@ -69,6 +69,7 @@ class AzureJobRunner(JobRunner):
             return result
         self._follow(ml, created.name)
         status = ml.jobs.get(created.name).status
+        status = str(getattr(status, "value", status))
         if status != TERMINAL_OK:
             raise MnistopsError(f"Azure ML job {created.name} ended {status}: {created.studio_url}")
         print(f"job {created.name} completed: {created.studio_url}")
