@@ -89,9 +89,10 @@ class FakeWorkspace(HttpTransport):
     def __init__(self, subscription: str = "00000000-0000-0000-0000-000000000000",
                  resource_group: str = "rg-mnistops-qa", workspace: str = "mlw-mnistops-qa",
                  mlflow_uri: str = "", location: str = "westeurope",
-                 job_status: str = "Completed"):
+                 job_status: str = "Completed", scoring_base: Optional[str] = None):
         self.subscription, self.resource_group, self.workspace = subscription, resource_group, workspace
         self.location, self.mlflow_uri, self.job_status = location, mlflow_uri, job_status
+        self.scoring_base = scoring_base  # where the endpoints' scoring URIs point (a real server), if set
         self.prefix = (f"/subscriptions/{subscription}/resourcegroups/{resource_group}/providers/"
                        f"{PROVIDER}/workspaces/{workspace}").lower()
         self.resources: Dict[str, dict] = {}
@@ -242,11 +243,12 @@ class FakeWorkspace(HttpTransport):
                 "endpoint": f"https://ml.azure.com/runs/{r.path.split('/')[-1]}", "jobServiceType": "Studio"}
         if re.fullmatch(r"models/[^/]+/versions/[^/]+", rel):  # Azure reads the MLmodel's flavours itself
             body.setdefault("properties", {}).setdefault("flavors", {"python_function": {"data": {}}})
+        if re.fullmatch(r"onlineendpoints/[^/]+/deployments/[^/]+", rel):  # what Azure fills in
+            body.setdefault("properties", {}).setdefault("scaleSettings", {"scaleType": "Default"})
         if rel.startswith("onlineendpoints/") and rel.count("/") == 1:
             name = r.path.split("/")[-1]
-            body.setdefault("properties", {}).update(
-                scoringUri=f"https://{name}.{self.location}.inference.ml.azure.com/score",
-                swaggerUri=f"https://{name}.{self.location}.inference.ml.azure.com/swagger.json")
+            base = self.scoring_base or f"https://{name}.{self.location}.inference.ml.azure.com"
+            body.setdefault("properties", {}).update(scoringUri=f"{base}/score", swaggerUri=f"{base}/swagger.json")
             body.setdefault("location", self.location)
         existed = r.path in self.resources
         self.resources[r.path] = self._stored(r.path, body)
@@ -282,3 +284,33 @@ class FakeWorkspace(HttpTransport):
         return 200, {"id": self._cased(path), "name": path.split("/")[-1], "type": f"{PROVIDER}/workspaces/models",
                      "properties": {"latestVersion": str(latest), "nextVersion": str(latest + 1),
                                     "provisioningState": "Succeeded"}}
+
+
+class FakeAzure(HttpTransport):
+    """Several workspaces (e.g. QA's and PROD's, in other subscriptions) behind one transport: each
+    request goes to the workspace its path names."""
+
+    def __init__(self, *workspaces: FakeWorkspace):
+        self.workspaces = workspaces
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        pass
+
+    def open(self):
+        pass
+
+    def close(self):
+        pass
+
+    def send(self, request, **kwargs):
+        url = urlparse(request.url)
+        for ws in self.workspaces:
+            if ws.prefix in url.path.lower():
+                return ws.send(request, **kwargs)
+        for ws in self.workspaces:  # the discovery document: by the workspace's region
+            if url.netloc == f"{ws.location}.api.azureml.ms":
+                return ws.send(request, **kwargs)
+        return json_response(request, 404, not_found(request.url))

@@ -28,6 +28,11 @@ from mnistops.errors import MnistopsError
 KEYS = ("primary", "secondary")
 
 
+def text(value) -> str:
+    """An SDK enum (EndpointProvisioningState.SUCCEEDED) as Azure spells it (Succeeded)."""
+    return str(getattr(value, "value", value))
+
+
 def model_uri_of(deployment) -> str:
     """models:/name/N a deployment serves: its tag, else its model's asset id."""
     uri = (deployment.tags or {}).get(T.MODEL_URI)
@@ -72,7 +77,8 @@ class ManagedEndpoint(Endpoint):
         return EndpointState(
             exists=True,
             deployments={d.name: model_uri_of(d) for d in self.ml.online_deployments.list(self.name)},
-            traffic={k: int(v) for k, v in (ep.traffic or {}).items()},
+            # the SDK lists every deployment in the split, idle ones at 0: the state names only real shares
+            traffic={k: int(v) for k, v in (ep.traffic or {}).items() if int(v) > 0},
             mirror={k: int(v) for k, v in (ep.mirror_traffic or {}).items() if int(v) > 0},
             can_roll_back=any(int(p) > 0 for p in (previous.get("traffic") or {}).values()))
 
@@ -106,10 +112,10 @@ class ManagedEndpoint(Endpoint):
         try:
             ml.online_deployments.begin_create_or_update(spec).result()
         except Exception as err:  # noqa: BLE001 (the SDK's deployment errors carry the container log hint)
-            text = str(err).strip()
-            raise MnistopsError(f"deployment {slot} of {version.uri} on {self.name} failed: "
-                                f"{text.splitlines()[0][:300] if text else type(err).__name__}; traffic unchanged"
-                                f"{self._logs(slot)}") from None
+            from mnistops.backends.azure.workspace import error_line
+
+            raise MnistopsError(f"deployment {slot} of {version.uri} on {self.name} failed: {error_line(err)}; "
+                                f"traffic unchanged{self._logs(slot)}") from None
 
     def _logs(self, slot: str) -> str:
         try:
@@ -174,11 +180,11 @@ class ManagedEndpoint(Endpoint):
         ep = self._get()
         if ep is None:
             return [f"endpoint {self.name} ({self.env}): not there (stage=deploy creates it)"]
-        lines = [f"endpoint {self.name} ({self.env}): {ep.provisioning_state}, {ep.scoring_uri}",
+        lines = [f"endpoint {self.name} ({self.env}): {text(ep.provisioning_state)}, {ep.scoring_uri}",
                  f"  traffic {dict(ep.traffic or {})}  mirror {dict(ep.mirror_traffic or {})}"]
         for d in self.ml.online_deployments.list(self.name):
             lines.append(f"  {d.name:6} {model_uri_of(d)}  {d.instance_count} x {d.instance_type}  "
-                         f"{d.provisioning_state}")
+                         f"{text(d.provisioning_state)}")
         lines.append(f"  keys: az ml online-endpoint get-credentials -n {self.name}")
         return lines
 

@@ -43,7 +43,7 @@ def collector(cfg: DictConfig, endpoint_name: str, ground_truth: str):
         return None
     collections = {c: DeploymentCollection(enabled="true") for c in COLLECTIONS}
     collections[GROUND_TRUTH] = DeploymentCollection(enabled="true", data=DataAsset(
-        name=ground_truth, version=int(data_assets.GROUND_TRUTH_VERSION),
+        name=ground_truth, version=data_assets.GROUND_TRUTH_VERSION,  # a string: the SDK registers it as a Data version
         path=data_assets.ground_truth_path(endpoint_name)))
     return DataCollector(collections=collections, sampling_rate=cfg.endpoint.collect.sampling_rate)
 

@@ -72,6 +72,16 @@ def of_env(cfg: DictConfig, env_name: Optional[str] = None) -> Workspace:
     return settings(other_env(cfg, env_name))
 
 
+def error_line(err: Exception) -> str:
+    """The first line that says something of an SDK error (they come coloured and framed)."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", getattr(err, "message", None) or str(err))
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(("1)", "Details"))]
+    meaningful = [line for line in lines if not re.fullmatch(r"[\W_]*", line)]
+    return (meaningful[0] if meaningful else type(err).__name__)[:300]
+
+
 def quiet_sdk() -> None:
     """The SDK logs a warning per HTTP call and per experimental class it builds: what the stages
     say would drown."""
