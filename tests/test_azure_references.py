@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("azure.ai.ml")
+pytestmark = pytest.mark.integration  # a real MLflow store (sqlite) for the local side
 
 from azure_workspace import FakeWorkspace, StaticToken  # noqa: E402
 

@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from mnistops.errors import MnistopsError
 
 SETTINGS = {  # key -> the environment variable conf/env/<env>.yaml reads it from ({ENV}: the env name)
-    "subscription_id": "AZURE_{ENV}_SUBSCRIPTION_ID (or AZURE_SUBSCRIPTION_ID)",
+    "subscription_id": "AZURE_{ENV}_SUBSCRIPTION_ID or AZURE_SUBSCRIPTION_ID",
     "resource_group": "AZUREML_{ENV}_RESOURCE_GROUP",
     "workspace": "AZUREML_{ENV}_WORKSPACE",
 }
