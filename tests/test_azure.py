@@ -149,6 +149,12 @@ def test_a_dry_run_cannot_say_what_an_alias_means_and_renders_a_registered_model
         "mnistops: error: deploy.model=models:/mnist-classifier@candidate: a dry run cannot ask the workspace which "
         "version that is; preview with deploy.model=models:/mnist-classifier/<version>")
 
+    proc = run_cli(["env=prod", "env.backend=azure", "azure.dry_run=true", "stage=promote"], tmp_path, env=NO_WORKSPACE,
+                   timeout=180)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        "mnistops: error: azure.dry_run=true reads nothing from the qa workspace (dry run): "
+        "promote.model=models:/mnist-classifier@champion and its decisions cannot be previewed")
+
     cfg = compose(["env=qa", "env.backend=azure", "azure.dry_run=true", "stage=register"], tmp_path)
     (tmp_path / "model" / "artifacts").mkdir(parents=True)
     (tmp_path / "model" / "MLmodel").write_text("flavors: {}\n")

@@ -201,6 +201,9 @@ class PreviewRegistry(ModelRegistry):
 
     def resolve(self, reference: str, key: str = "model") -> ModelVersion:
         ref = references.parse(reference, key)
+        if self.env != self.cfg.env.name:  # another env's registry: what it holds decides (promotion)
+            raise MnistopsError(f"azure.dry_run=true reads nothing from {self.where}: {key}={reference} and its "
+                                "decisions cannot be previewed")
         if ref.version and ref.version != "latest":
             return ModelVersion(ref.name, ref.version)
         raise MnistopsError(f"{key}={reference}: a dry run cannot ask the workspace which version that is; "
