@@ -9,9 +9,9 @@ blue/green logic); this class only does what it is asked, through azure-ai-ml:
   rollback()            the split in that tag, the current one becoming the tag
 After every traffic change the monitoring schedule follows the live deployment.
 
-With azure.dry_run=true nothing is read or sent: the state is "no endpoint yet", `load` writes the
-inference environment and the deployment as YAML, `set_traffic` the endpoint with its traffic, and
-`target` is None (the deploy stage's pinned request is skipped).
+With azure.dry_run=true nothing is read or sent: the state is "no endpoint yet", `load` prepares
+the inference environment and the deployment, `set_traffic` writes them as YAML with the endpoint
+and its traffic, and `target` is None (the deploy stage's pinned request is skipped).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ class ManagedEndpoint(Endpoint):
         self.cfg, self.connection, self.name, self.monitoring = cfg, connection, name, monitoring
         self.env = cfg.env.name
         self.dry_run = bool(cfg.azure.dry_run)
+        self._preview: list = []  # a dry run's entities, written together
         if cfg.endpoint.kind != "azure_managed":
             raise MnistopsError(f"endpoint.kind={cfg.endpoint.kind!r}: env.backend=azure serves endpoint=azure_managed "
                                 "(pass endpoint=azure_managed)")
@@ -93,14 +94,14 @@ class ManagedEndpoint(Endpoint):
 
     # ------------------------------------------------------------------ changes
     def load(self, slot: str, version: ModelVersion) -> None:
-        from mnistops.backends.azure import code_snapshot, environments, naming, online_specs, render
+        from mnistops.backends.azure import code_snapshot, environments, naming, online_specs
 
         env = environments.inference_environment(self.cfg)
         ground_truth = naming.ground_truth_asset(self.cfg, self.name)
-        if self.dry_run:
-            spec = online_specs.deployment(self.cfg, self.name, slot, version.name, version.version,
-                                           environments.reference(env), str(code_snapshot.root()), ground_truth)
-            render.emit(self.cfg, [env, spec])
+        if self.dry_run:  # written with the endpoint by set_traffic: one preview, one folder
+            self._preview = [env, online_specs.deployment(self.cfg, self.name, slot, version.name, version.version,
+                                                          environments.reference(env), str(code_snapshot.root()),
+                                                          ground_truth)]
             return
         ml = self.ml
         ml.environments.create_or_update(env)  # versioned by its conda file's digest: idempotent
@@ -143,7 +144,7 @@ class ManagedEndpoint(Endpoint):
         if self.dry_run:
             ep = online_specs.endpoint(self.cfg, self.name)
             ep.traffic, ep.mirror_traffic = dict(traffic), dict(mirror) or None
-            render.emit(self.cfg, [ep])
+            render.emit(self.cfg, [*self._preview, ep])
             return EndpointState(exists=False, traffic=dict(traffic), mirror=dict(mirror))
         now = self.state()
         return self._move(traffic, mirror, {"traffic": now.traffic, "mirror_traffic": now.mirror})
