@@ -15,9 +15,7 @@ SCORING_SCRIPT = "mnistops/backends/azure/score.py"  # relative to the snapshot'
 
 def root() -> Path:
     """The source checkout's root or, installed, the directory holding the mnistops package."""
-    import mnistops
-
-    return Path(mnistops.__file__).resolve().parent.parent
+    return Path(__file__).resolve().parents[3]  # <root>/mnistops/backends/azure/code_snapshot.py
 
 
 def digest(path: Path) -> str:
