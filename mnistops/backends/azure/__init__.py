@@ -47,10 +47,10 @@ class AzureBackend(Backend):
 
         if self._endpoint_name is None:
             subscription = None
-            if not (self.dry_run or self.cfg.azure.endpoint_name):
+            if not self.cfg.azure.endpoint_name and not self.dry_run:
                 subscription = self.connection.workspace.subscription_id
-            elif self.dry_run and not self.cfg.azure.endpoint_name:
-                subscription = self.cfg.env.azure.subscription_id  # the real name when it is known
+            elif not self.cfg.azure.endpoint_name:  # a dry run: the real name when the setting is there
+                subscription = self.cfg.env.azure.subscription_id
                 if not subscription:
                     print("  (dry run without env.azure.subscription_id: the endpoint's name lacks its unique suffix)")
             self._endpoint_name = naming.endpoint_name(self.cfg, subscription)

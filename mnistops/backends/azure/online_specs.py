@@ -9,8 +9,6 @@ outlive a blue/green swap."""
 
 from __future__ import annotations
 
-from typing import Optional
-
 from omegaconf import DictConfig
 
 from mnistops import tags as T
@@ -49,7 +47,7 @@ def collector(cfg: DictConfig, endpoint_name: str, ground_truth: str):
 
 
 def deployment(cfg: DictConfig, endpoint_name: str, slot: str, model_name: str, model_version: str, env_ref: str,
-               code: str, ground_truth: Optional[str] = None):
+               code: str, ground_truth: str):
     from azure.ai.ml.entities import CodeConfiguration, ManagedOnlineDeployment, OnlineRequestSettings
 
     from mnistops.backends.azure.code_snapshot import SCORING_SCRIPT
@@ -64,7 +62,7 @@ def deployment(cfg: DictConfig, endpoint_name: str, slot: str, model_name: str, 
                                                max_concurrent_requests_per_instance=ep.max_concurrent_requests_per_instance,
                                                max_queue_wait_ms=ep.max_queue_wait_ms),
         liveness_probe=probe(ep.liveness_probe), readiness_probe=probe(ep.readiness_probe),
-        data_collector=collector(cfg, endpoint_name, ground_truth or f"{endpoint_name}-ground-truth"),
+        data_collector=collector(cfg, endpoint_name, ground_truth),
         environment_variables={"MNISTOPS_MODEL_NAME": model_name, "MNISTOPS_MODEL_VERSION": str(model_version),
                                "MNISTOPS_DEPLOYMENT": slot},
         tags={T.MODEL_URI: uri, T.ENV: cfg.env.name},
