@@ -155,7 +155,9 @@ def run(stage: str, overrides: Optional[Sequence[str]] = None) -> Result:
         raise ConfigError("pass the stage as run()'s first argument, not as a stage= override")
     cfg = compose([f"stage={stage}", *overrides])
     quiet_libraries()
-    with _no_leaked_runs():
+    from mnistops import tracking  # the stage may pass its overrides on (a job's command line, a run tag)
+
+    with _no_leaked_runs(), tracking.api_overrides([f"stage={stage}", *overrides]):
         result = run_stage(cfg)
     return Result(stage=result.stage, run_id=result.run_id, metrics=dict(result.metrics),
                   artifacts=dict(result.artifacts), model_uri=result.model_uri,

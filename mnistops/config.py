@@ -218,14 +218,9 @@ class ComputeConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     num_threads: Optional[int] = None  # torch intra-op threads; None: all cores
-    # An Azure ML compute cluster (compute=azure_cpu_cluster|azure_gpu_cluster, env.backend=azure);
-    # null cluster: the stage runs on this machine
+    # An Azure ML compute cluster (compute=azure_cpu_cluster|azure_gpu_cluster, env.backend=azure),
+    # created and sized by Terraform (infra/); null cluster: the stage runs on this machine
     cluster: Optional[str] = None
-    vm_size: Optional[str] = None
-    tier: str = "dedicated"  # dedicated | low_priority
-    min_nodes: int = 0
-    max_nodes: int = 1
-    idle_time_before_scale_down: int = 1800  # seconds
     instance_count: int = 1  # nodes a training job uses (Lightning num_nodes)
     process_count_per_instance: int = 1  # DDP processes per node (Lightning devices)
 
@@ -400,8 +395,9 @@ class AzureMonitoringConfig:
     emails: List[str] = field(default_factory=list)  # alert notification; empty: Azure Monitor only
     instance_type: str = "standard_e4s_v3"  # the serverless Spark pool that computes the signals
     runtime_version: str = "3.4"
-    # a data asset (mltable) with the true `label` of scored requests by `correlation_id`
-    ground_truth: str = "${data.name}-ground-truth"
+    # the data asset the deployments' `ground_truth` collection appends feedback to (the true `label`
+    # of scored requests by `correlation_id`); null: <azure endpoint name>-ground-truth
+    ground_truth: Optional[str] = None
 
 
 @dataclass
@@ -409,15 +405,20 @@ class AzureConfig:
     """env.backend=azure: how stages become Azure ML entities (the workspace itself is env.azure)."""
 
     dry_run: bool = False  # write every entity as `az ml ... create -f` YAML; no network, no credentials
+    # set on the command line of the jobs this flavour submits: the steps run there, not submitted again
+    inside_job: bool = False
     experiment_name: str = "${experiment_name}"  # jobs log into the same MLflow experiment as local runs
     stream_logs: bool = True  # follow a submitted job until it ends and exit with its status
+    code_asset: str = "mnistops-code"  # the source snapshot jobs and deployments run (version: its digest)
     train_environment: AzureEnvironmentConfig = field(default_factory=lambda: AzureEnvironmentConfig(
         name="mnistops-train"))
     inference_environment: AzureEnvironmentConfig = field(default_factory=lambda: AzureEnvironmentConfig(
         name="mnistops-inference", image="mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04"))
     data_asset: str = "${data.name}-raw"  # the verified raw files, version = dataset digest
     reference_asset: str = "${data.name}-reference-features"  # training-image features: the drift baseline
-    endpoint_name: str = "${endpoint.name}-${env.name}"  # endpoint names are unique per Azure region
+    # endpoint names are unique per Azure region; null: <endpoint.name>-<env>-<6 hex of sha1(subscription/env)>,
+    # the name infra/ gives the endpoint it creates (its output endpoint_name)
+    endpoint_name: Optional[str] = None
     sweep: AzureSweepConfig = field(default_factory=AzureSweepConfig)
     monitoring: AzureMonitoringConfig = field(default_factory=AzureMonitoringConfig)
 

@@ -76,3 +76,16 @@ DRIFT_REFERENCE = "mnistops.drift_reference"  # on the run holding a drift refer
 # --- sweeps -----------------------------------------------------------------------------------
 BEST_RUN_ID = "mnistops.best_run_id"
 BEST_OVERRIDES = "mnistops.best_overrides"
+
+# --- the azure flavour: what Azure ML's registry and endpoints lack, kept as tags -------------
+ALIAS_PREFIX = "mnistops.alias."  # on a model version: this alias points at it (value: when it moved there, UTC)
+
+
+def alias(name: str) -> str:
+    """The tag that carries alias `name` on Azure ML, whose registry has no aliases."""
+    return f"{ALIAS_PREFIX}{name}"
+
+
+FILES_RUN_ID = "mnistops.files_run_id"  # model version property: the run in the workspace's MLflow holding its files
+MODEL_URI = "mnistops.model_uri"  # on an online deployment: the version it serves
+PREVIOUS_TRAFFIC = "mnistops.previous_traffic"  # on an online endpoint: traffic + mirror before the last change

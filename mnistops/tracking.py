@@ -93,10 +93,25 @@ def output_dir(cfg: DictConfig, stage: str) -> Path:
     return Path(out)
 
 
+_API_OVERRIDES: list = []  # the overrides of the mnistops.run() call under way (no Hydra there)
+
+
 def task_overrides() -> list:
+    """What the stage was run with: Hydra's task overrides on the CLI, mnistops.run()'s in the API."""
     from hydra.core.hydra_config import HydraConfig
 
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else list(_API_OVERRIDES)
+
+
+@contextlib.contextmanager
+def api_overrides(overrides: list) -> Iterator[None]:
+    """mnistops.run() runs a stage with these overrides (what task_overrides() answers meanwhile)."""
+    saved = list(_API_OVERRIDES)
+    _API_OVERRIDES[:] = list(overrides)
+    try:
+        yield
+    finally:
+        _API_OVERRIDES[:] = saved
 
 
 def _sweep_parent(cfg: DictConfig, experiment_id: str) -> Optional[str]:

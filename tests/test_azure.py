@@ -1,10 +1,12 @@
-"""The Azure ML backend without Azure: every entity a stage would create is rendered offline
-(azure.dry_run=true) by the real CLI and read back through the SDK's own loaders; the scoring script
-serves a real registered model through its init()/run() contract; missing settings and credentials
-fail in one line. Nothing here talks to Azure."""
+"""The azure flavour without Azure: every entity a stage would create is rendered offline
+(azure.dry_run=true) by the real CLI and read back through the SDK's own loaders; provisioning
+creates what Terraform does not own and never a cluster; missing settings and credentials fail in
+one line; the scoring script serves a real registered model through its init()/run() contract.
+Nothing here talks to Azure: live calls go through tests/azure_workspace.py's recorded answers."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import shutil
@@ -15,40 +17,42 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO, compose, run_cli
+from conftest import QUICK, REPO, compose, run_cli
 
 pytest.importorskip("azure.ai.ml")
+pytestmark = pytest.mark.integration  # CLI subprocesses, MLflow stores, a trained model
+
+from azure_workspace import FakeWorkspace, StaticToken  # noqa: E402
 
 NO_WORKSPACE = {"AZURE_SUBSCRIPTION_ID": "", "AZURE_QA_SUBSCRIPTION_ID": "", "AZURE_PROD_SUBSCRIPTION_ID": "",
                 "AZUREML_QA_RESOURCE_GROUP": "", "AZUREML_QA_WORKSPACE": "",
                 "AZUREML_PROD_RESOURCE_GROUP": "", "AZUREML_PROD_WORKSPACE": ""}
-WORKSPACE = {"AZURE_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000",
+SUBSCRIPTION = "00000000-0000-0000-0000-000000000000"
+WORKSPACE = {**NO_WORKSPACE, "AZURE_SUBSCRIPTION_ID": SUBSCRIPTION, "AZURE_QA_SUBSCRIPTION_ID": SUBSCRIPTION,
              "AZUREML_QA_RESOURCE_GROUP": "rg-mnistops-qa", "AZUREML_QA_WORKSPACE": "mlw-mnistops-qa",
              # DefaultAzureCredential limited to its environment credential, left unconfigured: no login
              # anywhere on this machine can be found, and no token endpoint is called
              "AZURE_TOKEN_CREDENTIALS": "EnvironmentCredential"}
+QA_ENDPOINT = f"mnist-qa-{hashlib.sha1(f'{SUBSCRIPTION}/qa'.encode()).hexdigest()[:6]}"  # infra/main.tf's rule
 
 
-def dry_run(tmp_path: Path, *args: str) -> dict:
-    """Run the CLI with azure.dry_run=true and no workspace settings; {file stem: path} of what it wrote."""
-    proc = run_cli(["env.backend=azure", "azure.dry_run=true", *args], tmp_path, env=NO_WORKSPACE, timeout=120,
-                   check=True)
+def dry_run(tmp_path: Path, *args: str, env: dict = NO_WORKSPACE) -> dict:
+    """Run the CLI with azure.dry_run=true; {file stem: path} of what it wrote."""
+    proc = run_cli(["env.backend=azure", "azure.dry_run=true", *args], tmp_path, env=env, timeout=180, check=True)
     written = [Path(line.split(" -f ", 1)[1]) for line in proc.stdout.splitlines() if line.strip().startswith("az ml ")]
     assert written and all(p.is_file() for p in written), proc.stdout
     assert "nothing was sent" in proc.stdout
     return {p.stem: p for p in written}
 
 
-def test_provision_renders_cluster_environments_and_data_assets(tmp_path):
-    from azure.ai.ml import load_compute, load_data, load_environment
+def test_provision_renders_environments_and_data_assets_and_no_cluster(tmp_path):
+    from azure.ai.ml import load_data, load_environment
 
     from mnistops.data import mirrors
 
-    files = dry_run(tmp_path, "env=qa", "stage=provision", "compute=azure_gpu_cluster", "compute.vm_size=Standard_NC6s_v3",
-                    "compute.min_nodes=1", "compute.max_nodes=3", "compute.idle_time_before_scale_down=600")
-    cluster = load_compute(files["compute-gpu-cluster"])
-    assert (cluster.size, cluster.min_instances, cluster.max_instances, cluster.idle_time_before_scale_down) == \
-        ("Standard_NC6s_v3", 1, 3, 600)
+    files = dry_run(tmp_path, "env=qa", "stage=provision", "compute=azure_gpu_cluster")
+    assert set(files) == {"environment-mnistops-train", "environment-mnistops-inference", "data-mnist-raw",
+                          "data-mnist-reference-features"}  # the cluster is Terraform's
     train_env = load_environment(files["environment-mnistops-train"])
     pip = train_env.conda_file["dependencies"][-1]["pip"]
     assert any(p.startswith("lightning") for p in pip) and any(p.startswith("azureml-mlflow") for p in pip)
@@ -65,17 +69,26 @@ def test_train_becomes_a_multi_node_ddp_command_job_of_the_same_entrypoint(tmp_p
     from azure.ai.ml import load_job
 
     files = dry_run(tmp_path, "env=qa", "stage=train", "compute=azure_cpu_cluster", "compute.instance_count=3",
-                    "compute.process_count_per_instance=2", "compute.max_nodes=3", "model=logreg", "trainer.max_epochs=2")
+                    "compute.process_count_per_instance=2", "model=logreg", "trainer.max_epochs=2", "paths.home=/x")
     job = load_job(files["job-train"])
     assert job.type == "command" and job.compute == "cpu-cluster"
     assert job.resources.instance_count == 3
     assert job.distribution.type == "pytorch" and job.distribution.process_count_per_instance == 2
-    assert "python -m mnistops env=qa stage=train compute=azure_cpu_cluster" in job.command
-    assert "model=logreg trainer.max_epochs=2 env.backend=local" in job.command
+    assert "python -m mnistops env=qa compute=azure_cpu_cluster" in job.command
+    assert "model=logreg trainer.max_epochs=2 stage=train env.backend=azure azure.inside_job=true" in job.command
     assert "compute.num_nodes=3 compute.devices=2 compute.strategy=ddp" in job.command
-    assert "azure.dry_run" not in job.command and '"env.tracking_uri=$MLFLOW_TRACKING_URI"' in job.command
+    assert "azure.dry_run" not in job.command and "paths.home" not in job.command and "tracking_uri" not in job.command
     assert job.inputs["dataset"].path.split(":")[-2] == "mnist-raw" and Path(job.code) == REPO
     assert job.environment.removeprefix("azureml:").startswith("mnistops-train:") and job.experiment_name == "mnistops"
+
+
+def test_the_api_passes_its_overrides_to_the_job(home):
+    import mnistops
+
+    result = mnistops.run("pipeline", ["env=qa", "env.backend=azure", "azure.dry_run=true", "compute=azure_cpu_cluster",
+                                       *QUICK])
+    command = Path(result.artifacts["job"]).read_text()
+    assert "model=logreg" in command and "trainer.limit_train_batches=60" in command and "stage=pipeline" in command
 
 
 def test_hparams_search_becomes_a_sweep_job_with_the_same_space(tmp_path):
@@ -94,75 +107,134 @@ def test_hparams_search_becomes_a_sweep_job_with_the_same_space(tmp_path):
     assert space["data_batch_size"].values == [64, 128, 256]
     assert job.sampling_algorithm.lower() == "random"  # Bayesian sampling takes no loguniform
     assert "model.lr=${{search_space.model_lr}}" in job.trial.command and "hparams_search" not in job.trial.command
+    assert "stage=train env.backend=azure azure.inside_job=true" in job.trial.command
 
 
-def test_ci_is_one_job_on_one_node(tmp_path):
-    from azure.ai.ml import load_job
-
-    files = dry_run(tmp_path, "env=qa", "stage=ci", "compute=azure_cpu_cluster")
-    job = load_job(files["job-ci"])
-    assert job.resources.instance_count == 1 and job.distribution is None
-    assert "stage=ci" in job.command and "stage.steps=[data,validate,train,evaluate,register,baseline,gate]" in job.command
-
-
-def test_deploy_renders_endpoint_and_blue_green_deployment(tmp_path):
+def test_deploy_renders_the_endpoint_its_unique_name_and_a_blue_green_deployment(tmp_path):
     from azure.ai.ml import load_online_deployment, load_online_endpoint
 
     files = dry_run(tmp_path, "env=qa", "stage=deploy", "endpoint=azure_managed", "deploy.model=models:/mnist-classifier/4",
                     "deploy.deployment=green", "endpoint.traffic={blue:90,green:10}", "endpoint.mirror_traffic={blue:20}",
                     "endpoint.instance_count=2", "endpoint.instance_type=Standard_F4s_v2",
-                    "endpoint.readiness_probe.failure_threshold=5", "endpoint.collect.sampling_rate=0.5")
-    endpoint = load_online_endpoint(files["online-endpoint-mnist-qa"])
+                    "endpoint.readiness_probe.failure_threshold=5", "endpoint.collect.sampling_rate=0.5",
+                    env={**NO_WORKSPACE, "AZURE_SUBSCRIPTION_ID": SUBSCRIPTION, "AZURE_QA_SUBSCRIPTION_ID": SUBSCRIPTION})
+    endpoint = load_online_endpoint(files[f"online-endpoint-{QA_ENDPOINT}"])
     assert (endpoint.auth_mode, endpoint.traffic, endpoint.mirror_traffic) == ("key", {"blue": 90, "green": 10}, {"blue": 20})
     dep = load_online_deployment(files["online-deployment-green"])
-    assert (dep.name, dep.endpoint_name, dep.model.removeprefix("azureml:")) == ("green", "mnist-qa", "mnist-classifier:4")
+    assert (dep.name, dep.endpoint_name, dep.model.removeprefix("azureml:")) == ("green", QA_ENDPOINT, "mnist-classifier:4")
     assert (dep.instance_type, dep.instance_count) == ("Standard_F4s_v2", 2)
     assert dep.readiness_probe.failure_threshold == 5 and dep.liveness_probe.failure_threshold == 30
     assert dep.request_settings.request_timeout_ms == 2000 and dep.request_settings.max_concurrent_requests_per_instance == 4
-    assert set(dep.data_collector.collections) == {"model_inputs", "model_outputs"} and dep.data_collector.sampling_rate == 0.5
+    collections = dep.data_collector.collections
+    assert set(collections) == {"model_inputs", "model_outputs", "ground_truth"} and dep.data_collector.sampling_rate == 0.5
+    assert collections["ground_truth"].data.name == f"{QA_ENDPOINT}-ground-truth"
+    assert collections["ground_truth"].data.path.endswith(f"/modelDataCollector/{QA_ENDPOINT}/ground_truth")
     assert (Path(dep.code_configuration.code) / dep.code_configuration.scoring_script).is_file()
     assert dep.environment.removeprefix("azureml:").startswith("mnistops-inference:")
 
+    files = dry_run(tmp_path, "env=qa", "stage=deploy", "endpoint=azure_managed", "deploy.model=models:/mnist-classifier/4",
+                    "azure.endpoint_name=mnist-qa-from-terraform")
+    assert "online-endpoint-mnist-qa-from-terraform" in files
 
-def test_promote_renders_an_mlflow_model_with_lineage(tmp_path):
+
+def test_a_dry_run_cannot_say_what_an_alias_means_and_renders_a_registered_model(tmp_path):
     from azure.ai.ml import load_model
 
-    files = dry_run(tmp_path, "env=prod", "stage=promote")
-    model = load_model(files["model-mnist-classifier"])
-    assert model.type == "mlflow_model"
-    assert model.tags["mnistops.source_env"] == "qa" and model.tags["mnistops.env"] == "prod"
+    from mnistops.backends.azure.model_registry import PreviewRegistry
+    from mnistops.errors import MnistopsError
+
+    proc = run_cli(["env=qa", "env.backend=azure", "azure.dry_run=true", "stage=deploy", "endpoint=azure_managed"],
+                   tmp_path, env=NO_WORKSPACE, timeout=180)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        "mnistops: error: deploy.model=models:/mnist-classifier@candidate: a dry run cannot ask the workspace which "
+        "version that is; preview with deploy.model=models:/mnist-classifier/<version>")
+
+    proc = run_cli(["env=prod", "env.backend=azure", "azure.dry_run=true", "stage=promote"], tmp_path, env=NO_WORKSPACE,
+                   timeout=180)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        "mnistops: error: azure.dry_run=true reads nothing from the qa workspace (dry run): "
+        "promote.model=models:/mnist-classifier@champion and its decisions cannot be previewed")
+
+    cfg = compose(["env=qa", "env.backend=azure", "azure.dry_run=true", "stage=register"], tmp_path)
+    (tmp_path / "model" / "artifacts").mkdir(parents=True)
+    (tmp_path / "model" / "MLmodel").write_text("flavors: {}\n")
+    registry = PreviewRegistry(cfg, "qa")
+    registry.register("mnist-classifier", tmp_path / "model", run_id="abc", tags={"mnistops.env": "qa"}, description="d")
+    (rendered,) = (p for p in (tmp_path / "qa" / "outputs").rglob("model-mnist-classifier.yaml"))
+    model = load_model(rendered)
+    assert (model.type, model.tags, model.properties) == ("mlflow_model", {"mnistops.env": "qa"},
+                                                          {"mnistops.files_run_id": "abc"})
+    with pytest.raises(MnistopsError, match="is not downloaded"):
+        registry.download(registry.resolve("models:/mnist-classifier/3"), tmp_path)
 
 
 def test_monitoring_schedule_carries_the_local_monitor_thresholds(tmp_path):
     from azure.ai.ml.entities._load_functions import load_schedule
 
-    from mnistops.backends.azure.monitoring import monitor_schedule
+    import mnistops
 
-    cfg = compose(["env=qa", "env.backend=azure", "azure.dry_run=true", "endpoint=azure_managed", "stage=monitor",
-                   "monitor.thresholds.data_drift=0.2", "monitor.schedule=*/30 * * * *", "monitor.window=7d",
-                   "azure.monitoring.emails=[ops@example.com]", "endpoint.traffic={green:100}"], tmp_path)
-    result = monitor_schedule(cfg)
+    result = mnistops.run("monitor", ["env=qa", "env.backend=azure", "azure.dry_run=true", "endpoint=azure_managed",
+                                      "monitor.thresholds.data_drift=0.2", "monitor.schedule=*/30 * * * *",
+                                      "monitor.window=7d", "azure.monitoring.emails=[ops@example.com]",
+                                      "endpoint.traffic={green:100}", "azure.endpoint_name=mnist-qa-x1",
+                                      f"paths.home={tmp_path}"])
     schedule = load_schedule(result.artifacts["schedule"])
-    assert schedule.trigger.expression == "*/30 * * * *"
+    assert schedule.trigger.expression == "*/30 * * * *" and schedule.name == "mnist-qa-x1-monitor"
     monitor = schedule.create_monitor
-    assert monitor.monitoring_target.endpoint_deployment_id == "azureml:mnist-qa:green"
+    assert monitor.monitoring_target.endpoint_deployment_id == "azureml:mnist-qa-x1:green"
     assert monitor.alert_notification.emails == ["ops@example.com"]
     signals = monitor.monitoring_signals
     assert signals["data_drift"].metric_thresholds.numerical.normalized_wasserstein_distance == 0.2
     assert signals["data_drift"].production_data.data_window.lookback_window_size == "P7D"
+    assert signals["data_drift"].production_data.input_data.path.endswith("mnist-qa-x1-green-model_inputs:1")
     assert signals["prediction_drift"].metric_thresholds.categorical.jensen_shannon_distance == 0.1
     assert signals["data_quality"].metric_thresholds.numerical.out_of_bounds_rate == 0.05
-    assert signals["model_performance"].metric_thresholds.classification.accuracy == 0.95
+    performance = signals["model_performance"]
+    assert performance.metric_thresholds.classification.accuracy == 0.95
+    assert performance.reference_data.input_data.path.endswith("mnist-qa-x1-ground-truth:1")
+    assert performance.reference_data.data_column_names == {"target_column": "label", "join_column": "correlation_id"}
+    assert performance.production_data.data_column_names == {"target_column": "digit", "join_column": "correlation_id"}
+
+
+def test_provision_creates_what_terraform_does_not_and_never_a_cluster(home):
+    import mnistops
+    from mnistops.backends.azure import environments
+    from mnistops.backends.azure.workspace import use_transport
+    from mnistops.data import mirrors
+    from mnistops.errors import MnistopsError
+
+    ws = FakeWorkspace()
+    args = ["env=qa", "env.backend=azure", "compute=azure_cpu_cluster", f"env.azure.subscription_id={ws.subscription}",
+            f"env.azure.resource_group={ws.resource_group}", f"env.azure.workspace={ws.workspace}",
+            "env.tracking_uri=sqlite:///unused.db"]
+    with use_transport(ws, StaticToken()), pytest.raises(MnistopsError, match=(
+            r"compute cluster cpu-cluster is not in workspace mlw-mnistops-qa: Terraform owns the clusters, apply it "
+            r"first \(terraform -chdir=infra apply -var-file=qa.tfvars\); stage=provision never creates one")):
+        mnistops.run("provision", args)
+    assert not ws.sent("PUT", ".*")
+
+    cfg = compose(args, home)
+    ws.seed("computes/cpu-cluster", {"computeType": "AmlCompute", "properties": {
+        "scaleSettings": {"minNodeCount": 0, "maxNodeCount": 4}}}, location="westeurope")
+    for asset in (cfg.azure.data_asset, cfg.azure.reference_asset):  # uploaded earlier: not again
+        ws.seed(f"data/{asset}/versions/{mirrors.digest(cfg)}", {"dataType": "uri_folder", "dataUri": "azureml://x/"})
+    with use_transport(ws, StaticToken()):
+        mnistops.run("provision", args)
+    puts = sorted(ws.relative(r.path) for r in ws.sent("PUT", ".*"))
+    envs = [environments.train_environment(cfg), environments.inference_environment(cfg)]
+    assert puts == sorted(f"environments/{e.name}/versions/{e.version}".lower() for e in envs)
+    assert ws.sent("GET", "computes/cpu-cluster")
+    conda = ws.resource(f"environments/mnistops-inference/versions/{envs[1].version}")["properties"]["condaFile"]
+    assert "onnxruntime==" in conda
 
 
 def test_missing_workspace_setting_fails_in_one_line(tmp_path):
     proc = run_cli(["env=qa", "env.backend=azure", "stage=provision", "compute=azure_cpu_cluster"], tmp_path,
                    env=NO_WORKSPACE, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == ("mnistops: error: env.azure.subscription_id is not set for env=qa: "
-                                                    "export AZURE_SUBSCRIPTION_ID (or pass env.azure.subscription_id=...)")
-    proc = run_cli(["env=qa", "env.backend=azure", "stage=train", "compute=cpu"], tmp_path, env=WORKSPACE, timeout=120)
-    assert proc.returncode == 2 and "compute=cpu is not an Azure ML cluster" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "mnistops: error: env.azure.subscription_id is not set for env=qa: export AZURE_QA_SUBSCRIPTION_ID or "
+        "AZURE_SUBSCRIPTION_ID (or pass env.azure.subscription_id=...)")
 
 
 def test_missing_credential_fails_in_one_line(tmp_path):
@@ -173,13 +245,26 @@ def test_missing_credential_fails_in_one_line(tmp_path):
     assert errors == [errors[0]] and errors[0].startswith("mnistops: error: no Azure credential: DefaultAzureCredential")
 
 
+def test_a_job_on_a_local_compute_is_refused_before_anything_is_sent(home):
+    import mnistops
+    from mnistops.backends.azure.workspace import use_transport
+    from mnistops.errors import MnistopsError
+
+    ws = FakeWorkspace()
+    with use_transport(ws, StaticToken()), pytest.raises(MnistopsError, match="compute=cpu is not an Azure ML cluster"):
+        mnistops.run("train", ["env=qa", "env.backend=azure", "compute=cpu", "env.tracking_uri=sqlite:///unused.db",
+                               f"env.azure.subscription_id={ws.subscription}",
+                               f"env.azure.resource_group={ws.resource_group}", f"env.azure.workspace={ws.workspace}"])
+    assert not ws.sent("PUT", ".*")
+
+
 def test_the_cli_does_not_import_the_azure_sdk():
     code = ("import sys, mnistops.config, mnistops.stages, mnistops.backends.azure; "
-            "assert not [m for m in sys.modules if m.startswith('azure')], 'azure SDK imported'")
+            "from mnistops import backends, compose; backends.get(compose(['env.backend=azure', 'azure.dry_run=true'])); "
+            "assert not [m for m in sys.modules if m.startswith('azure.ai')], 'azure SDK imported'")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
-# --------------------------------------------------------------------------- the scoring script
 
 @pytest.fixture(scope="module")
 def azure_model_dir(tmp_path_factory, data_cache):

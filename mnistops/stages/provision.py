@@ -15,5 +15,6 @@ def run(cfg: DictConfig) -> StageResult:
     backend = backends.get(cfg)
     if backend.provisioner is None:
         raise MnistopsError(f"stage=provision: the {backend.name} backend needs nothing provisioned (its stores are "
-                            "made on first use); it is for env.backend=azure (azure.dry_run=true previews it)")
+                            "made on first use); it is for a flavour with a provisioner, e.g. the azure one "
+                            "(azure.dry_run=true previews it)")
     return backend.provisioner.provision(cfg)

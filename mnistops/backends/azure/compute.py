@@ -1,4 +1,6 @@
-"""The compute cluster of `compute=azure_*_cluster`: VM size, tier, node range and idle scale-down."""
+"""The compute cluster a job runs on. Terraform owns the clusters (infra/: `cpu-cluster`, and
+`gpu-cluster` where the env has one): this flavour never creates or changes one, it checks that the
+cluster `compute.cluster` names is there and big enough, and otherwise says which Terraform to apply."""
 
 from __future__ import annotations
 
@@ -11,19 +13,25 @@ def require_cluster(cfg: DictConfig) -> str:
     if not cfg.compute.cluster:
         raise MnistopsError(f"compute={cfg.compute.name} is not an Azure ML cluster (compute.cluster is null): "
                             "use compute=azure_cpu_cluster or compute=azure_gpu_cluster with env.backend=azure")
-    if cfg.compute.instance_count > cfg.compute.max_nodes:
-        raise MnistopsError(f"compute.instance_count={cfg.compute.instance_count} > compute.max_nodes="
-                            f"{cfg.compute.max_nodes}: the job would never start")
     return cfg.compute.cluster
 
 
-def cluster(cfg: DictConfig):
-    from azure.ai.ml.entities import AmlCompute
+def missing(cfg: DictConfig, where: str) -> MnistopsError:
+    return MnistopsError(f"compute cluster {cfg.compute.cluster} is not in {where}: Terraform owns the clusters, "
+                         f"apply it first (terraform -chdir=infra apply -var-file={cfg.env.name}.tfvars); "
+                         "stage=provision never creates one")
+
+
+def check(ml, cfg: DictConfig, nodes: int) -> None:
+    """The cluster exists and can give `nodes` nodes (its max_instances, as Terraform set it)."""
+    from azure.core.exceptions import ResourceNotFoundError
 
     name = require_cluster(cfg)
-    if not cfg.compute.vm_size:
-        raise MnistopsError(f"compute.vm_size is not set for cluster {name}")
-    return AmlCompute(name=name, size=cfg.compute.vm_size, tier=cfg.compute.tier,
-                      min_instances=cfg.compute.min_nodes, max_instances=cfg.compute.max_nodes,
-                      idle_time_before_scale_down=cfg.compute.idle_time_before_scale_down,
-                      description=f"mnistops {cfg.compute.name}")
+    try:
+        cluster = ml.compute.get(name)
+    except ResourceNotFoundError:
+        raise missing(cfg, f"workspace {ml.workspace_name}") from None
+    most = getattr(cluster, "max_instances", None)
+    if most is not None and nodes > most:
+        raise MnistopsError(f"compute.instance_count={nodes} > the {most} nodes cluster {name} scales to "
+                            "(Terraform's cluster_max_nodes): the job would never start")

@@ -15,7 +15,6 @@ from omegaconf import DictConfig
 
 # entity class -> (az ml command group, JSON schema name) for the header line and `$schema`
 KINDS = {
-    "AmlCompute": ("compute", "amlCompute"),
     "Environment": ("environment", "environment"),
     "Data": ("data", "data"),
     "Model": ("model", "model"),
@@ -39,6 +38,8 @@ def out_dir(cfg: DictConfig) -> Path:
 def to_yaml(entity: Any) -> str:
     import yaml
 
+    if type(entity).__name__ == "Command":  # a command() node: its job is what `az ml job create` takes
+        entity = entity._to_job()
     group, schema = KINDS[type(entity).__name__]
     body = json.loads(json.dumps(entity._to_dict(), default=str))  # OrderedDicts and enums -> plain YAML
     body = {"$schema": f"https://azuremlschemas.azureedge.net/latest/{schema}.schema.json", **body}
@@ -50,7 +51,7 @@ def emit(cfg: DictConfig, entities: List[Any]) -> List[Path]:
     out = out_dir(cfg)
     written = []
     for entity in entities:
-        group = KINDS[type(entity).__name__][0]
+        group = "job" if type(entity).__name__ == "Command" else KINDS[type(entity).__name__][0]
         name = getattr(entity, "name", None) or cfg.stage.name  # a job is named by Azure on submission
         path = out / f"{group}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}.yaml"
         path.write_text(to_yaml(entity))

@@ -14,6 +14,7 @@ from typing import Dict, Tuple
 
 from omegaconf import DictConfig
 
+from mnistops import tags as T
 from mnistops.errors import MnistopsError
 
 
@@ -26,7 +27,10 @@ def azure_space(params: Dict[str, str]) -> Tuple[Dict[str, object], Dict[str, st
     from azure.ai.ml.sweep import Choice, LogUniform, QUniform, Uniform
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-    from hydra_plugins.mnistops_optuna_sweeper.optuna_sweeper import parse_search_space
+    try:  # where the sweeper keeps its parser (moved into a module of its own to keep --help fast)
+        from hydra_plugins.mnistops_optuna_sweeper._search_space import parse_search_space
+    except ImportError:
+        from hydra_plugins.mnistops_optuna_sweeper.optuna_sweeper import parse_search_space
 
     try:
         space, fixed = parse_search_space([f"{k}={v}" for k, v in params.items()])
@@ -51,22 +55,23 @@ def azure_space(params: Dict[str, str]) -> Tuple[Dict[str, object], Dict[str, st
     return out, keys, log
 
 
-def sweep_job(cfg: DictConfig, sweeper: DictConfig, env_ref: str):
+def sweep_job(cfg: DictConfig, sweeper: DictConfig, env_ref: str, code: str):
+    """One sweep job of `n_trials` train runs: a trial is the train command job with the sampled values."""
     from azure.ai.ml import PyTorchDistribution, command
 
-    from mnistops.backends.azure import jobs
+    from mnistops.backends.azure import command_job as jobs
 
     params = dict(sweeper.get("params") or {})
     if not params:
         raise MnistopsError("hydra.sweeper.params is empty: nothing to sweep")
     space, keys, log = azure_space(params)
     direction = str(sweeper.get("direction", "maximize")).lower()
-    distributed = jobs.is_distributed(cfg)
+    distributed = jobs.is_distributed(cfg, ["train"])
     trial_args = [f"{key}=${{{{inputs.{name}}}}}" for name, key in keys.items()]
-    common = jobs.common(cfg, env_ref)
+    common = jobs.common(cfg, env_ref, code, "train")
     defaults = {name: _first(dist) for name, dist in space.items()}
     trial = command(
-        command=jobs.command_line(cfg, distributed, trial_args, drop=("hparams_search",)),  # the trial is one run
+        command=jobs.command_line(cfg, ["train"], distributed, trial_args, drop=("hparams_search",)),  # one run
         inputs={**common.pop("inputs"), **defaults},
         instance_count=cfg.compute.instance_count if distributed else 1,
         distribution=PyTorchDistribution(process_count_per_instance=cfg.compute.process_count_per_instance)
@@ -82,7 +87,7 @@ def sweep_job(cfg: DictConfig, sweeper: DictConfig, env_ref: str):
     job = node._to_job()
     job.experiment_name = cfg.azure.experiment_name
     job.display_name = f"mnistops sweep ({cfg.env.name}): {', '.join(keys.values())}"
-    job.tags = {**common["tags"], "mnistops.stage": "sweep"}
+    job.tags = {**common["tags"], T.STAGE: "sweep"}
     return job
 
 

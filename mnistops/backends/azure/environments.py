@@ -64,5 +64,3 @@ def inference_environment(cfg: DictConfig):
 
 def reference(env) -> str:
     return f"azureml:{env.name}:{env.version}"
-
-

@@ -1,12 +1,16 @@
 """Data assets: the verified raw files (uri_folder, version = dataset digest) that jobs mount instead
-of downloading, and the training images' features (mltable) that model monitoring compares
-production inputs with. Same digest, same version: provisioning twice uploads nothing twice."""
+of downloading; the training images' features (mltable) that model monitoring compares production
+inputs with (the drift reference); and the endpoint's ground truth, where the deployments' data
+collector appends the feedback clients post to the scoring route. Same digest, same version:
+provisioning twice uploads nothing twice."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from omegaconf import DictConfig
+
+from mnistops import tags as T
 
 MLTABLE = """paths:
   - file: ./features.csv
@@ -16,6 +20,9 @@ transformations:
       header: all_files_same_headers
       encoding: utf8
 """
+# where Azure ML's data collector writes (azure.ai.ml.constants._deployment.DEFAULT_MDC_PATH)
+COLLECTOR_ROOT = "azureml://datastores/workspaceblobstore/paths/modelDataCollector"
+GROUND_TRUTH_VERSION = "1"  # one version, one folder: the collector appends files to it
 
 
 def raw_data(cfg: DictConfig):
@@ -26,7 +33,7 @@ def raw_data(cfg: DictConfig):
 
     return Data(name=cfg.azure.data_asset, version=mirrors.digest(cfg), type="uri_folder",
                 path=str(mirrors.cache_dir(cfg)), description=f"{cfg.data.name} raw IDX files, verified",
-                tags={"mnistops.dataset_digest": mirrors.digest(cfg), "mnistops.dataset": cfg.data.name})
+                tags={T.DATASET_DIGEST: mirrors.digest(cfg), "mnistops.dataset": cfg.data.name})
 
 
 def reference_dir(cfg: DictConfig) -> Path:
@@ -59,7 +66,21 @@ def reference_features(cfg: DictConfig):
 
     return Data(name=cfg.azure.reference_asset, version=mirrors.digest(cfg), type="mltable",
                 path=str(reference_dir(cfg)), description="training-image features: the drift baseline",
-                tags={"mnistops.dataset_digest": mirrors.digest(cfg)})
+                tags={T.DATASET_DIGEST: mirrors.digest(cfg)})
+
+
+def ground_truth_path(endpoint: str) -> str:
+    """One folder per endpoint, shared by its deployments: feedback survives a blue/green swap."""
+    return f"{COLLECTOR_ROOT}/{endpoint}/ground_truth"
+
+
+def ground_truth(name: str, endpoint: str):
+    """The feedback the deployments' `ground_truth` collection appends (columns correlation_id, label)."""
+    from azure.ai.ml.entities import Data
+
+    return Data(name=name, version=GROUND_TRUTH_VERSION, type="uri_folder", path=ground_truth_path(endpoint),
+                description=f"true labels posted as feedback to endpoint {endpoint}, by correlation_id",
+                tags={T.ENDPOINT: endpoint})
 
 
 def reference(asset) -> str:

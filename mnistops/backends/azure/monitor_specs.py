@@ -1,5 +1,5 @@
-"""`stage=monitor` with env.backend=azure: an Azure ML model-monitoring schedule with the local
-monitor's signals and thresholds (cfg.monitor.*), on cfg.monitor.schedule (cron), alerting by email.
+"""The Azure ML model-monitoring schedule with the local monitor's signals and thresholds
+(cfg.monitor.*), on cfg.monitor.schedule (cron), alerting by email or Azure Monitor.
 
 Signal mapping (local -> Azure):
   data_drift        -> data_drift, normalized_wasserstein_distance on the image features that
@@ -7,9 +7,15 @@ Signal mapping (local -> Azure):
   prediction_drift  -> prediction_drift, jensen_shannon_distance on the predicted `digit`
   out_of_bounds_rate, malformed_rate -> data_quality: out_of_bounds_rate; data_type_error_rate and
                        null_value_rate (what Azure can see of malformed inputs)
-  min_accuracy, min_class_recall -> model_performance: accuracy; recall (Azure's is macro, not per class)
+  min_accuracy, min_class_recall -> model_performance: accuracy; recall (Azure's is macro, not per
+                       class), joining model_outputs with the ground-truth asset on `correlation_id`
 embedding_drift, max_p99_ms and max_error_rate have no Azure ML monitoring signal: latency and
-errors are Azure Monitor metrics of the endpoint (alert rules), the embedding stays local."""
+errors are Azure Monitor metrics of the endpoint (alert rules), the embedding stays local.
+
+The production inputs are the live deployment's collections (`<endpoint>-<deployment>-<collection>`,
+registered by Azure when the deployment is created); `follow_deployment` repoints an existing
+schedule after a blue/green swap. The ground truth is one asset per endpoint, whatever the slot.
+"""
 
 from __future__ import annotations
 
@@ -18,10 +24,11 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from mnistops import tags as T
 from mnistops.errors import MnistopsError
-from mnistops.stages import StageResult
 
 NOT_ON_AZURE = ("embedding_drift", "max_p99_ms", "max_error_rate")
+PREDICTION, LABEL, JOIN = "digit", "label", "correlation_id"  # the columns score.py collects
 
 
 def iso_window(window: str) -> Optional[str]:
@@ -35,7 +42,20 @@ def iso_window(window: str) -> Optional[str]:
     return f"P{n}D" if unit == "d" else f"PT{n}{unit.upper()}"
 
 
-def schedule(cfg: DictConfig, deployment: str):
+def schedule_name(endpoint: str) -> str:
+    return f"{endpoint}-monitor"
+
+
+def target_id(endpoint: str, deployment: str) -> str:
+    return f"azureml:{endpoint}:{deployment}"
+
+
+def production_path(endpoint: str, deployment: str, collection: str) -> str:
+    """The data asset Azure registers for a deployment's collection (version 1)."""
+    return f"azureml:{endpoint}-{deployment}-{collection}:1"
+
+
+def schedule(cfg: DictConfig, endpoint: str, deployment: str, ground_truth: str):
     from azure.ai.ml import Input
     from azure.ai.ml.entities import (AlertNotification, CategoricalDriftMetrics, CronTrigger, DataDriftMetricThreshold,
                                       DataDriftSignal, DataQualityMetricsNumerical, DataQualityMetricThreshold,
@@ -45,18 +65,22 @@ def schedule(cfg: DictConfig, deployment: str):
                                       PredictionDriftMetricThreshold, PredictionDriftSignal, ServerlessSparkCompute)
     from azure.ai.ml.entities._monitoring.signals import BaselineDataRange, ProductionData, ReferenceData
 
+    from mnistops.backends.azure import data_assets
     from mnistops.data import mirrors
 
-    t, az, endpoint = cfg.monitor.thresholds, cfg.azure.monitoring, cfg.azure.endpoint_name
+    t, az = cfg.monitor.thresholds, cfg.azure.monitoring
     lookback = iso_window(cfg.monitor.window)
     window = BaselineDataRange(lookback_window_size=lookback, lookback_window_offset="P0D") if lookback else None
 
     def production(context: str, columns=None):
-        return ProductionData(input_data=Input(type="uri_folder", path=f"azureml:{endpoint}-{deployment}-{context}:1"),
+        return ProductionData(input_data=Input(type="uri_folder", path=production_path(endpoint, deployment, context)),
                               data_context=context, data_window=window, data_column_names=columns)
 
     reference = ReferenceData(input_data=Input(type="mltable", path=f"azureml:{cfg.azure.reference_asset}:"
                                                                      f"{mirrors.digest(cfg)}"), data_context="training")
+    truth = ReferenceData(input_data=Input(type="uri_folder",
+                                           path=f"azureml:{ground_truth}:{data_assets.GROUND_TRUTH_VERSION}"),
+                          data_context="ground_truth", data_column_names={"target_column": LABEL, "join_column": JOIN})
     signals = {
         "data_drift": DataDriftSignal(
             production_data=production("model_inputs"), reference_data=reference, features="all_features",
@@ -72,34 +96,38 @@ def schedule(cfg: DictConfig, deployment: str):
                 out_of_bounds_rate=t.out_of_bounds_rate, data_type_error_rate=t.malformed_rate,
                 null_value_rate=t.malformed_rate)), alert_enabled=True),
         "model_performance": ModelPerformanceSignal(
-            production_data=production("model_outputs", {"prediction": "digit", "correlation_id": "correlation_id"}),
-            reference_data=ReferenceData(input_data=Input(type="mltable", path=f"azureml:{az.ground_truth}@latest"),
-                                         data_context="ground_truth",
-                                         data_column_names={"actual": "label", "correlation_id": "correlation_id"}),
+            production_data=production("model_outputs", {"target_column": PREDICTION, "join_column": JOIN}),
+            reference_data=truth,
             metric_thresholds=ModelPerformanceMetricThreshold(classification=ModelPerformanceClassificationThresholds(
                 accuracy=t.min_accuracy, recall=t.min_class_recall)), alert_enabled=True),
     }
     definition = MonitorDefinition(
         compute=ServerlessSparkCompute(instance_type=az.instance_type, runtime_version=az.runtime_version),
-        monitoring_target=MonitoringTarget(ml_task="classification", endpoint_deployment_id=f"azureml:{endpoint}:{deployment}"),
+        monitoring_target=MonitoringTarget(ml_task="classification",
+                                           endpoint_deployment_id=target_id(endpoint, deployment)),
         monitoring_signals=signals,
         alert_notification=AlertNotification(emails=list(az.emails)) if az.emails else "azmonitoring")
-    return MonitorSchedule(name=f"{endpoint}-monitor", trigger=CronTrigger(expression=cfg.monitor.schedule),
+    return MonitorSchedule(name=schedule_name(endpoint), trigger=CronTrigger(expression=cfg.monitor.schedule),
                            create_monitor=definition, display_name=f"mnistops monitor {endpoint} ({cfg.env.name})",
-                           tags={"mnistops.env": cfg.env.name, "mnistops.not_on_azure": ",".join(NOT_ON_AZURE)})
+                           tags={T.ENV: cfg.env.name, "mnistops.not_on_azure": ",".join(NOT_ON_AZURE)})
 
 
-def monitor_schedule(cfg: DictConfig) -> StageResult:
-    """Create or update the schedule (or, with azure.dry_run=true, write its YAML)."""
-    from mnistops.backends.azure import backend, render
+def followed_deployment(existing) -> Optional[str]:
+    """The deployment an existing schedule watches (azureml:<endpoint>:<deployment>, or an ARM id)."""
+    target = str(existing.create_monitor.monitoring_target.endpoint_deployment_id or "")
+    return re.split(r"[:/]", target.rstrip("/"))[-1] or None
 
-    if cfg.azure.dry_run:
-        deployment = backend.live_deployment(cfg, None)
-        (path,) = render.emit(cfg, [schedule(cfg, deployment)])
-        return StageResult("monitor", artifacts={"schedule": str(path)})
-    ml = backend.connect(cfg)
-    deployment = backend.live_deployment(cfg, ml)
-    created = ml.schedules.begin_create_or_update(schedule(cfg, deployment)).result()
-    print(f"monitoring schedule {created.name} on {cfg.azure.endpoint_name}:{deployment} ({cfg.monitor.schedule}): "
-          f"data_drift, prediction_drift, data_quality, model_performance; not on Azure: {', '.join(NOT_ON_AZURE)}")
-    return StageResult("monitor", artifacts={"schedule": created.name})
+
+def follow_deployment(existing, endpoint: str, deployment: str) -> None:
+    """Point an existing schedule (its thresholds untouched) at `deployment`: the target and every
+    signal's production data."""
+    from azure.ai.ml import Input
+
+    monitor = existing.create_monitor
+    monitor.monitoring_target.endpoint_deployment_id = target_id(endpoint, deployment)
+    for signal in (monitor.monitoring_signals or {}).values():
+        production = getattr(signal, "production_data", None)
+        for data in (production if isinstance(production, list) else [production]):
+            if data is not None and data.data_context:
+                data.input_data = Input(type="uri_folder",
+                                        path=production_path(endpoint, deployment, str(data.data_context)))

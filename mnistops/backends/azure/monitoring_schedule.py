@@ -1,0 +1,81 @@
+"""Monitoring on Azure: the platform computes the signals on `monitor.schedule`, so `stage=monitor`
+creates or updates the model-monitoring schedule (monitor_specs.py) on the endpoint's live
+deployment, after making sure the ground-truth asset it joins feedback from exists. The endpoint
+calls `follow` after every traffic change, so a schedule keeps watching the deployment that takes
+the traffic after a blue/green swap or a rollback, with its thresholds unchanged."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from mnistops.backends.base import EndpointState, MonitoringSchedule
+from mnistops.errors import MnistopsError
+from mnistops.result import StageResult
+
+
+class AzureMonitoringSchedule(MonitoringSchedule):
+    remote = True
+
+    def __init__(self, cfg: DictConfig, connection, endpoint_name: str):
+        self.cfg, self.connection, self.endpoint = cfg, connection, endpoint_name
+
+    def _live(self, state: EndpointState) -> str:
+        live = state.live()
+        if not state.exists or not live:
+            raise MnistopsError(f"endpoint {self.endpoint} ({self.cfg.env.name}) has no deployment taking traffic: "
+                                "run stage=cd first, then stage=monitor")
+        return live[0]
+
+    def apply(self, cfg: DictConfig) -> StageResult:
+        from mnistops.backends.azure import monitor_specs, naming, render
+
+        truth = naming.ground_truth_asset(cfg, self.endpoint)
+        if cfg.azure.dry_run:  # the deployment endpoint.traffic would make live, else the first slot
+            traffic = dict(cfg.endpoint.traffic or {})
+            live = max(traffic, key=lambda d: traffic[d]) if traffic else (cfg.deploy.deployment or "blue")
+            (path,) = render.emit(cfg, [monitor_specs.schedule(cfg, self.endpoint, live, truth)])
+            return StageResult("monitor", artifacts={"schedule": str(path)})
+        from mnistops.backends.azure.managed_endpoint import ManagedEndpoint
+
+        live = self._live(ManagedEndpoint(cfg, self.connection, self.endpoint, self).state())
+        self._ensure_ground_truth(truth)
+        ml = self.connection.ml
+        created = ml.schedules.begin_create_or_update(monitor_specs.schedule(cfg, self.endpoint, live, truth)).result()
+        print(f"monitoring schedule {created.name} on {self.endpoint}:{live} ({cfg.monitor.schedule}, window "
+              f"{cfg.monitor.window}): data_drift, prediction_drift, data_quality, model_performance (ground truth "
+              f"{truth}); not on Azure: {', '.join(monitor_specs.NOT_ON_AZURE)}")
+        return StageResult("monitor", artifacts={"schedule": created.name, "deployment": live})
+
+    def _ensure_ground_truth(self, name: str) -> None:
+        """The asset the deployments' ground_truth collection appends to, registered if missing (a
+        schedule may not refer to an asset that is not there yet)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        from mnistops.backends.azure import data_assets
+
+        ml = self.connection.ml
+        try:
+            ml.data.get(name, version=data_assets.GROUND_TRUTH_VERSION)
+        except ResourceNotFoundError:
+            ml.data.create_or_update(data_assets.ground_truth(name, self.endpoint))
+            print(f"data asset {name}:{data_assets.GROUND_TRUTH_VERSION}: created "
+                  f"({data_assets.ground_truth_path(self.endpoint)})")
+
+    def follow(self, endpoint_state: EndpointState) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        from mnistops.backends.azure import monitor_specs
+
+        live = endpoint_state.live()
+        if self.cfg.azure.dry_run or not live:
+            return
+        ml = self.connection.ml
+        try:
+            existing = ml.schedules.get(monitor_specs.schedule_name(self.endpoint))
+        except ResourceNotFoundError:
+            return
+        if monitor_specs.followed_deployment(existing) == live[0]:
+            return
+        monitor_specs.follow_deployment(existing, self.endpoint, live[0])
+        ml.schedules.begin_create_or_update(existing).result()
+        print(f"  monitoring schedule {existing.name} now watches {self.endpoint}:{live[0]}")

@@ -1,0 +1,316 @@
+"""Azure ML, as the SDK's HTTP transport sees it: a recording `HttpTransport` that answers
+azure-ai-ml's requests the way the Azure ML resource provider (ARM) does, from what earlier
+requests created.
+
+Tests hand it to the flavour with `mnistops.backends.azure.workspace.use_transport(...)`, run a
+stage body, then read `requests` (method, path, JSON body) to check that what the SDK would have
+sent carries what the config asked for. The answers are handwritten JSON of the API's shape: an
+ARM resource (`id`, `name`, `type`, `properties`, `systemData`), PUT returns what it stored with
+`provisioningState: Succeeded` (so long-running operations end at once), GET of a collection
+returns `{"value": [...]}`, an unknown resource 404 with ARM's error body. The workspace's MLflow
+tracking URI is a real MLflow store the test passes in (Azure's MLflow server cannot run here).
+
+Nothing here is a stand-in for a part that runs on this machine: the SDK, its serialisation and
+the stages run for real; only the remote service answers from this table.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+from urllib.parse import parse_qs, urlparse
+
+from azure.core.credentials import AccessToken
+from azure.core.pipeline.transport import HttpTransport
+
+ARM = "https://management.azure.com"
+PROVIDER = "Microsoft.MachineLearningServices"
+
+
+class StaticToken:
+    """A credential that never calls Entra ID."""
+
+    def get_token(self, *scopes, **kwargs) -> AccessToken:
+        return AccessToken("test-token", int(time.time()) + 3600)
+
+    def get_token_info(self, *scopes, **kwargs):
+        from azure.core.credentials import AccessTokenInfo
+
+        return AccessTokenInfo("test-token", int(time.time()) + 3600)
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str  # lower-cased ARM path, no query
+    query: Dict[str, str]
+    body: Any  # parsed JSON, or None
+
+    def __repr__(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+class _Closed:
+    """What HttpResponseImpl closes once the body is read (there is no connection)."""
+
+    def close(self) -> None:
+        pass
+
+
+def json_response(request, status: int, body: Any = None):
+    """An azure.core response (the rest flavour, with the pipeline-transport back-compat methods)."""
+    from azure.core.rest._http_response_impl import HttpResponseImpl
+    from azure.core.utils import case_insensitive_dict
+
+    content = b"" if body is None else json.dumps(body).encode()
+    reason = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 404: "Not Found"}.get(status, "Error")
+    response = HttpResponseImpl(
+        request=request, internal_response=_Closed(), status_code=status, reason=reason,
+        content_type="application/json", block_size=None,
+        headers=case_insensitive_dict({"Content-Type": "application/json", "x-ms-request-id": "test"}),
+        stream_download_generator=lambda **kwargs: iter([content]))
+    response._content = content
+    return response
+
+
+def not_found(what: str) -> dict:
+    return {"error": {"code": "UserError", "message": f"{what} could not be found.",
+                      "details": [], "innerError": {"code": "NotFound"}}}
+
+
+class FakeWorkspace(HttpTransport):
+    """One workspace's resource provider. `seed(path, properties)` puts a resource there first
+    (a cluster Terraform made, an environment provision made); `requests` is what was sent."""
+
+    def __init__(self, subscription: str = "00000000-0000-0000-0000-000000000000",
+                 resource_group: str = "rg-mnistops-qa", workspace: str = "mlw-mnistops-qa",
+                 mlflow_uri: str = "", location: str = "westeurope",
+                 job_status: str = "Completed", scoring_base: Optional[str] = None):
+        self.subscription, self.resource_group, self.workspace = subscription, resource_group, workspace
+        self.location, self.mlflow_uri, self.job_status = location, mlflow_uri, job_status
+        self.scoring_base = scoring_base  # where the endpoints' scoring URIs point (a real server), if set
+        self.prefix = (f"/subscriptions/{subscription}/resourcegroups/{resource_group}/providers/"
+                       f"{PROVIDER}/workspaces/{workspace}").lower()
+        self.resources: Dict[str, dict] = {}
+        self.requests: List[Recorded] = []
+        self.handlers: List[tuple] = []  # (method, path regex, fn(recorded) -> (status, body)) tried first
+        self.clock = 0
+
+    # ------------------------------------------------------------------ the transport protocol
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        pass
+
+    def open(self):
+        pass
+
+    def close(self):
+        pass
+
+    def send(self, request, **kwargs):
+        url = urlparse(request.url)
+        body = None
+        raw = request.body if hasattr(request, "body") else None
+        if raw is None and hasattr(request, "content"):
+            raw = request.content
+        if raw:
+            try:
+                body = json.loads(raw if isinstance(raw, (str, bytes)) else bytes(raw))
+            except (TypeError, ValueError):
+                body = raw
+        recorded = Recorded(request.method, url.path.rstrip("/").lower(),
+                            {k: v[0] for k, v in parse_qs(url.query).items()}, body)
+        self.requests.append(recorded)
+        if url.netloc == f"{self.location}.api.azureml.ms":
+            status, answer = self.data_plane(recorded)
+            return json_response(request, status, answer)
+        if url.netloc != urlparse(ARM).netloc:
+            return json_response(request, 404, not_found(request.url))
+        status, answer = self.answer(recorded)
+        return json_response(request, status, answer)
+
+    # ------------------------------------------------------------------ what tests look at
+    def sent(self, method: str, pattern: str) -> List[Recorded]:
+        """The requests of `method` whose workspace-relative path matches `pattern` (a regex)."""
+        rx = re.compile(pattern)
+        return [r for r in self.requests if r.method == method and rx.fullmatch(self.relative(r.path))]
+
+    def relative(self, path: str) -> str:
+        return path[len(self.prefix):].lstrip("/") if path.startswith(self.prefix) else path
+
+    def resource(self, relative: str) -> Optional[dict]:
+        return self.resources.get(f"{self.prefix}/{relative}".lower())
+
+    def seed(self, relative: str, properties: dict, **top) -> dict:
+        """Put a resource in the workspace as if something else had made it."""
+        path = f"{self.prefix}/{relative}".lower()
+        self.resources[path] = self._stored(path, {"properties": properties, **top})
+        return self.resources[path]
+
+    def on(self, method: str, pattern: str, fn: Callable[[Recorded], tuple]) -> None:
+        """Answer requests matching (method, workspace-relative path regex) with fn(recorded)."""
+        self.handlers.insert(0, (method, re.compile(pattern), fn))
+
+    # ------------------------------------------------------------------ ARM, by convention
+    def _stored(self, path: str, body: dict) -> dict:
+        self.clock += 1
+        parts = path.split("/")
+        kind = "/".join(p for p in parts[parts.index("workspaces") + 2::2]) if "workspaces" in parts else ""
+        stored = copy.deepcopy(body)
+        stored.update(id=self._cased(path), name=parts[-1],
+                      type=f"{PROVIDER}/workspaces/{kind}".rstrip("/"),
+                      systemData={"createdAt": f"2026-01-01T00:00:{self.clock:02d}.000000+00:00",
+                                  "lastModifiedAt": f"2026-01-01T00:00:{self.clock:02d}.000000+00:00"})
+        stored.setdefault("properties", {})
+        if isinstance(stored["properties"], dict):
+            stored["properties"].setdefault("provisioningState", "Succeeded")
+        return stored
+
+    def _cased(self, path: str) -> str:
+        """The resource id with the workspace part as Azure spells it."""
+        prefix = (f"/subscriptions/{self.subscription}/resourceGroups/{self.resource_group}/providers/"
+                  f"{PROVIDER}/workspaces/{self.workspace}")
+        return prefix + path[len(self.prefix):] if path.startswith(self.prefix) else path
+
+    def answer(self, r: Recorded) -> tuple:
+        rel = self.relative(r.path)
+        for method, rx, fn in self.handlers:
+            if method == r.method and rx.fullmatch(rel):
+                return fn(r)
+        if r.path == self.prefix and r.method == "GET":
+            return 200, self._workspace()
+        if r.method == "POST" and rel.endswith("/listkeys") and rel.startswith("onlineendpoints/"):
+            return 200, {"primaryKey": "primary-key-1", "secondaryKey": "secondary-key-1"}
+        if r.method == "POST" and rel.endswith("/regeneratekeys"):
+            return 200, None
+        if r.method == "PUT":
+            return self._put(r)
+        if r.method == "PATCH":
+            found = self.resources.get(r.path)
+            if found is None:
+                return 404, not_found(rel)
+            found["properties"].update((r.body or {}).get("properties", {}))
+            return 200, found
+        if r.method == "DELETE":
+            return (200, None) if self.resources.pop(r.path, None) is not None else (204, None)
+        if r.method == "GET":
+            if r.path in self.resources:
+                return 200, self._view(r.path)
+            children = self._children(r.path)
+            if children is not None:
+                return 200, {"value": self._ordered(children, r.query)}
+            if re.fullmatch(r"models/[^/]+", rel):
+                return self._model_container(r.path, rel)
+            return 404, not_found(rel)
+        return 404, not_found(rel)
+
+    def data_plane(self, r: Recorded) -> tuple:
+        """The workspace's regional services the SDK finds through its discovery URL: run history,
+        which ml.jobs.stream polls for a job's status and logs."""
+        base = f"https://{self.location}.api.azureml.ms"
+        if r.path == "/discovery":
+            return 200, {name: base for name in ("api", "catalog", "experimentation", "gallery", "history",
+                                                 "hyperdrive", "labeling", "modelmanagement", "pipelines", "studio")}
+        run = re.search(r"/runs/([^/]+)", r.path)
+        job = self.resources.get(f"{self.prefix}/jobs/{run.group(1)}".lower()) if run else None
+        if job is None:
+            return 404, not_found(r.path)
+        status = job["properties"]["status"]
+        return 200, {"runId": run.group(1), "status": status, "logFiles": {}, "warnings": [],
+                     "error": {"error": {"message": "the job failed"}} if status == "Failed" else None,
+                     "startTimeUtc": "2026-01-01T00:00:00Z", "endTimeUtc": "2026-01-01T00:01:00Z"}
+
+    def _workspace(self) -> dict:
+        return {"id": self._cased(self.prefix), "name": self.workspace, "location": self.location,
+                "type": f"{PROVIDER}/workspaces",
+                "properties": {"friendlyName": self.workspace, "mlFlowTrackingUri": self.mlflow_uri,
+                               "discoveryUrl": f"https://{self.location}.api.azureml.ms/discovery",
+                               "workspaceId": "11111111-1111-1111-1111-111111111111",
+                               "provisioningState": "Succeeded"}}
+
+    def _put(self, r: Recorded) -> tuple:
+        body = copy.deepcopy(r.body) if isinstance(r.body, dict) else {"properties": {}}
+        rel = self.relative(r.path)
+        if rel.startswith("jobs/"):
+            body.setdefault("properties", {})["status"] = self.job_status
+            body["properties"].setdefault("services", {})["Studio"] = {
+                "endpoint": f"https://ml.azure.com/runs/{r.path.split('/')[-1]}", "jobServiceType": "Studio"}
+        if re.fullmatch(r"models/[^/]+/versions/[^/]+", rel):  # Azure reads the MLmodel's flavours itself
+            body.setdefault("properties", {}).setdefault("flavors", {"python_function": {"data": {}}})
+        if re.fullmatch(r"onlineendpoints/[^/]+/deployments/[^/]+", rel):  # what Azure fills in
+            body.setdefault("properties", {}).setdefault("scaleSettings", {"scaleType": "Default"})
+        if rel.startswith("onlineendpoints/") and rel.count("/") == 1:
+            name = r.path.split("/")[-1]
+            base = self.scoring_base or f"https://{name}.{self.location}.inference.ml.azure.com"
+            body.setdefault("properties", {}).update(scoringUri=f"{base}/score", swaggerUri=f"{base}/swagger.json")
+            body.setdefault("location", self.location)
+        existed = r.path in self.resources
+        self.resources[r.path] = self._stored(r.path, body)
+        if existed:
+            self.resources[r.path]["systemData"]["createdAt"] = "2026-01-01T00:00:00.000000+00:00"
+        return (200 if existed else 201), self._view(r.path)
+
+    def _view(self, path: str) -> dict:
+        return copy.deepcopy(self.resources[path])
+
+    def _children(self, path: str) -> Optional[List[dict]]:
+        """GET of a collection: every stored resource one level below, if the path names one."""
+        last = path.split("/")[-1]
+        if last not in {"versions", "deployments", "onlineendpoints", "schedules", "computes", "jobs", "datastores",
+                        "models", "data", "environments", "codes"}:
+            return None
+        depth = path.count("/") + 1
+        return [self._view(p) for p in self.resources if p.startswith(path + "/") and p.count("/") == depth]
+
+    @staticmethod
+    def _ordered(items: List[dict], query: Dict[str, str]) -> List[dict]:
+        order = (query.get("$orderBy") or query.get("$orderby") or "").lower()
+        if "createdtime" in order:
+            items = sorted(items, key=lambda i: i["systemData"]["createdAt"], reverse="desc" in order)
+        top = query.get("$top")
+        return items[:int(top)] if top else items
+
+    def _model_container(self, path: str, rel: str) -> tuple:
+        versions = self._children(path + "/versions") or []
+        if not versions:
+            return 404, not_found(rel)
+        latest = max(int(v["name"]) for v in versions)
+        return 200, {"id": self._cased(path), "name": path.split("/")[-1], "type": f"{PROVIDER}/workspaces/models",
+                     "properties": {"latestVersion": str(latest), "nextVersion": str(latest + 1),
+                                    "provisioningState": "Succeeded"}}
+
+
+class FakeAzure(HttpTransport):
+    """Several workspaces (e.g. QA's and PROD's, in other subscriptions) behind one transport: each
+    request goes to the workspace its path names."""
+
+    def __init__(self, *workspaces: FakeWorkspace):
+        self.workspaces = workspaces
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        pass
+
+    def open(self):
+        pass
+
+    def close(self):
+        pass
+
+    def send(self, request, **kwargs):
+        url = urlparse(request.url)
+        for ws in self.workspaces:
+            if ws.prefix in url.path.lower():
+                return ws.send(request, **kwargs)
+        for ws in self.workspaces:  # the discovery document: by the workspace's region
+            if url.netloc == f"{ws.location}.api.azureml.ms":
+                return ws.send(request, **kwargs)
+        return json_response(request, 404, not_found(request.url))
