@@ -1,5 +1,5 @@
 """The config tree: every option of every group composes; bad overrides fail at once, naming the
-key; the CLI's help/config/info paths are fast (no torch or mlflow import); installs carry conf/."""
+key; the CLI's help/config/info paths are fast (no torch or mlflow import)."""
 
 from __future__ import annotations
 
@@ -89,24 +89,3 @@ def test_tab_completion_lists_groups_and_options(tmp_path):
     assert "model=logreg" in proc.stdout and "model=cnn" in proc.stdout
     install = run_cli(["-sc", "install=bash"], tmp_path, timeout=60)
     assert "complete" in install.stdout
-
-
-@pytest.mark.slow
-def test_plain_pip_install_ships_the_configs(tmp_path):
-    """Not editable: the wheel must carry conf/ as mnistops.conf and the console script must work."""
-    target = tmp_path / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
-                           "--target", str(target), str(REPO)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert (target / "mnistops" / "conf" / "config.yaml").is_file()
-    assert (target / "mnistops" / "conf" / "model" / "cnn.yaml").is_file()
-    env = {**os.environ, "PYTHONPATH": str(target), "MNISTOPS_HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "mnistops", "--cfg", "job", "model=logreg"], cwd=tmp_path,
-                         capture_output=True, text=True, env=env, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert "LogisticRegression" in out.stdout
-    script = Path(target / "bin" / "mnistops")
-    assert script.is_file()
-    out = subprocess.run([sys.executable, str(script), "--cfg", "job"], cwd=tmp_path, capture_output=True,
-                         text=True, env=env, timeout=60)
-    assert out.returncode == 0 and "pipeline" in out.stdout, out.stderr
