@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from hydra_plugins.mnistops_optuna_sweeper.optuna_sweeper import OptunaSweeper, parse_search_space
+from hydra_plugins.mnistops_optuna_sweeper._search_space import parse_search_space
+from hydra_plugins.mnistops_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -83,6 +84,16 @@ def test_plugin_discovered():
     # Hydra's scan re-executes plugin modules, so compare names, not class objects.
     found = {f"{c.__module__}.{c.__name__}" for c in Plugins.instance().discover(Sweeper)}
     assert "hydra_plugins.mnistops_optuna_sweeper.optuna_sweeper.OptunaSweeper" in found
+
+
+def test_hydras_plugin_scan_does_not_import_optuna():
+    """Hydra imports every plugin module on each run and for --help; optuna loads only for a sweep."""
+    code = ("import sys\nfrom hydra.core.plugins import Plugins\nfrom hydra.plugins.sweeper import Sweeper\n"
+            "found = [c.__name__ for c in Plugins.instance().discover(Sweeper)]\n"
+            "print('OptunaSweeper' in found, 'optuna' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["True", "False"], proc.stdout + proc.stderr
 
 
 def test_sweep_then_resume(tmp_path):
