@@ -4,6 +4,7 @@ the wheel builds without a setuptools warning, and an installed (not editable) w
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -40,8 +41,11 @@ def test_pyproject_lists_every_package_and_config_folder():
 @pytest.mark.integration
 def test_wheel_builds_quietly_and_the_installed_cli_runs(tmp_path):
     """Not editable: the wheel carries conf/ as mnistops.conf and the console script works."""
+    source = tmp_path / "src"  # setuptools builds in the source tree: a copy keeps build/ out of the checkout
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", ".venv", ".mnistops", "build", "dist",
+                                                                "*.egg-info", "__pycache__", "notebooks", "benchmarks"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v",
-                            "-w", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True, timeout=600)
+                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stderr[-3000:]
     log = build.stdout + build.stderr
     for noise in ("Package would be ignored", "SetuptoolsDeprecationWarning", "BuildBackendWarning"):

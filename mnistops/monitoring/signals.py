@@ -210,7 +210,7 @@ def quality_signals(window: Window, monitor_cfg, suite=None) -> List[Signal]:
 
 def performance_signals(window: Window, monitor_cfg) -> List[Signal]:
     """Accuracy and per-class recall / precision on the images with ground truth."""
-    from mnistops.metrics import performance_matrix
+    from mnistops.performance import performance_matrix
 
     t = monitor_cfg.thresholds
     min_fb = int(monitor_cfg.min_feedback)

@@ -14,7 +14,7 @@ def measure(cfg: DictConfig, model_uri: str) -> Dict[str, Any]:
     from mnistops import tracking
     from mnistops.data import mirrors
     from mnistops.data.idx import read_idx
-    from mnistops.metrics import performance_matrix
+    from mnistops.performance import performance_matrix
 
     tracking.configure(cfg)
     paths = mirrors.fetch(cfg)

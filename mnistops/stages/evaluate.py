@@ -31,7 +31,7 @@ def run(cfg: DictConfig) -> StageResult:
     from mnistops import plots, tracking
     from mnistops.data import mirrors
     from mnistops.data.idx import read_idx
-    from mnistops.metrics import performance_matrix
+    from mnistops.performance import performance_matrix
     from mnistops.models.checkpoint import load_network, predict_proba
 
     train_run = find_train_run(cfg, cfg.evaluate.run_id)

@@ -113,7 +113,7 @@ def _embedder(cfg: DictConfig, window):
     """The registered model whose embedding is compared: monitor.model, else the window's most-served version."""
     from mnistops.backends.local import registry
     from mnistops.monitoring.embedding import Embedder
-    from mnistops.monitoring.store import env_monitoring_dir
+    from mnistops.monitoring.collected import env_monitoring_dir
 
     reference = cfg.monitor.model
     if reference is None:
@@ -130,7 +130,7 @@ def _reference(cfg: DictConfig, embedder, model_uri: str):
     from mnistops.data import mirrors
     from mnistops.data.datamodule import load_splits
     from mnistops.monitoring import drift
-    from mnistops.monitoring.store import env_monitoring_dir
+    from mnistops.monitoring.collected import env_monitoring_dir
 
     digest = mirrors.digest(cfg)[:12]
     name = model_uri.split("models:/", 1)[1].replace("/", "-v")
@@ -168,7 +168,7 @@ def _retrain(cfg: DictConfig, window, mdir: Path, raised) -> Optional[dict]:
     import subprocess
     import sys
 
-    from mnistops.monitoring.store import export_labelled
+    from mnistops.monitoring.collected import export_labelled
 
     labelled = window.n_labelled
     if labelled < cfg.monitor.retrain.min_labelled:

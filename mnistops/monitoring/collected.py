@@ -1,4 +1,4 @@
-"""The env's monitoring store, read side: what the endpoint collected, in a time window.
+"""What the endpoint collected (the env's monitoring store, read side), in a time window.
 
 Layout (written by ``mnistops.serving.collector``)::
 
