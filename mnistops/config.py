@@ -117,8 +117,11 @@ class CollectConfig:
 class DataFileConfig:
     name: str = MISSING  # file name without .gz, e.g. train-images-idx3-ubyte
     size: int = MISSING  # bytes, decompressed
-    md5: Optional[str] = None  # MD5 of the decompressed bytes (preferred)
-    gz_md5: Optional[str] = None  # MD5 of the canonical .gz, when the decompressed sum is unknown
+    # what a download is verified by: the decompressed bytes' digests (any faithful mirror, compressed
+    # any way or not at all, verifies) and, accepted only where neither is known, the publisher's .gz MD5
+    md5: Optional[str] = None
+    sha256: Optional[str] = None
+    gz_md5: Optional[str] = None
 
 
 @dataclass

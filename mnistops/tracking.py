@@ -14,35 +14,32 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from mnistops import layout, tags
 from mnistops.errors import MnistopsError
 
 SWEEP_TAG = "mnistops.sweep_dir"
 STAGE_TAG = "mnistops.stage"
 
 
-def env_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.home) / cfg.env.name
-
-
 def tracking_uri(cfg: DictConfig) -> str:
     if cfg.env.tracking_uri:
         return cfg.env.tracking_uri
     # timeout: sqlite's busy wait, so parallel writers (sweeps, DDP ranks, servers) queue, not fail
-    return f"sqlite:///{env_dir(cfg) / 'mlflow.db'}?timeout=60"
+    return f"sqlite:///{layout.tracking_db(cfg)}?timeout=60"
 
 
 def configure(cfg: DictConfig) -> str:
     """Point MLflow at the env's store and return the experiment id (created on first use)."""
     uri = tracking_uri(cfg)
     if uri.startswith("sqlite:"):
-        env_dir(cfg).mkdir(parents=True, exist_ok=True)
+        layout.env_dir(cfg).mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     client = MlflowClient()
     experiment = client.get_experiment_by_name(cfg.experiment_name)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = (env_dir(cfg) / "artifacts").as_uri() if uri.startswith("sqlite:") else None
+    artifacts = layout.artifacts_dir(cfg).as_uri() if uri.startswith("sqlite:") else None
     try:
         return client.create_experiment(cfg.experiment_name, artifact_location=artifacts)
     except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel process
@@ -78,7 +75,7 @@ def output_dir(cfg: DictConfig, stage: str) -> Path:
         import time
         import uuid
 
-        out = env_dir(cfg) / "outputs" / f"{time.strftime('%Y-%m-%d/%H-%M-%S')}-{stage}-{uuid.uuid4().hex[:8]}"
+        out = layout.outputs_dir(cfg) / f"{time.strftime('%Y-%m-%d/%H-%M-%S')}-{stage}-{uuid.uuid4().hex[:8]}"
     Path(out).mkdir(parents=True, exist_ok=True)
     return Path(out)
 
@@ -187,23 +184,22 @@ def get_run(run_id: str) -> Run:
 
 def log_dataset(cfg: DictConfig, images: Any, labels: Any, context: str) -> None:
     """An MLflow dataset entry (its digest is the files' checksums, so equal data -> equal digest)."""
-    from mnistops.data import mirrors
-
     import warnings
 
-    source = mirrors.cache_dir(cfg).as_uri()
+    from mnistops.data import catalog
+
+    source = layout.data_cache(cfg).as_uri()
     split = "train" if context == "training" else context
     with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local dir
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_numpy(images, targets=labels, source=source, name=f"{cfg.data.name}-{split}",
-                                         digest=f"{mirrors.digest(cfg)}-{split}")
+                                         digest=f"{catalog.digest(cfg)}-{split}")
     mlflow.log_input(dataset, context=context)
-    mlflow.set_tag("mnistops.dataset_digest", mirrors.digest(cfg))
+    mlflow.set_tag(tags.DATASET_DIGEST, catalog.digest(cfg))
 
 
 def log_training_dataset(cfg: DictConfig) -> None:
-    from mnistops.data import mirrors
-    from mnistops.data.idx import read_idx
+    from mnistops.data import catalog
 
-    paths = mirrors.fetch(cfg)
-    log_dataset(cfg, read_idx(paths["train_images"]), read_idx(paths["train_labels"]), "training")
+    train = catalog.load(cfg, "train")
+    log_dataset(cfg, train.images, train.labels, "training")

@@ -40,10 +40,9 @@ def mirror_dir() -> Path:
 def data_cache(tmp_path_factory) -> Path:
     """A verified data cache, fetched once per session through the real fetch code."""
     home = tmp_path_factory.mktemp("cache-home")
-    cfg = compose(["stage=data"], home)
-    from mnistops.data import mirrors
+    from mnistops.data import catalog
 
-    mirrors.fetch(cfg)
+    catalog.files(compose(["stage=data"], home))
     return home / "data"
 
 
@@ -63,6 +62,14 @@ def fresh_home(tmp_path_factory, data_cache: Path, name: str) -> Path:
     home = tmp_path_factory.mktemp(name)
     shutil.copytree(data_cache, home / "data")
     return home
+
+
+def mnist_split(home: Path, split: str = "test", n: Optional[int] = None):
+    """(images, labels) of a split of the real MNIST in `home`'s data cache, through the catalog."""
+    from mnistops.data import catalog
+
+    data = catalog.load(compose([], home), split)
+    return data.images[:n], data.labels[:n]
 
 
 def free_port() -> int:

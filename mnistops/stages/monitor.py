@@ -37,7 +37,7 @@ def run(cfg: DictConfig) -> StageResult:
 
     from mnistops import tracking
     from mnistops.monitoring import alerts as alerting
-    from mnistops.monitoring import report, signals as sig, store
+    from mnistops.monitoring import collected as store, report, signals as sig
 
     started = time.perf_counter()
     start, end = store.window_bounds(cfg.monitor.window)

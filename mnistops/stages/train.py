@@ -11,11 +11,11 @@ from typing import Any, Dict, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from mnistops import tags
 from mnistops.errors import MnistopsError
 from mnistops.stages import StageResult
 
 log = logging.getLogger(__name__)
-CHECKPOINT_TAG = "mnistops.checkpoint_dir"
 
 
 def in_notebook() -> bool:
@@ -49,7 +49,7 @@ def _resume_point(cfg: DictConfig) -> Tuple[Optional[str], Optional[Path]]:
         tracking.latest_run(cfg, "train", finished=False)
     if run is None:
         raise MnistopsError("train.resume=true but no unfinished train run is in this env's store")
-    ckpt_dir = run.data.tags.get(CHECKPOINT_TAG)
+    ckpt_dir = run.data.tags.get(tags.CHECKPOINT_DIR)
     last = Path(ckpt_dir) / "last.ckpt" if ckpt_dir else None
     if last is None or not last.is_file():
         raise MnistopsError(f"run {run.info.run_id} has no last checkpoint to resume from ({last})")
@@ -82,9 +82,9 @@ def run(cfg: DictConfig) -> StageResult:
             print(f"resuming run {run_id} from {last_ckpt}")
         else:
             ckpt_dir = tracking.output_dir(cfg, "train") / "checkpoints"
-            mlflow.set_tag(CHECKPOINT_TAG, str(ckpt_dir))
+            mlflow.set_tag(tags.CHECKPOINT_DIR, str(ckpt_dir))
             tracking.log_config(cfg)
-            mlflow.set_tag("mnistops.model", cfg.model.name)
+            mlflow.set_tag(tags.MODEL, cfg.model.name)
         datamodule.prepare_data()
         if not resume_id:
             tracking.log_training_dataset(cfg)
@@ -103,7 +103,7 @@ def run(cfg: DictConfig) -> StageResult:
                               run_id=run_id, log_model=False)
         trainer = L.Trainer(logger=logger, callbacks=callbacks, default_root_dir=str(ckpt_dir.parent),
                             **trainer_kwargs(cfg))
-        mlflow.set_tag("mnistops.world_size", trainer.world_size)
+        mlflow.set_tag(tags.WORLD_SIZE, trainer.world_size)
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(last_ckpt) if last_ckpt else None)
         if not trainer.is_global_zero:  # DDP ranks launched by Azure ML: rank 0 alone records the run
             return StageResult("train", run_id=run_id)
@@ -113,7 +113,7 @@ def run(cfg: DictConfig) -> StageResult:
             best = str(ckpt_dir / "last.ckpt")
             trainer.save_checkpoint(best)
         mlflow.log_artifact(best, "checkpoints")
-        mlflow.set_tag("mnistops.best_checkpoint", best)
+        mlflow.set_tag(tags.BEST_CHECKPOINT, best)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if best_cb.best_model_score is not None:
             metrics[f"best/{cfg.train.monitor}"] = float(best_cb.best_model_score)
