@@ -166,7 +166,7 @@ def main() -> None:
     from mnistops.monitoring.drift import build_reference
     from mnistops.monitoring.embedding import Embedder
     from mnistops.monitoring.shifts import SHIFTS
-    from mnistops.quality.suite import build_suite
+    from mnistops.quality import build_suite
 
     home = args.home or Path(tempfile.mkdtemp(prefix="mnistops-monitor-bench-"))
     model_dir = args.model_dir or trained_model(home)

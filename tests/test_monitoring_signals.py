@@ -76,7 +76,7 @@ def reference(mnist, embedder):
 
 @pytest.fixture(scope="module")
 def suite(mnist):
-    from mnistops.quality.suite import build_suite
+    from mnistops.quality import build_suite
 
     return build_suite(mnist["train_x"], mnist["train_y"], name="mnist-test", dataset_digest="test")[0]
 

@@ -147,7 +147,7 @@ def _reference(cfg: DictConfig, embedder, model_uri: str):
 
 def _suite(cfg: DictConfig):
     from mnistops.quality import store as quality_store
-    from mnistops.quality.suite import load_suite
+    from mnistops.quality import load_suite
 
     path = quality_store.current_suite_path(cfg)
     return load_suite(path) if path is not None and Path(path).is_file() else None
