@@ -276,6 +276,16 @@ class CiStageConfig:
 
 
 @dataclass
+class UiConfig:
+    """stage=ui: MLflow's UI on the env's store (with env.tracking_uri set, that server's own UI)."""
+
+    host: str = "127.0.0.1"
+    port: int = 5000
+    foreground: bool = True  # serve until Ctrl-C; false: start it in the background, print its URL and pid
+    startup_timeout_s: float = 120.0
+
+
+@dataclass
 class PromoteStageConfig:
     source_env: str = "qa"
     # None: the source env's own local store, <paths.home>/<source_env>/mlflow.db
@@ -409,6 +419,7 @@ class Config:
     validate: ValidateStageConfig = field(default_factory=ValidateStageConfig)
     gate: GateStageConfig = field(default_factory=GateStageConfig)
     ci: CiStageConfig = field(default_factory=CiStageConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
     promote: PromoteStageConfig = field(default_factory=PromoteStageConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     traffic: TrafficStageConfig = field(default_factory=TrafficStageConfig)

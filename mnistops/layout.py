@@ -9,6 +9,7 @@ module joins `paths.home` and an env name itself.
     <home>/<env>/monitoring/<endpoint>/ requests/*.jsonl, feedback.jsonl, labelled/*.npz
     <home>/<env>/outputs/               a run's output dir (Hydra's, or the API's)
     <home>/<env>/optuna.db              Optuna studies (conf/hparams_search/optuna.yaml)
+    <home>/<env>/ui.log                 the MLflow UI's server log (stage=ui)
 
 Every function takes the composed config; `env` picks another env of the same home (promotion
 reads the source env's store). Nothing here creates a folder: callers that write make theirs.
@@ -63,3 +64,7 @@ def endpoint_monitoring_dir(cfg: DictConfig, endpoint: Optional[str] = None) -> 
 
 def alerts_file(cfg: DictConfig) -> Path:
     return monitoring_dir(cfg) / "alerts.jsonl"
+
+
+def ui_log(cfg: DictConfig) -> Path:
+    return env_dir(cfg) / "ui.log"

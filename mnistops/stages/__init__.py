@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from mnistops.errors import MnistopsError
 
 STAGES = ("data", "train", "evaluate", "register", "deploy", "smoke", "rollback", "endpoint", "baseline",
-          "validate", "gate", "tests", "cd", "promote", "traffic", "monitor", "provision")
+          "validate", "gate", "tests", "cd", "promote", "traffic", "monitor", "provision",
+          "ui")  # ui: issue 14
 BACKENDS = ("local", "azure")
 
 
@@ -77,6 +78,13 @@ def run_stage(cfg: DictConfig) -> StageResult:
         tracking.log_metrics(metrics)
     scored = [r.score for r in results if r.score is not None]
     model_uris = [r.model_uri for r in results if r.model_uri]
+
+    # -- issue 14: the main job ends with what to try next ---------------------------------------
+    if cfg.stage.name == "pipeline":
+        from mnistops.next_steps import after_main_job
+
+        print(after_main_job(cfg, model_uris[-1] if model_uris else None))
+    # --------------------------------------------------------------------------------------------
     return StageResult(
         stage=cfg.stage.name,
         run_id=parent.info.run_id,

@@ -65,7 +65,9 @@ def run(cfg: DictConfig) -> StageResult:
 
     from mnistops import tracking
     from mnistops.data.datamodule import MNISTDataModule
+    from mnistops.quiet import lightning_logs_once
 
+    lightning_logs_once()
     if cfg.compute.num_threads:
         torch.set_num_threads(cfg.compute.num_threads)
     if cfg.compute.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
@@ -92,7 +94,12 @@ def run(cfg: DictConfig) -> StageResult:
                                   mode=cfg.train.monitor_mode, save_top_k=1, save_last=True,
                                   auto_insert_metric_name=False)
         callbacks = [best_cb]
-        if in_notebook():  # Lightning's default (Rich) bar needs ipywidgets in Jupyter; tqdm's text bar does not
+        kwargs = trainer_kwargs(cfg)
+        if not kwargs["enable_progress_bar"]:  # no terminal (CI, a log file): a line per epoch instead
+            from mnistops.models.epoch_log import EpochLog
+
+            callbacks.append(EpochLog())
+        elif in_notebook():  # Lightning's default (Rich) bar needs ipywidgets in Jupyter; tqdm's text bar does not
             from lightning.pytorch.callbacks import TQDMProgressBar
 
             callbacks.append(TQDMProgressBar())
@@ -101,8 +108,7 @@ def run(cfg: DictConfig) -> StageResult:
                                              every_n_train_steps=cfg.train.checkpoint_every_n_steps))
         logger = MLFlowLogger(experiment_name=cfg.experiment_name, tracking_uri=tracking.tracking_uri(cfg),
                               run_id=run_id, log_model=False)
-        trainer = L.Trainer(logger=logger, callbacks=callbacks, default_root_dir=str(ckpt_dir.parent),
-                            **trainer_kwargs(cfg))
+        trainer = L.Trainer(logger=logger, callbacks=callbacks, default_root_dir=str(ckpt_dir.parent), **kwargs)
         mlflow.set_tag(tags.WORLD_SIZE, trainer.world_size)
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(last_ckpt) if last_ckpt else None)
         if not trainer.is_global_zero:  # DDP ranks launched by Azure ML: rank 0 alone records the run
