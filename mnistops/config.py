@@ -272,7 +272,8 @@ class GateStageConfig:
 
 @dataclass
 class CiStageConfig:
-    pytest_args: List[str] = field(default_factory=lambda: ["-m", "not slow", "-x", "-q"])
+    # the tests step: the unit tier (nothing trains, no server starts: about 2 minutes on 2 cores)
+    pytest_args: List[str] = field(default_factory=lambda: ["-m", "not integration", "-x", "-q", "-p", "no:cacheprovider"])
 
 
 @dataclass

@@ -38,6 +38,7 @@ def dry_run(tmp_path: Path, *args: str) -> dict:
     return {p.stem: p for p in written}
 
 
+@pytest.mark.integration
 def test_provision_renders_cluster_environments_and_data_assets(tmp_path):
     from azure.ai.ml import load_compute, load_data, load_environment
 
@@ -60,6 +61,7 @@ def test_provision_renders_cluster_environments_and_data_assets(tmp_path):
     assert (raw.type, raw.version, reference.type, reference.version) == ("uri_folder", digest, "mltable", digest)
 
 
+@pytest.mark.integration
 def test_train_becomes_a_multi_node_ddp_command_job_of_the_same_entrypoint(tmp_path):
     from azure.ai.ml import load_job
 
@@ -77,6 +79,7 @@ def test_train_becomes_a_multi_node_ddp_command_job_of_the_same_entrypoint(tmp_p
     assert job.environment.removeprefix("azureml:").startswith("mnistops-train:") and job.experiment_name == "mnistops"
 
 
+@pytest.mark.integration
 def test_hparams_search_becomes_a_sweep_job_with_the_same_space(tmp_path):
     import math
 
@@ -95,6 +98,7 @@ def test_hparams_search_becomes_a_sweep_job_with_the_same_space(tmp_path):
     assert "model.lr=${{search_space.model_lr}}" in job.trial.command and "hparams_search" not in job.trial.command
 
 
+@pytest.mark.integration
 def test_ci_is_one_job_on_one_node(tmp_path):
     from azure.ai.ml import load_job
 
@@ -104,6 +108,7 @@ def test_ci_is_one_job_on_one_node(tmp_path):
     assert "stage=ci" in job.command and "stage.steps=[data,validate,train,evaluate,register,baseline,gate]" in job.command
 
 
+@pytest.mark.integration
 def test_deploy_renders_endpoint_and_blue_green_deployment(tmp_path):
     from azure.ai.ml import load_online_deployment, load_online_endpoint
 
@@ -123,6 +128,7 @@ def test_deploy_renders_endpoint_and_blue_green_deployment(tmp_path):
     assert dep.environment.removeprefix("azureml:").startswith("mnistops-inference:")
 
 
+@pytest.mark.integration
 def test_promote_renders_an_mlflow_model_with_lineage(tmp_path):
     from azure.ai.ml import load_model
 
@@ -132,6 +138,7 @@ def test_promote_renders_an_mlflow_model_with_lineage(tmp_path):
     assert model.tags["mnistops.source_env"] == "qa" and model.tags["mnistops.env"] == "prod"
 
 
+@pytest.mark.integration
 def test_monitoring_schedule_carries_the_local_monitor_thresholds(tmp_path):
     from azure.ai.ml.entities._load_functions import load_schedule
 
@@ -154,6 +161,7 @@ def test_monitoring_schedule_carries_the_local_monitor_thresholds(tmp_path):
     assert signals["model_performance"].metric_thresholds.classification.accuracy == 0.95
 
 
+@pytest.mark.integration
 def test_missing_workspace_setting_fails_in_one_line(tmp_path):
     proc = run_cli(["env=qa", "env.backend=azure", "stage=provision", "compute=azure_cpu_cluster"], tmp_path,
                    env=NO_WORKSPACE, timeout=120)
@@ -164,6 +172,7 @@ def test_missing_workspace_setting_fails_in_one_line(tmp_path):
     assert proc.returncode == 2 and "compute=cpu is not an Azure ML cluster" in proc.stderr
 
 
+@pytest.mark.integration
 def test_missing_credential_fails_in_one_line(tmp_path):
     proc = run_cli(["env=qa", "env.backend=azure", "stage=train", "compute=azure_cpu_cluster"], tmp_path,
                    env=WORKSPACE, timeout=120)
@@ -201,6 +210,7 @@ def score(azure_model_dir, monkeypatch):
     return module
 
 
+@pytest.mark.integration
 def test_scoring_script_serves_real_images_like_the_local_endpoint(score, data_cache):
     from mnistops.data.idx import read_idx
     from mnistops.serving.deployments import OnnxModel
@@ -218,6 +228,7 @@ def test_scoring_script_serves_real_images_like_the_local_endpoint(score, data_c
     assert [p["digit"] for p in flat["predictions"]] == digits[:3].tolist()
 
 
+@pytest.mark.integration
 def test_scoring_script_refuses_bad_payloads_with_the_field(score):
     answer = score.run('{"data": [[1, 2, 3]]}')
     assert answer["field"] == "data" and "28x28" in answer["error"]

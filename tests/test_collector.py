@@ -16,7 +16,7 @@ from serving_fixtures import ServerProcess, make_endpoint, mnist, model_dir  # n
 from mnistops.monitoring import collected
 from mnistops.serving.collector import Collector, decode_images, monitor_dir_of
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def records(endpoint_dir: Path) -> list:

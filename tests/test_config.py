@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -51,14 +50,28 @@ def test_home_defaults_to_env_var(monkeypatch, tmp_path):
     assert compose([]).paths.home == str(tmp_path / "h")
 
 
-@pytest.mark.parametrize("override,needle", [
+BAD_OVERRIDES = [
     (["model.lrr=0.1"], "lrr"),
     (["model.lr=fast"], "model.lr"),
     (["trainer.max_epochs=two"], "max_epochs"),
     (["model=resnet9000"], "model/resnet9000"),
     (["stage=nonsense"], "stage/nonsense"),
     (["data.augment.enabled=maybe"], "augment.enabled"),
-])
+    (["ui.port=http"], "ui.port"),
+]
+
+
+@pytest.mark.parametrize("override,needle", BAD_OVERRIDES)
+def test_bad_overrides_are_refused_at_composition_naming_the_key(override, needle, tmp_path):
+    from mnistops.api import ConfigError, compose as api_compose
+
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        api_compose(override + [f"paths.home={tmp_path}"])
+    assert not (tmp_path / "dev").exists(), "a refused config must not create stores"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("override,needle", BAD_OVERRIDES[::3])
 def test_bad_overrides_fail_naming_the_key(override, needle, tmp_path):
     proc = run_cli(override + ["--cfg", "job"], tmp_path, timeout=60)
     assert proc.returncode != 0
@@ -66,6 +79,7 @@ def test_bad_overrides_fail_naming_the_key(override, needle, tmp_path):
     assert not (tmp_path / "dev").exists(), "a refused config must not create stores"
 
 
+@pytest.mark.integration
 def test_help_cfg_and_info_do_not_import_heavy_packages(tmp_path):
     code = ("import sys, runpy; sys.argv=['mnistops', '--cfg', 'job']\n"
             "try:\n    runpy.run_module('mnistops', run_name='__main__')\nexcept SystemExit: pass\n"
@@ -82,6 +96,7 @@ def test_help_cfg_and_info_do_not_import_heavy_packages(tmp_path):
     assert info.returncode == 0 and "Config search path" in info.stdout
 
 
+@pytest.mark.integration
 def test_tab_completion_lists_groups_and_options(tmp_path):
     env = {"COMP_LINE": "mnistops model=", "COMP_POINT": "15"}
     proc = run_cli(["-sc", "query=bash"], tmp_path, env=env, timeout=60)

@@ -266,6 +266,7 @@ class _SlowHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+@pytest.mark.integration
 def test_killed_mid_download_leaves_nothing_a_later_run_trusts(tmp_path, mirror_dir):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
     server.root, server.halfway = str(mirror_dir), threading.Event()
@@ -289,6 +290,7 @@ def test_killed_mid_download_leaves_nothing_a_later_run_trusts(tmp_path, mirror_
     assert mirrors.md5_of(tmp_path / "data" / "mnist" / "train-images-idx3-ubyte") == "6bbc9ace898e44ae57da46a324031adb"
 
 
+@pytest.mark.integration
 def test_data_stage_logs_dataset_and_pictures(home):
     proc = run_cli(["stage=data"], home, check=True)
     assert "verified" in proc.stdout and "5923" in proc.stdout
@@ -306,6 +308,7 @@ def test_data_stage_logs_dataset_and_pictures(home):
     assert run.data.metrics["data/train_images"] == 60000
 
 
+@pytest.mark.integration
 def test_data_stage_error_is_one_line_and_exit_code(tmp_path):
     proc = run_cli(["stage=data", "data.mirrors=[]", "data.retries=0"], tmp_path,
                    env={"MNISTOPS_DATA_MIRROR": (tmp_path / "none").as_uri()}, timeout=120)

@@ -23,6 +23,9 @@ from mnistops.monitoring.shifts import SHIFTS, apply_shift
 from mnistops.monitoring.signals import evaluate_window, metrics, summary
 from mnistops.monitoring.window import make_window, requests_frame
 
+# an embedder, a drift reference and a suite built over 60,000 real images: ~40 s before the first test
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def mnist(data_cache):

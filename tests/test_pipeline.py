@@ -13,6 +13,7 @@ from conftest import QUICK, compose, fresh_home, mlflow_client, mnist_split, run
 from mnistops.errors import MnistopsError
 from mnistops.stages import run_stage
 
+pytestmark = pytest.mark.integration  # runs the main job (trains) and the CLI
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from mnistops.stages import run_stage
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("model", MODELS)
 def test_one_batch_training_of_every_model(model, home):
     cfg = compose(["stage=train", f"model={model}", *TINY], home)
@@ -27,6 +28,7 @@ def test_one_batch_training_of_every_model(model, home):
     assert Path(result.artifacts["checkpoint"]).is_file()
 
 
+@pytest.mark.integration
 def test_train_run_holds_config_metrics_checkpoint_and_digest(home):
     cfg = compose(["stage=train", "model=logreg", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
                    "trainer.limit_val_batches=1"], home)
@@ -45,6 +47,7 @@ def test_train_run_holds_config_metrics_checkpoint_and_digest(home):
     assert result.score == pytest.approx(run.data.metrics["val/acc"])
 
 
+@pytest.mark.integration
 def test_same_seed_same_result(home):
     overrides = ["stage=train", *TINY, "trainer.limit_train_batches=3", "seed=7"]
     first = run_stage(compose(overrides, home)).metrics
@@ -73,6 +76,7 @@ def test_resume_without_an_unfinished_run_is_refused(home):
         run_stage(compose(["stage=train", "train.resume=true", *TINY], home))
 
 
+@pytest.mark.integration
 def test_resume_continues_a_killed_run_from_its_last_checkpoint(home):
     args = ["stage=train", "model=logreg", "trainer.max_epochs=12", "trainer.limit_train_batches=4",
             "trainer.limit_val_batches=1", "data.batch_size=32"]
@@ -96,19 +100,33 @@ def test_resume_continues_a_killed_run_from_its_last_checkpoint(home):
     epochs_before = len(client.get_metric_history(killed.info.run_id, "val/acc"))
     assert epochs_before < 12
 
+    import torch
+
+    resumed_from = torch.load(last, map_location="cpu", weights_only=False)["epoch"]  # the last finished epoch
     run_cli([*args, "train.resume=true"], home, check=True)
     (resumed,) = runs_of(client, "train")
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
-    history = client.get_metric_history(resumed.info.run_id, "epoch")
-    assert max(m.value for m in history) == 11  # epochs 0..11: it went on where it stopped, not from 0
+    # The metric history tells where the resumed fit started: each val/acc is logged at the end of
+    # an epoch, with the "epoch" metric at the same step. A fit restarted from epoch 0 would log the
+    # epochs up to the checkpoint's again; resumed, each of them is there once, and the steps go on.
+    epoch_at = {m.step: int(m.value) for m in client.get_metric_history(resumed.info.run_id, "epoch")}
+    val = sorted(client.get_metric_history(resumed.info.run_id, "val/acc"), key=lambda m: m.timestamp)
+    epochs = [epoch_at[m.step] for m in val]
+    assert sorted(set(epochs)) == list(range(12)), epochs
+    for epoch in range(resumed_from + 1):
+        assert epochs.count(epoch) == 1, f"epoch {epoch} (before the checkpoint) ran again: {epochs}"
+    before = [m.step for m in val if epoch_at[m.step] <= resumed_from]
+    after = [m.step for m in val if epoch_at[m.step] > resumed_from]
+    assert min(after) > max(before), "the resumed fit's global steps start over"
 
 
+@pytest.mark.integration
 def test_resume_keyword_is_rejected_as_unknown_key(home):
     proc = run_cli(["stage=train", "train.resum=true", "--cfg", "job"], home, timeout=60)
     assert proc.returncode != 0 and "resum" in proc.stderr
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_ddp_cpu_trains_with_two_processes_into_one_run_and_one_dir(home):
     run_cli(["stage=train", "compute=ddp_cpu", *TINY], home, check=True, timeout=600)
     client = mlflow_client(home)
