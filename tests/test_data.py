@@ -107,12 +107,13 @@ def test_a_mirror_that_recompresses_or_does_not_compress_verifies(form, tmp_path
 def test_a_dataset_known_by_sha256_verifies_from_any_faithful_mirror(form, tmp_path, monkeypatch, mirror_dir,
                                                                     other_mirrors):
     overrides = sha256_overrides(mirror_dir)
+    if form == "uncompressed":  # a digest that is not the file's: refused (checked before the rest is fetched)
+        wrong = [o if not o.startswith("data.train_images.sha256=") else "data.train_images.sha256=" + "0" * 64
+                 for o in overrides]
+        with pytest.raises(MnistopsError, match="train-images-idx3-ubyte.*checksum mismatch: sha256"):
+            fetch_with(tmp_path / "wrong", monkeypatch, other_mirrors[form], overrides=wrong)
     cfg, paths = fetch_with(tmp_path / "ok", monkeypatch, other_mirrors[form], overrides=overrides)
     assert read_idx(paths["test_labels"])[:3].tolist() == [7, 2, 1]
-    wrong = [o if not o.startswith("data.train_labels.sha256=") else "data.train_labels.sha256=" + "0" * 64
-             for o in overrides]
-    with pytest.raises(MnistopsError, match="train-labels-idx1-ubyte.*checksum mismatch: sha256"):
-        fetch_with(tmp_path / "wrong", monkeypatch, other_mirrors[form], overrides=wrong)
 
 
 def test_a_publishers_gz_digest_is_accepted_but_not_required(tmp_path, monkeypatch, mirror_dir, other_mirrors):
@@ -193,9 +194,9 @@ def test_a_corrupt_cached_file_is_fetched_again(tmp_path, monkeypatch, mirror_di
     assert mirrors.md5_of(again["test_labels"]) == cfg.data.test_labels.md5
 
 
-def test_catalog_splits_by_name(tmp_path, data_cache):
-    shutil.copytree(data_cache, tmp_path / "data")
-    cfg = compose(["seed=3", "data.val_size=1000"], tmp_path)
+def test_catalog_splits_by_name(data_cache):
+    home = data_cache.parent  # the session's verified cache, only read here
+    cfg = compose(["seed=3", "data.val_size=1000"], home)
     train, test, fit, val = (catalog.load(cfg, s) for s in ("train", "test", "fit", "val"))
     assert (len(train), len(test), len(fit), len(val)) == (60000, 10000, 59000, 1000)
     for split in (train, test, fit, val):
@@ -207,7 +208,7 @@ def test_catalog_splits_by_name(tmp_path, data_cache):
     val_idx, fit_idx = catalog.holdout(cfg, 60000)
     assert sorted(np.concatenate([val_idx, fit_idx]).tolist()) == list(range(60000))
     assert np.array_equal(val.images, train.images[val_idx]) and np.array_equal(fit.labels, train.labels[fit_idx])
-    other_seed = catalog.load(compose(["seed=4", "data.val_size=1000"], tmp_path), "val")
+    other_seed = catalog.load(compose(["seed=4", "data.val_size=1000"], home), "val")
     assert not np.array_equal(other_seed.labels, val.labels)
     with pytest.raises(MnistopsError, match="unknown dataset split 'validation'"):
         catalog.load(cfg, "validation")
@@ -227,16 +228,16 @@ def test_catalog_reads_once_and_notices_a_changed_file(tmp_path, data_cache):
 
 
 def test_extra_training_data_joins_the_fit_split(tmp_path, data_cache):
-    shutil.copytree(data_cache, tmp_path / "data")
+    home = data_cache.parent  # the session's verified cache, only read here
     extra = tmp_path / "extra.npz"
     np.savez(extra, images=np.full((7, 28, 28), 255, np.uint8), labels=np.arange(7))
-    cfg = compose([f"data.extra_train=[{extra}]"], tmp_path)
+    cfg = compose([f"data.extra_train=[{extra}]"], home)
     fit = catalog.load(cfg, "fit")
     assert len(fit) == 55000 + 7 and fit.labels[-7:].tolist() == list(range(7))
     bad = tmp_path / "bad.npz"
     np.savez(bad, images=np.zeros((2, 27, 27), np.uint8), labels=[1, 2])
     with pytest.raises(MnistopsError, match="data.extra_train: .*bad.npz.*uint8 \\(N, 28, 28\\)"):
-        catalog.load(compose([f"data.extra_train=[{bad}]"], tmp_path), "fit")
+        catalog.load(compose([f"data.extra_train=[{bad}]"], home), "fit")
 
 
 def test_corrupt_idx_header_is_named(tmp_path):

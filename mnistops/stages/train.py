@@ -57,9 +57,12 @@ def _resume_point(cfg: DictConfig) -> Tuple[Optional[str], Optional[Path]]:
 
 
 def run(cfg: DictConfig) -> StageResult:
+    import torch
+
+    if cfg.compute.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():  # before the slow imports
+        raise MnistopsError(f"compute={cfg.compute.name} asks for a GPU, but torch sees no CUDA device here")
     import lightning as L
     import mlflow
-    import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import MLFlowLogger
 
@@ -70,8 +73,6 @@ def run(cfg: DictConfig) -> StageResult:
     lightning_logs_once()
     if cfg.compute.num_threads:
         torch.set_num_threads(cfg.compute.num_threads)
-    if cfg.compute.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise MnistopsError(f"compute={cfg.compute.name} asks for a GPU, but torch sees no CUDA device here")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     resume_id, last_ckpt = _resume_point(cfg)
     datamodule = MNISTDataModule(cfg)
