@@ -10,12 +10,16 @@ from omegaconf import DictConfig
 def after_main_job(cfg: DictConfig, model_uri: Optional[str]) -> str:
     env = "" if cfg.env.name == "dev" else f"env={cfg.env.name} "
     url = f"http://{cfg.endpoint.host}:{cfg.endpoint.port}"
-    ui = cfg.env.tracking_uri or f"http://{cfg.ui.host}:{cfg.ui.port}"
     model = model_uri or f"models:/{cfg.env.model_name}@candidate"
-    return "\n".join([
-        "next:",
-        f"  python -m mnistops {env}stage=deploy     serve {model} at {url}/score",
-        f"  open {url}/                 draw a digit and see what the model says (once deployed)",
-        f"  python -m mnistops {env}stage=ui         runs, metrics, plots and the registry in the MLflow UI at {ui}"
-        + ("  (or: make ui" + (f" ENV={cfg.env.name}" if env else "") + ")" if not cfg.env.tracking_uri else ""),
-    ])
+    if cfg.env.tracking_uri:
+        ui = (f"python -m mnistops {env}stage=ui", f"where the runs and the registry are: {cfg.env.tracking_uri}")
+    else:
+        make_ui = "make ui" + (f" ENV={cfg.env.name}" if env else "")
+        ui = (f"python -m mnistops {env}stage=ui",
+              f"runs, metrics, plots and the registry in the MLflow UI at http://{cfg.ui.host}:{cfg.ui.port} "
+              f"(or: {make_ui})")
+    steps = [(f"python -m mnistops {env}stage=deploy", f"serve {model} at {url}/score"),
+             (f"open {url}/", "draw a digit, see what the deployed model says"),
+             ui]
+    width = max(len(command) for command, _ in steps)
+    return "\n".join(["next:"] + [f"  {command:<{width}}   {what}" for command, what in steps])

@@ -57,6 +57,31 @@ def test_same_seed_same_result(home):
     assert third["val/loss"] != first["val/loss"]
 
 
+def test_the_epoch_line_says_metrics_time_and_eta():
+    from mnistops.models.epoch_log import epoch_line
+
+    metrics = {"train/loss": 0.573, "train/acc": 0.98781, "val/loss": 0.1176, "val/acc": 0.9936, "lr": 1e-3}
+    assert epoch_line(3, 6, metrics, 570.0, 3) == ("epoch 3/6  train/loss 0.5730  train/acc 0.9878  val/loss 0.1176  "
+                                                   "val/acc 0.9936  9:30 elapsed, ETA 9:30 (3:10/epoch, 0.0053 epochs/s)")
+    # resumed at epoch 10: the rate counts the epochs of this fit only
+    assert epoch_line(12, 12, {"val/acc": 0.5}, 4.0, 2).endswith("0:04 elapsed, ETA 0:00 (2.0s/epoch, 0.5 epochs/s)")
+    assert "ETA" not in epoch_line(2, -1, {}, 10.0, 2)  # no max_epochs: no end to estimate
+
+
+@pytest.mark.integration
+def test_a_log_file_gets_a_line_per_epoch_and_each_message_once(home):
+    """stdout and stderr to files, as in CI: no progress bar, one line per epoch, nothing twice, no adverts."""
+    proc = run_cli(["stage=train", "model=logreg", "trainer.max_epochs=3", "trainer.limit_train_batches=3",
+                    "trainer.limit_val_batches=1"], home, check=True)
+    out = proc.stdout + proc.stderr
+    epochs = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/3", "2/3", "3/3"], out
+    assert all("val/acc" in line and "elapsed" in line and "epochs/s" in line for line in epochs)
+    assert out.count("GPU available") == 1 and "INFO:" not in out, out
+    assert "Tip" not in out and "litlogger" not in out
+    assert "it/s" not in out  # no progress bar drawn into a file
+
+
 def test_gpu_without_cuda_is_a_clear_error(home):
     import torch
 

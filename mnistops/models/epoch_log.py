@@ -1,6 +1,6 @@
 """One line per epoch where no progress bar is drawn (stderr is not a terminal: CI, a log file):
 
-    epoch 2/6  train/loss 0.6102  train/acc 0.9731  val/loss 0.1384  val/acc 0.9881  1:05 elapsed, ETA 2:10 (0.031 epochs/s)
+    epoch 3/6  train/loss 0.5730  train/acc 0.9878  val/loss 0.1176  val/acc 0.9936  9:30 elapsed, ETA 9:30 (3:10/epoch, 0.0053 epochs/s)
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ def clock(seconds: float) -> str:
     return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
 
 
+def per_epoch(seconds: float) -> str:
+    return f"{seconds:.1f}s" if seconds < 60 else clock(seconds)
+
+
 def epoch_line(epoch: int, max_epochs: Optional[int], metrics: Dict[str, float], elapsed: float,
                epochs_done: int) -> str:
     """The line for `epoch` (1-based) of `max_epochs` (None or -1: open-ended)."""
@@ -28,7 +32,7 @@ def epoch_line(epoch: int, max_epochs: Optional[int], metrics: Dict[str, float],
     eta = ""
     if total and rate > 0:
         eta = f", ETA {clock((max_epochs - epoch) / rate)}"
-    speed = f" ({rate:.3g} epochs/s)" if rate > 0 else ""
+    speed = f" ({per_epoch(1 / rate)}/epoch, {rate:.2g} epochs/s)" if rate > 0 else ""
     return f"epoch {epoch}{total}  {shown}  {clock(elapsed)} elapsed{eta}{speed}".replace("    ", "  ")
 
 
