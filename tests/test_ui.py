@@ -1,7 +1,7 @@
 """stage=ui: MLflow's UI on an env's store, opened in a real headless Chromium after a real main job:
 the run with its metrics and the evaluation plots, and the registered model with its alias and
 lineage tags, as a person would find them. Started as a user does (`python -m mnistops stage=ui`,
-in the foreground) and stopped with Ctrl-C (SIGINT).
+in the foreground) and stopped with Ctrl-C (SIGINT) or kill (SIGTERM).
 
 Needs Debian's Chromium and playwright, like tests/test_browser.py: skipped without them on a
 laptop, a failure in CI (CI=true).
@@ -79,10 +79,9 @@ def ui(store):
     else:
         proc.kill()
         pytest.fail(f"stage=ui never answered: {proc.stdout.read()[-3000:]}")
-    yield url, proc, port
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(30)
+    yield url
+    proc.send_signal(signal.SIGINT)  # Ctrl-C, as a user stops it
+    proc.communicate(timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +107,7 @@ def page(browser):
 
 @pytest.mark.integration
 def test_the_registered_model_with_alias_and_lineage(ui, store, page):
-    url, _, _ = ui
+    url = ui
     _, train, _ = store
     page.goto(f"{url}/#/models/mnist-classifier")
     page.get_by_text("Version 1", exact=True).wait_for(timeout=WAIT_MS)
@@ -119,7 +118,7 @@ def test_the_registered_model_with_alias_and_lineage(ui, store, page):
 
 @pytest.mark.integration
 def test_the_train_run_with_its_metrics_and_evaluation_plots(ui, store, page):
-    url, _, _ = ui
+    url = ui
     _, train, _ = store
     run_url = f"{url}/#/experiments/{train.info.experiment_id}/runs/{train.info.run_id}"
     page.goto(run_url)
@@ -135,7 +134,7 @@ def test_the_train_run_with_its_metrics_and_evaluation_plots(ui, store, page):
 
 @pytest.mark.integration
 def test_the_data_runs_sample_grid_is_served(ui, store):
-    url, _, _ = ui
+    url = ui
     home, _, _ = store
     (data,) = runs_of(mlflow_client(home), "data")
     with urllib.request.urlopen(f"{url}/get-artifact?path=data/samples.png&run_uuid={data.info.run_id}",
@@ -144,12 +143,19 @@ def test_the_data_runs_sample_grid_is_served(ui, store):
 
 
 @pytest.mark.integration
-def test_ctrl_c_stops_the_ui(ui):
-    _, proc, port = ui
-    proc.send_signal(signal.SIGINT)
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "kill"])
+def test_ctrl_c_or_kill_stops_the_ui(stop, store):
+    home, _, _ = store
+    port = free_port()
+    env = {**os.environ, "MNISTOPS_HOME": str(home), "MNISTOPS_DATA_MIRROR": mirror_url(), "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "mnistops", "stage=ui", f"ui.port={port}"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = proc.stdout.readline()  # printed once the UI answers
+    assert first.startswith("MLflow UI for env dev") and listening(port), first
+    proc.send_signal(stop)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
-    assert "MLflow UI for env dev" in out and "MLflow UI stopped" in out
+    assert "MLflow UI stopped" in out
     deadline = time.monotonic() + 30
     while listening(port) and time.monotonic() < deadline:
         time.sleep(0.2)

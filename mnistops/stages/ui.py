@@ -8,9 +8,11 @@ printed); with env.tracking_uri set, that server already has a UI: its address i
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -52,6 +54,10 @@ def wait_until_ready(proc: subprocess.Popen, url: str, timeout_s: float, log: Pa
     raise MnistopsError(f"the MLflow UI did not answer at {url} within ui.startup_timeout_s={timeout_s} (log: {log})")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def run(cfg: DictConfig) -> StageResult:
     from mnistops import layout
 
@@ -81,6 +87,8 @@ def run(cfg: DictConfig) -> StageResult:
         print(f"  running in the background as pid {proc.pid}; stop it with: kill {proc.pid}")
         return StageResult("ui", artifacts={"url": url, "pid": str(proc.pid), "log": str(log)})
     print("  Ctrl-C stops it")
+    if threading.current_thread() is threading.main_thread():  # `kill <pid>` stops it as cleanly as Ctrl-C
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         proc.wait()
     except KeyboardInterrupt:
