@@ -53,9 +53,11 @@ def trained_model(home: Path) -> Path:
     """Train + register with the fast recipe, download the candidate as the deploy stage does."""
     import mlflow
 
+    from mnistops import tracking
+
     t0 = time.perf_counter()
     mnistops(["stage=pipeline", "experiment=fast"], home)
-    uri = f"sqlite:///{home / 'dev' / 'mlflow.db'}"
+    uri = tracking.tracking_uri(monitor_config(home))
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     path = Path(mlflow.artifacts.download_artifacts("models:/mnist-classifier@candidate", dst_path=str(home / "model")))
@@ -160,20 +162,18 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args()
 
-    from mnistops.data.idx import read_idx
+    from mnistops.data import catalog
     from mnistops.monitoring.drift import build_reference
     from mnistops.monitoring.embedding import Embedder
     from mnistops.monitoring.shifts import SHIFTS
-    from mnistops.quality.suite import build_suite
+    from mnistops.quality import build_suite
 
     home = args.home or Path(tempfile.mkdtemp(prefix="mnistops-monitor-bench-"))
     model_dir = args.model_dir or trained_model(home)
-    data = home / "data" / "mnist"
-    if not (data / "t10k-images-idx3-ubyte").is_file():
-        mnistops(["stage=data"], home)
-    train_x, train_y = read_idx(data / "train-images-idx3-ubyte"), read_idx(data / "train-labels-idx1-ubyte")
-    test_x, test_y = read_idx(data / "t10k-images-idx3-ubyte"), read_idx(data / "t10k-labels-idx1-ubyte").astype(np.int64)
-    mcfg = monitor_config(home).monitor
+    cfg = monitor_config(home)
+    train, test = catalog.load(cfg, "train"), catalog.load(cfg, "test")
+    train_x, train_y, test_x, test_y = train.images, train.labels, test.images, test.labels
+    mcfg = cfg.monitor
     embedder = Embedder(model_dir)
     t0 = time.perf_counter()
     reference = build_reference(train_x, embedder, mcfg.embedding_components, size=mcfg.reference_size, seed=args.seed)

@@ -84,19 +84,20 @@ def test_accuracy(home: Path, checkpoint: str, overrides: list[str]) -> float:
 
 
 def eval_checkpoint(checkpoint: str, overrides: list[str]) -> float:
-    """(in the subprocess) load the checkpoint, run it on `load_splits(cfg)`'s test split."""
+    """(in the subprocess) load the checkpoint, run it on the catalog's test split."""
     import torch
     from hydra import compose, initialize_config_dir
 
     from mnistops import config as _schemas  # noqa: F401  (registers the structured configs)
-    from mnistops.data.datamodule import load_splits, to_tensor
+    from mnistops.data import catalog
+    from mnistops.data.datamodule import labels_tensor, to_tensor
     from mnistops.models.module import Classifier
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=["stage=train", *overrides])
-    _, _, test = load_splits(cfg)
+    test = catalog.load(cfg, "test")
     net = Classifier.load_from_checkpoint(checkpoint, map_location="cpu").net.eval()
-    images, labels = to_tensor(test.images), torch.from_numpy(test.labels)
+    images, labels = to_tensor(test.images), labels_tensor(test.labels)
     correct = 0
     with torch.inference_mode():
         for start in range(0, len(images), 1000):

@@ -51,6 +51,7 @@ _TABLE = (
     Stage("traffic", "simulated traffic: real (optionally shifted) test images with feedback", endpoint=True),
     Stage("monitor", "drift, data quality, model quality and system signals -> report, alerts, retraining"),
     Stage("provision", "what the env needs before jobs run (Azure ML: environments, data assets)"),
+    Stage("ui", "the MLflow UI on the env's store: runs, metrics, plots, the registry with aliases and lineage"),
 )
 STAGES: Dict[str, Stage] = {s.name: s for s in _TABLE}  # in the order the help lists them
 

@@ -14,26 +14,25 @@ from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from mnistops import layout, tags
 from mnistops.errors import MnistopsError
 
 SWEEP_TAG = "mnistops.sweep_dir"
 STAGE_TAG = "mnistops.stage"
 
 
-def env_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.home) / cfg.env.name
-
-
-def store_uri(env: Any, home: str) -> str:
-    """An env's tracking + registry URI: its `tracking_uri` (a server), else its own sqlite store."""
+def store_uri(cfg: DictConfig, env: Any = None) -> str:
+    """The tracking + registry URI of this env, or of `env` (another env's section, from
+    config.other_env): its `tracking_uri` (a server), else its own sqlite store."""
+    env = cfg.env if env is None else env
     if env.tracking_uri:
         return str(env.tracking_uri)
     # timeout: sqlite's busy wait, so parallel writers (sweeps, DDP ranks, servers) queue, not fail
-    return f"sqlite:///{Path(home) / env.name / 'mlflow.db'}?timeout=60"
+    return f"sqlite:///{layout.tracking_db(cfg, env.name)}?timeout=60"
 
 
 def tracking_uri(cfg: DictConfig) -> str:
-    return store_uri(cfg.env, cfg.paths.home)
+    return store_uri(cfg)
 
 
 def configure(cfg: DictConfig) -> str:
@@ -41,18 +40,19 @@ def configure(cfg: DictConfig) -> str:
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    return ensure_experiment(MlflowClient(), uri, env_dir(cfg), cfg.experiment_name)
+    return ensure_experiment(MlflowClient(), cfg, cfg.env.name, uri)
 
 
-def ensure_experiment(client: MlflowClient, uri: str, env_root: Path, name: str) -> str:
-    """The id of experiment `name` in the store at `uri`, created on first use (a sqlite store keeps
-    its artifacts beside it, in <env_root>/artifacts)."""
+def ensure_experiment(client: MlflowClient, cfg: DictConfig, env: str, uri: str) -> str:
+    """The id of the experiment (`experiment_name`) in `env`'s store at `uri`, created on first use (a
+    sqlite store keeps its artifacts beside it, in layout.artifacts_dir)."""
+    name = cfg.experiment_name
     if uri.startswith("sqlite:"):
-        Path(env_root).mkdir(parents=True, exist_ok=True)
+        layout.env_dir(cfg, env).mkdir(parents=True, exist_ok=True)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = (Path(env_root) / "artifacts").as_uri() if uri.startswith("sqlite:") else None
+    artifacts = layout.artifacts_dir(cfg, env).as_uri() if uri.startswith("sqlite:") else None
     try:
         return client.create_experiment(name, artifact_location=artifacts)
     except mlflow.exceptions.MlflowException:  # created meanwhile by a parallel process
@@ -88,7 +88,7 @@ def output_dir(cfg: DictConfig, stage: str) -> Path:
         import time
         import uuid
 
-        out = env_dir(cfg) / "outputs" / f"{time.strftime('%Y-%m-%d/%H-%M-%S')}-{stage}-{uuid.uuid4().hex[:8]}"
+        out = layout.outputs_dir(cfg) / f"{time.strftime('%Y-%m-%d/%H-%M-%S')}-{stage}-{uuid.uuid4().hex[:8]}"
     Path(out).mkdir(parents=True, exist_ok=True)
     return Path(out)
 
@@ -226,23 +226,22 @@ def get_run(run_id: str) -> Run:
 
 def log_dataset(cfg: DictConfig, images: Any, labels: Any, context: str) -> None:
     """An MLflow dataset entry (its digest is the files' checksums, so equal data -> equal digest)."""
-    from mnistops.data import mirrors
-
     import warnings
 
-    source = mirrors.cache_dir(cfg).as_uri()
+    from mnistops.data import catalog
+
+    source = layout.data_cache(cfg).as_uri()
     split = "train" if context == "training" else context
     with warnings.catch_warnings():  # "source can be interpreted in multiple ways": it is a local dir
         warnings.simplefilter("ignore", UserWarning)
         dataset = mlflow.data.from_numpy(images, targets=labels, source=source, name=f"{cfg.data.name}-{split}",
-                                         digest=f"{mirrors.digest(cfg)}-{split}")
+                                         digest=f"{catalog.digest(cfg)}-{split}")
     mlflow.log_input(dataset, context=context)
-    mlflow.set_tag("mnistops.dataset_digest", mirrors.digest(cfg))
+    mlflow.set_tag(tags.DATASET_DIGEST, catalog.digest(cfg))
 
 
 def log_training_dataset(cfg: DictConfig) -> None:
-    from mnistops.data import mirrors
-    from mnistops.data.idx import read_idx
+    from mnistops.data import catalog
 
-    paths = mirrors.fetch(cfg)
-    log_dataset(cfg, read_idx(paths["train_images"]), read_idx(paths["train_labels"]), "training")
+    train = catalog.load(cfg, "train")
+    log_dataset(cfg, train.images, train.labels, "training")

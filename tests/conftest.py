@@ -1,10 +1,19 @@
 """Shared fixtures: the real MNIST files through a file:// mirror, a verified data cache made once
-per session, fresh per-test stores (MNISTOPS_HOME) and helpers to compose configs and run the CLI."""
+per session, fresh per-test stores (MNISTOPS_HOME) and helpers to compose configs and run the CLI.
+
+Test tiers: a test that trains, starts a server or runs the CLI is marked `integration`; the rest
+is the unit tier (`pytest -m "not integration"`, `make test-unit`). The unit tier guard below keeps
+the marks honest: while an unmarked test (or a fixture it sets up) runs, starting `python -m
+mnistops...`, listening on a socket or calling Lightning's `Trainer.fit` fails it, saying so.
+"""
 
 from __future__ import annotations
 
+import importlib.abc
 import os
+import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,6 +38,120 @@ def mirror_url() -> str:
 os.environ.setdefault("MNISTOPS_DATA_MIRROR", mirror_url())  # tests never reach for the public mirrors
 
 
+# --- the unit tier guard -----------------------------------------------------------------------
+_unit_test: Optional[str] = None  # the unmarked test whose setup or call is running
+_violations: List[str] = []
+
+
+def _refuse(what: str) -> None:
+    if _unit_test is None:
+        return
+    message = (f"{_unit_test} {what}, but is not marked integration: mark it @pytest.mark.integration "
+               f"(or its module: pytestmark = pytest.mark.integration); the unit tier starts no server, "
+               f"runs no CLI and trains nothing")
+    _violations.append(message)
+    pytest.fail(message, pytrace=False)  # a BaseException: no `except Exception` in the code under test hides it
+
+
+def _runs_the_cli(args) -> bool:
+    argv = [os.fspath(a) if isinstance(a, os.PathLike) else str(a) for a in
+            ([args] if isinstance(args, (str, bytes, os.PathLike)) else list(args))]
+    if len(argv) == 1:
+        argv = shlex.split(argv[0])
+    for i, arg in enumerate(argv):
+        if arg == "-m" and i + 1 < len(argv) and argv[i + 1].split(".")[0] == "mnistops":
+            return True  # python -m mnistops ..., python -m mnistops.serving ...
+        if os.path.basename(arg) == "mnistops":
+            return True  # the console script
+    return False
+
+
+_popen_init = subprocess.Popen.__init__
+_listen = socket.socket.listen
+
+
+def _guarded_popen_init(self, args, *a, **kw):
+    if _unit_test is not None and _runs_the_cli(args):
+        _refuse(f"started the mnistops CLI ({' '.join(map(str, args)) if not isinstance(args, str) else args})")
+    return _popen_init(self, args, *a, **kw)
+
+
+def _guarded_listen(self, *a, **kw):
+    _refuse(f"listened on a socket ({self.getsockname()})")
+    return _listen(self, *a, **kw)
+
+
+def _guard_trainer(module) -> None:
+    fit = module.Trainer.fit
+
+    def guarded_fit(self, *a, **kw):
+        _refuse("called Lightning's Trainer.fit")
+        return fit(self, *a, **kw)
+
+    module.Trainer.fit = guarded_fit
+
+
+class _AfterImport(importlib.abc.MetaPathFinder):
+    """Patches Lightning's Trainer when a test first imports it (importing it here would cost seconds)."""
+
+    NAME = "lightning.pytorch.trainer.trainer"
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.NAME:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                exec_module = spec.loader.exec_module
+
+                def exec_then_guard(module, exec_module=exec_module):
+                    exec_module(module)
+                    _guard_trainer(module)
+
+                spec.loader.exec_module = exec_then_guard
+                return spec
+        return None
+
+
+subprocess.Popen.__init__ = _guarded_popen_init
+socket.socket.listen = _guarded_listen
+if _AfterImport.NAME in sys.modules:
+    _guard_trainer(sys.modules[_AfterImport.NAME])
+else:
+    sys.meta_path.insert(0, _AfterImport())
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:  # `slow` is the former name of `integration` (branches written before the tiers)
+        if item.get_closest_marker("slow") is not None and item.get_closest_marker("integration") is None:
+            item.add_marker(pytest.mark.integration)
+
+
+def _guarded_phase(item):
+    global _unit_test
+    _unit_test = None if item.get_closest_marker("integration") is not None else item.nodeid
+    del _violations[:]
+    try:
+        result = yield
+    finally:
+        _unit_test = None
+    if _violations:  # refused in another thread (a server's), where the failure did not reach the test
+        pytest.fail(_violations[0], pytrace=False)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    return (yield from _guarded_phase(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    return (yield from _guarded_phase(item))
+
+
 @pytest.fixture(scope="session")
 def mirror_dir() -> Path:
     url = mirror_url()
@@ -40,10 +163,9 @@ def mirror_dir() -> Path:
 def data_cache(tmp_path_factory) -> Path:
     """A verified data cache, fetched once per session through the real fetch code."""
     home = tmp_path_factory.mktemp("cache-home")
-    cfg = compose(["stage=data"], home)
-    from mnistops.data import mirrors
+    from mnistops.data import catalog
 
-    mirrors.fetch(cfg)
+    catalog.files(compose(["stage=data"], home))
     return home / "data"
 
 
@@ -63,6 +185,14 @@ def fresh_home(tmp_path_factory, data_cache: Path, name: str) -> Path:
     home = tmp_path_factory.mktemp(name)
     shutil.copytree(data_cache, home / "data")
     return home
+
+
+def mnist_split(home: Path, split: str = "test", n: Optional[int] = None):
+    """(images, labels) of a split of the real MNIST in `home`'s data cache, through the catalog."""
+    from mnistops.data import catalog
+
+    data = catalog.load(compose([], home), split)
+    return data.images[:n], data.labels[:n]
 
 
 def free_port() -> int:

@@ -40,6 +40,7 @@ def test_compose_inside_a_callers_hydra(tmp_path):
     assert not GlobalHydra.instance().is_initialized()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("override, says", [
     ("model.lrr=0.1", "Key 'lrr' not in 'ModelConfig'"),  # a misspelt key
     ("model=nope", "Could not find 'model/nope'"),  # an unknown group option
@@ -69,6 +70,7 @@ def test_run_refuses_a_bad_stage_before_running_anything(tmp_path):
     assert not (tmp_path / "dev").exists(), "nothing written"
 
 
+@pytest.mark.integration
 def test_run_data_returns_what_it_produced(home):
     result = mnistops.run("data", [f"paths.home={home}"])
     assert isinstance(result, Result) and result.stage == "data" and result.run_id
@@ -80,6 +82,7 @@ def test_run_data_returns_what_it_produced(home):
     assert shown.startswith(f"Result(stage='data', run_id='{result.run_id}')") and "samples: " in shown
 
 
+@pytest.mark.integration
 def test_a_failed_stage_raises_and_leaves_no_open_run(home):
     import mlflow
 
@@ -100,7 +103,7 @@ def test_endpoint_stages_name_their_url(home):
     assert status.metrics["endpoint/running"] == 0.0 and status.endpoint_url is None
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_two_pipelines_in_one_process(home):
     import mlflow
 

@@ -12,6 +12,8 @@ import pytest
 from conftest import QUICK, free_port, fresh_home, mlflow_client, run_cli, runs_of
 from mnistops.data.idx import read_idx
 
+pytestmark = pytest.mark.integration  # dev -> qa -> prod through the CLI: trains, deploys, serves
+
 FAST_TESTS = "ci.pytest_args=[tests/test_config.py::test_default_main_job_is_the_dev_pipeline,-q,-p,no:cacheprovider]"
 
 

@@ -1,12 +1,11 @@
 """The config tree: every option of every group composes; bad overrides fail at once, naming the
-key; the CLI's help/config/info paths are fast (no torch or mlflow import); installs carry conf/."""
+key; the CLI's help/config/info paths are fast (no torch or mlflow import)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -55,14 +54,28 @@ def test_home_defaults_to_env_var(monkeypatch, tmp_path):
     assert compose([]).paths.home == str(tmp_path / "h")
 
 
-@pytest.mark.parametrize("override,needle", [
+BAD_OVERRIDES = [
     (["model.lrr=0.1"], "lrr"),
     (["model.lr=fast"], "model.lr"),
     (["trainer.max_epochs=two"], "max_epochs"),
     (["model=resnet9000"], "model/resnet9000"),
     (["stage=nonsense"], "stage/nonsense"),
     (["data.augment.enabled=maybe"], "augment.enabled"),
-])
+    (["ui.port=http"], "ui.port"),
+]
+
+
+@pytest.mark.parametrize("override,needle", BAD_OVERRIDES)
+def test_bad_overrides_are_refused_at_composition_naming_the_key(override, needle, tmp_path):
+    from mnistops.api import ConfigError, compose as api_compose
+
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        api_compose(override + [f"paths.home={tmp_path}"])
+    assert not (tmp_path / "dev").exists(), "a refused config must not create stores"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("override,needle", BAD_OVERRIDES[::3])
 def test_bad_overrides_fail_naming_the_key(override, needle, tmp_path):
     proc = run_cli(override + ["--cfg", "job"], tmp_path, timeout=60)
     assert proc.returncode != 0
@@ -70,6 +83,7 @@ def test_bad_overrides_fail_naming_the_key(override, needle, tmp_path):
     assert not (tmp_path / "dev").exists(), "a refused config must not create stores"
 
 
+@pytest.mark.integration
 def test_help_cfg_and_info_do_not_import_heavy_packages(tmp_path):
     code = ("import sys, runpy; sys.argv=['mnistops', '--cfg', 'job']\n"
             "try:\n    runpy.run_module('mnistops', run_name='__main__')\nexcept SystemExit: pass\n"
@@ -86,6 +100,7 @@ def test_help_cfg_and_info_do_not_import_heavy_packages(tmp_path):
     assert info.returncode == 0 and "Config search path" in info.stdout
 
 
+@pytest.mark.integration
 def test_tab_completion_lists_groups_and_options(tmp_path):
     env = {"COMP_LINE": "mnistops model=", "COMP_POINT": "15"}
     proc = run_cli(["-sc", "query=bash"], tmp_path, env=env, timeout=60)
@@ -93,24 +108,3 @@ def test_tab_completion_lists_groups_and_options(tmp_path):
     assert "model=logreg" in proc.stdout and "model=cnn" in proc.stdout
     install = run_cli(["-sc", "install=bash"], tmp_path, timeout=60)
     assert "complete" in install.stdout
-
-
-@pytest.mark.slow
-def test_plain_pip_install_ships_the_configs(tmp_path):
-    """Not editable: the wheel must carry conf/ as mnistops.conf and the console script must work."""
-    target = tmp_path / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
-                           "--target", str(target), str(REPO)], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert (target / "mnistops" / "conf" / "config.yaml").is_file()
-    assert (target / "mnistops" / "conf" / "model" / "cnn.yaml").is_file()
-    env = {**os.environ, "PYTHONPATH": str(target), "MNISTOPS_HOME": str(tmp_path)}
-    out = subprocess.run([sys.executable, "-m", "mnistops", "--cfg", "job", "model=logreg"], cwd=tmp_path,
-                         capture_output=True, text=True, env=env, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert "LogisticRegression" in out.stdout
-    script = Path(target / "bin" / "mnistops")
-    assert script.is_file()
-    out = subprocess.run([sys.executable, str(script), "--cfg", "job"], cwd=tmp_path, capture_output=True,
-                         text=True, env=env, timeout=60)
-    assert out.returncode == 0 and "pipeline" in out.stdout, out.stderr

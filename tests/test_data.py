@@ -1,5 +1,7 @@
-"""stage=data: mirrors in order, checksums of the decompressed bytes, an atomic cache, clear
-errors for unreachable mirrors and broken files, and what it logs to MLflow."""
+"""stage=data and the dataset catalog: mirrors in order, files verified by their content (so a
+mirror may recompress them or serve them uncompressed), an atomic cache, clear errors for
+unreachable mirrors and broken files, splits by name read once per process, and what the stage
+logs to MLflow."""
 
 from __future__ import annotations
 
@@ -16,19 +18,51 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, compose, mirror_url, mlflow_client, run_cli, runs_of
-from mnistops.data import mirrors
+import numpy as np
+
+from conftest import CONF, REPO, compose, mirror_url, mlflow_client, run_cli, runs_of
+from mnistops.data import catalog, mirrors
 from mnistops.data.idx import read_idx
 from mnistops.errors import MnistopsError
 
 FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+KEYS = dict(zip(FILES, ["train_images", "train_labels", "test_images", "test_labels"]))
 
 
-def fetch_with(tmp_path, monkeypatch, *mirror_dirs):
+def fetch_with(tmp_path, monkeypatch, *mirror_dirs, overrides=()):
     monkeypatch.delenv("MNISTOPS_DATA_MIRROR", raising=False)
     urls = ",".join(d if str(d).startswith(("http", "file")) else Path(d).as_uri() for d in mirror_dirs)
-    cfg = compose([f"data.mirrors=[{urls}]", "data.retries=0", "data.timeout_s=5"], tmp_path)
+    cfg = compose([f"data.mirrors=[{urls}]", "data.retries=0", "data.timeout_s=5", *overrides], tmp_path)
     return cfg, mirrors.fetch(cfg)
+
+
+@pytest.fixture(scope="module")
+def other_mirrors(tmp_path_factory, mirror_dir):
+    """The real files as other mirrors serve them: recompressed (another level, another mtime and
+    file name in the header: other .gz bytes, same content) and uncompressed (no .gz at all)."""
+    root = tmp_path_factory.mktemp("mirrors")
+    recompressed, uncompressed = root / "recompressed", root / "uncompressed"
+    recompressed.mkdir()
+    uncompressed.mkdir()
+    for name in FILES:
+        raw = gzip.decompress((mirror_dir / f"{name}.gz").read_bytes())
+        (uncompressed / name).write_bytes(raw)
+        with open(recompressed / f"{name}.gz", "wb") as out:
+            with gzip.GzipFile(filename="other-name", mode="wb", fileobj=out, compresslevel=1, mtime=1234567890) as gz:
+                gz.write(raw)
+    return {"recompressed": recompressed, "uncompressed": uncompressed}
+
+
+def sha256_overrides(mirror_dir) -> list:
+    """The MNIST files described the way conf/data/fashion_mnist.yaml describes its own: a SHA-256
+    of the decompressed bytes and no MD5."""
+    import hashlib
+
+    out = []
+    for name, key in KEYS.items():
+        raw = gzip.decompress((mirror_dir / f"{name}.gz").read_bytes())
+        out += [f"data.{key}.md5=null", f"data.{key}.sha256={hashlib.sha256(raw).hexdigest()}"]
+    return out
 
 
 def broken_mirror(tmp_path, mirror_dir, name, mutate) -> Path:
@@ -56,6 +90,58 @@ def test_fetch_verifies_and_caches(tmp_path, monkeypatch, mirror_dir):
     # a second run downloads nothing, even with every mirror gone
     _, again = fetch_with(tmp_path, monkeypatch, tmp_path / "nowhere")
     assert {p: p.stat().st_mtime_ns for p in again.values()} == before
+
+
+@pytest.mark.parametrize("form", ["recompressed", "uncompressed"])
+def test_a_mirror_that_recompresses_or_does_not_compress_verifies(form, tmp_path, monkeypatch, mirror_dir,
+                                                                 other_mirrors):
+    served = other_mirrors[form]
+    if form == "recompressed":  # other .gz bytes: a check of the .gz digest would refuse them
+        assert (served / f"{FILES[1]}.gz").read_bytes() != (mirror_dir / f"{FILES[1]}.gz").read_bytes()
+    cfg, paths = fetch_with(tmp_path, monkeypatch, served)
+    for key in mirrors.FILE_KEYS:
+        assert mirrors.md5_of(paths[key]) == cfg.data[key].md5
+
+
+@pytest.mark.parametrize("form", ["recompressed", "uncompressed"])
+def test_a_dataset_known_by_sha256_verifies_from_any_faithful_mirror(form, tmp_path, monkeypatch, mirror_dir,
+                                                                    other_mirrors):
+    overrides = sha256_overrides(mirror_dir)
+    if form == "uncompressed":  # a digest that is not the file's: refused (checked before the rest is fetched)
+        wrong = [o if not o.startswith("data.train_images.sha256=") else "data.train_images.sha256=" + "0" * 64
+                 for o in overrides]
+        with pytest.raises(MnistopsError, match="train-images-idx3-ubyte.*checksum mismatch: sha256"):
+            fetch_with(tmp_path / "wrong", monkeypatch, other_mirrors[form], overrides=wrong)
+    cfg, paths = fetch_with(tmp_path / "ok", monkeypatch, other_mirrors[form], overrides=overrides)
+    assert read_idx(paths["test_labels"])[:3].tolist() == [7, 2, 1]
+
+
+def test_a_publishers_gz_digest_is_accepted_but_not_required(tmp_path, monkeypatch, mirror_dir, other_mirrors):
+    import hashlib
+
+    only_gz = []
+    for name, key in KEYS.items():
+        gz_md5 = hashlib.md5((mirror_dir / f"{name}.gz").read_bytes()).hexdigest()
+        only_gz += [f"data.{key}.md5=null", f"data.{key}.gz_md5={gz_md5}"]
+    _, paths = fetch_with(tmp_path / "canonical", monkeypatch, mirror_dir, overrides=only_gz)
+    assert all(p.is_file() for p in paths.values())
+    # with nothing but a .gz digest, an uncompressed file cannot be verified: refused, saying why
+    with pytest.raises(MnistopsError, match="no md5/sha256 of the decompressed bytes"):
+        fetch_with(tmp_path / "raw", monkeypatch, other_mirrors["uncompressed"], overrides=only_gz)
+
+
+def test_a_file_with_nothing_to_verify_it_is_refused(tmp_path, monkeypatch, mirror_dir):
+    with pytest.raises(MnistopsError, match="data.test_labels .*has no md5, sha256 or gz_md5"):
+        fetch_with(tmp_path, monkeypatch, mirror_dir, overrides=["data.test_labels.md5=null"])
+
+
+def test_every_dataset_config_gives_content_digests():
+    """Every file of every conf/data option is verified by its decompressed bytes, so a mirror that
+    recompresses or serves uncompressed files verifies (a .gz digest alone would refuse it)."""
+    for path in sorted((CONF / "data").glob("*.yaml")):
+        cfg = compose([f"data={path.stem}"])
+        for key in mirrors.FILE_KEYS:
+            assert mirrors.expected_digests(cfg.data[key]), f"{path.name}: {key} has no md5/sha256"
 
 
 def test_mirrors_are_tried_in_order(tmp_path, monkeypatch, mirror_dir):
@@ -97,7 +183,7 @@ def test_truncated_download_is_refused(tmp_path, monkeypatch, mirror_dir):
 
 def test_not_gzip_is_refused(tmp_path, monkeypatch, mirror_dir):
     bad = broken_mirror(tmp_path, mirror_dir, "t10k-labels-idx1-ubyte", lambda gz: b"<html>404</html>")
-    with pytest.raises(MnistopsError, match="t10k-labels-idx1-ubyte.*(corrupt|gzip)"):
+    with pytest.raises(MnistopsError, match="t10k-labels-idx1-ubyte.*not a gzip file"):
         fetch_with(tmp_path, monkeypatch, bad)
 
 
@@ -106,6 +192,52 @@ def test_a_corrupt_cached_file_is_fetched_again(tmp_path, monkeypatch, mirror_di
     paths["test_labels"].write_bytes(paths["test_labels"].read_bytes()[:500])
     _, again = fetch_with(tmp_path, monkeypatch, mirror_dir)
     assert mirrors.md5_of(again["test_labels"]) == cfg.data.test_labels.md5
+
+
+def test_catalog_splits_by_name(data_cache):
+    home = data_cache.parent  # the session's verified cache, only read here
+    cfg = compose(["seed=3", "data.val_size=1000"], home)
+    train, test, fit, val = (catalog.load(cfg, s) for s in ("train", "test", "fit", "val"))
+    assert (len(train), len(test), len(fit), len(val)) == (60000, 10000, 59000, 1000)
+    for split in (train, test, fit, val):
+        assert split.images.dtype == np.uint8 and split.images.shape[1:] == (28, 28)
+        assert split.labels.dtype == np.int64 and set(np.unique(split.labels)) == set(range(10))
+        assert not split.images.flags.writeable and not split.labels.flags.writeable
+    assert test.labels[:3].tolist() == [7, 2, 1]
+    # val and fit partition the training file, by a permutation seeded by `seed`
+    val_idx, fit_idx = catalog.holdout(cfg, 60000)
+    assert sorted(np.concatenate([val_idx, fit_idx]).tolist()) == list(range(60000))
+    assert np.array_equal(val.images, train.images[val_idx]) and np.array_equal(fit.labels, train.labels[fit_idx])
+    other_seed = catalog.load(compose(["seed=4", "data.val_size=1000"], home), "val")
+    assert not np.array_equal(other_seed.labels, val.labels)
+    with pytest.raises(MnistopsError, match="unknown dataset split 'validation'"):
+        catalog.load(cfg, "validation")
+
+
+def test_catalog_reads_once_and_notices_a_changed_file(tmp_path, data_cache):
+    shutil.copytree(data_cache, tmp_path / "data")
+    cfg = compose([], tmp_path)
+    first = catalog.load(cfg, "test")
+    assert catalog.load(cfg, "test").images is first.images  # a stage that asks twice reads once
+    with pytest.raises(ValueError):
+        first.images[0, 0, 0] = 1  # and nobody changes what another caller sees
+    labels = tmp_path / "data" / "mnist" / "t10k-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:500])  # damaged on disk: verified and fetched again
+    again = catalog.load(cfg, "test")
+    assert again.labels is not first.labels and np.array_equal(again.labels, first.labels)
+
+
+def test_extra_training_data_joins_the_fit_split(tmp_path, data_cache):
+    home = data_cache.parent  # the session's verified cache, only read here
+    extra = tmp_path / "extra.npz"
+    np.savez(extra, images=np.full((7, 28, 28), 255, np.uint8), labels=np.arange(7))
+    cfg = compose([f"data.extra_train=[{extra}]"], home)
+    fit = catalog.load(cfg, "fit")
+    assert len(fit) == 55000 + 7 and fit.labels[-7:].tolist() == list(range(7))
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, images=np.zeros((2, 27, 27), np.uint8), labels=[1, 2])
+    with pytest.raises(MnistopsError, match="data.extra_train: .*bad.npz.*uint8 \\(N, 28, 28\\)"):
+        catalog.load(compose([f"data.extra_train=[{bad}]"], home), "fit")
 
 
 def test_corrupt_idx_header_is_named(tmp_path):
@@ -135,6 +267,7 @@ class _SlowHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+@pytest.mark.integration
 def test_killed_mid_download_leaves_nothing_a_later_run_trusts(tmp_path, mirror_dir):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowHandler)
     server.root, server.halfway = str(mirror_dir), threading.Event()
@@ -158,6 +291,7 @@ def test_killed_mid_download_leaves_nothing_a_later_run_trusts(tmp_path, mirror_
     assert mirrors.md5_of(tmp_path / "data" / "mnist" / "train-images-idx3-ubyte") == "6bbc9ace898e44ae57da46a324031adb"
 
 
+@pytest.mark.integration
 def test_data_stage_logs_dataset_and_pictures(home):
     proc = run_cli(["stage=data"], home, check=True)
     assert "verified" in proc.stdout and "5923" in proc.stdout
@@ -175,6 +309,7 @@ def test_data_stage_logs_dataset_and_pictures(home):
     assert run.data.metrics["data/train_images"] == 60000
 
 
+@pytest.mark.integration
 def test_data_stage_error_is_one_line_and_exit_code(tmp_path):
     proc = run_cli(["stage=data", "data.mirrors=[]", "data.retries=0"], tmp_path,
                    env={"MNISTOPS_DATA_MIRROR": (tmp_path / "none").as_uri()}, timeout=120)

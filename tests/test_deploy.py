@@ -18,6 +18,8 @@ from mnistops.data.idx import read_idx
 from mnistops.errors import MnistopsError
 from mnistops.stages import run_stage
 
+pytestmark = pytest.mark.integration  # trains a model and serves it on real endpoints
+
 
 
 @pytest.fixture(scope="module")

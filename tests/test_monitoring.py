@@ -15,7 +15,7 @@ import pytest
 
 from conftest import QUICK, free_port, fresh_home, mlflow_client, run_cli, runs_of
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 FAST_TESTS = "ci.pytest_args=[tests/test_config.py::test_default_main_job_is_the_dev_pipeline,-q,-p,no:cacheprovider]"
 # a quick logreg reads ~0.85-0.9 of digits: judge performance against that, not production's 0.95

@@ -23,6 +23,9 @@ from mnistops.monitoring.shifts import SHIFTS, apply_shift
 from mnistops.monitoring.signals import evaluate_window, metrics, summary
 from mnistops.monitoring.window import make_window, requests_frame
 
+# an embedder, a drift reference and a suite built over 60,000 real images: ~40 s before the first test
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def mnist(data_cache):
@@ -76,7 +79,7 @@ def reference(mnist, embedder):
 
 @pytest.fixture(scope="module")
 def suite(mnist):
-    from mnistops.quality.suite import build_suite
+    from mnistops.quality import build_suite
 
     return build_suite(mnist["train_x"], mnist["train_y"], name="mnist-test", dataset_digest="test")[0]
 
@@ -276,7 +279,7 @@ def test_report_is_self_contained(mnist, embedder, reference, suite, mcfg, tmp_p
 def test_bad_monitoring_knobs_fail_with_one_clear_message(tmp_path):
     """A typo in a window, a shift or an action names the key and what it accepts."""
     from mnistops.errors import MnistopsError
-    from mnistops.monitoring.store import window_bounds
+    from mnistops.monitoring.collected import window_bounds
     from mnistops.stages import monitor, traffic
 
     assert window_bounds("90m", now=10_000.0) == (10_000.0 - 5400, 10_000.0)

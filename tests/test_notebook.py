@@ -107,7 +107,7 @@ def test_quickstart_has_a_parameters_cell():
     assert len(tagged) == 1 and all(f"{name} =" in tagged[0].source for name in ("FAST", "HOME", "PORTS"))
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_quickstart_runs_top_to_bottom(tmp_path_factory, data_cache, tmp_path):
     home = fresh_home(tmp_path_factory, data_cache, "notebook-home")
     ports = {env: free_port() for env in ("dev", "qa", "prod")}

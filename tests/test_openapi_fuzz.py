@@ -45,7 +45,7 @@ from schemathesis.checks import positive_data_acceptance  # noqa: E402
 
 from serving_fixtures import AUTH, ServerProcess, make_endpoint, registered_model, server_errors_logged  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 MAX_EXAMPLES = 25  # per operation and generation mode
 # validity beyond JSON Schema: see the module docstring

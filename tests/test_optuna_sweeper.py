@@ -10,7 +10,8 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
-from hydra_plugins.mnistops_optuna_sweeper.optuna_sweeper import OptunaSweeper, parse_search_space
+from hydra_plugins.mnistops_optuna_sweeper._search_space import parse_search_space
+from hydra_plugins.mnistops_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,6 +86,17 @@ def test_plugin_discovered():
     assert "hydra_plugins.mnistops_optuna_sweeper.optuna_sweeper.OptunaSweeper" in found
 
 
+def test_hydras_plugin_scan_does_not_import_optuna():
+    """Hydra imports every plugin module on each run and for --help; optuna loads only for a sweep."""
+    code = ("import sys\nfrom hydra.core.plugins import Plugins\nfrom hydra.plugins.sweeper import Sweeper\n"
+            "found = [c.__name__ for c in Plugins.instance().discover(Sweeper)]\n"
+            "print('OptunaSweeper' in found, 'optuna' in sys.modules)")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.split() == ["True", "False"], proc.stdout + proc.stderr
+
+
+@pytest.mark.integration
 def test_sweep_then_resume(tmp_path):
     app = make_app(tmp_path, {"x": "interval(0, 4)"})
     first = run(app)
@@ -106,6 +118,7 @@ def test_sweep_then_resume(tmp_path):
     assert {"5", "6", "7", "8"} <= {p.name for p in (app / "multirun").iterdir()}
 
 
+@pytest.mark.integration
 def test_command_line_sweep_and_fixed_overrides(tmp_path):
     app = make_app(tmp_path, {"x": "interval(0, 4)"}, n_trials=3, storage=False)
     res = run(app, "x=choice(1,2,3)", "fail_above=50")
@@ -118,6 +131,7 @@ def test_command_line_sweep_and_fixed_overrides(tmp_path):
     assert results.best_params.x in (1, 2, 3)
 
 
+@pytest.mark.integration
 def test_failing_trials_are_recorded(tmp_path):
     app = make_app(tmp_path, {"x": "choice(1, 2, 5, 6)", "fail_above": 3}, n_trials=6)
     res = run(app)
@@ -131,6 +145,7 @@ def test_failing_trials_are_recorded(tmp_path):
             assert "too big" in t.user_attrs["error"]
 
 
+@pytest.mark.integration
 def test_all_trials_failing_is_an_error(tmp_path):
     app = make_app(tmp_path, {"x": "choice(5, 6)", "fail_above": 3}, n_trials=2)
     res = run(app)
@@ -138,6 +153,7 @@ def test_all_trials_failing_is_an_error(tmp_path):
     assert "All 2 Optuna trials failed" in res.stderr and "too big" in res.stderr
 
 
+@pytest.mark.integration
 def test_bad_param_string(tmp_path):
     app = make_app(tmp_path, {"x": "intervl(0, 4)"})
     res = run(app)

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import QUICK, compose, fresh_home, mlflow_client, run_cli, runs_of
-from mnistops.data.idx import read_idx
+from conftest import QUICK, compose, fresh_home, mlflow_client, mnist_split, run_cli, runs_of
 from mnistops.errors import MnistopsError
 from mnistops.stages import run_stage
 
+pytestmark = pytest.mark.integration  # runs the main job (trains) and the CLI
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +72,7 @@ def test_pyfunc_predicts_any_batch_of_uint8_or_float_images(pipeline_home):
     mlflow_client(pipeline_home)
     model = mlflow.pyfunc.load_model("models:/mnist-classifier@candidate")
     assert model.metadata.signature.outputs is not None
-    images = read_idx(pipeline_home / "data" / "mnist" / "t10k-images-idx3-ubyte")[:300]
-    labels = read_idx(pipeline_home / "data" / "mnist" / "t10k-labels-idx1-ubyte")[:300]
+    images, labels = mnist_split(pipeline_home, "test", 300)
     out = model.predict(images)
     assert list(out.columns) == ["digit", "probabilities"] and len(out) == 300
     assert (out["digit"].to_numpy() == labels).mean() > 0.8

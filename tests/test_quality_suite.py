@@ -29,7 +29,7 @@ def mnist(data_cache):
 
 @pytest.fixture(scope="module")
 def baseline(mnist):
-    from mnistops.quality.suite import build_suite
+    from mnistops.quality import build_suite
 
     t0 = time.perf_counter()
     suite, stats = build_suite(mnist["train_x"], mnist["train_y"], name=SUITE_NAME, dataset_digest=mnist["digest"])
@@ -103,7 +103,7 @@ def test_features_of_broken_inputs_still_give_rows():
 
 
 def test_suite_meta_and_reference_stats(baseline, mnist):
-    from mnistops.quality.suite import suite_info
+    from mnistops.quality import suite_info
 
     suite, stats = baseline
     info = suite_info(suite)
@@ -118,7 +118,7 @@ def test_suite_meta_and_reference_stats(baseline, mnist):
 
 
 def test_official_test_set_passes(baseline, mnist):
-    from mnistops.quality.suite import validate_batch
+    from mnistops.quality import validate_batch
 
     t0 = time.perf_counter()
     report = validate_batch(baseline[0], mnist["test_x"], mnist["test_y"])
@@ -130,7 +130,7 @@ def test_official_test_set_passes(baseline, mnist):
 
 
 def test_clean_random_slice_passes_with_and_without_labels(baseline, clean):
-    from mnistops.quality.suite import validate_batch
+    from mnistops.quality import validate_batch
 
     images, labels = clean
     assert validate_batch(baseline[0], images, labels).success
@@ -143,7 +143,7 @@ def test_clean_random_slice_passes_with_and_without_labels(baseline, clean):
 
 def test_contiguous_test_batches_pass(baseline, mnist):
     """Real batches come from few writers: contiguous slices must pass too, not only random ones."""
-    from mnistops.quality.suite import validate_batch
+    from mnistops.quality import validate_batch
 
     for start in (0, 5000, 9000):
         r = validate_batch(baseline[0], mnist["test_x"][start:start + 1000], mnist["test_y"][start:start + 1000])
@@ -194,7 +194,7 @@ BROKEN = {
 
 @pytest.mark.parametrize("case", list(BROKEN))
 def test_broken_batch_fails_naming_the_expectation(baseline, clean, case):
-    from mnistops.quality.suite import validate_batch
+    from mnistops.quality import validate_batch
 
     make, must = BROKEN[case]
     images, labels = make(*clean)
@@ -218,7 +218,7 @@ def test_broken_batch_fails_naming_the_expectation(baseline, clean, case):
 
 
 def test_small_batches_skip_batch_level_checks(baseline, clean):
-    from mnistops.quality.suite import validate_batch
+    from mnistops.quality import validate_batch
 
     images, labels = clean
     small = validate_batch(baseline[0], images[:100], labels[:100])
@@ -232,14 +232,14 @@ def test_small_batches_skip_batch_level_checks(baseline, clean):
 
 
 def test_labels_must_match_images(baseline, clean):
-    from mnistops.quality.suite import validate_batch
+    from mnistops.quality import validate_batch
 
     with pytest.raises(MnistopsError, match="999 labels for 1000 images"):
         validate_batch(baseline[0], clean[0], clean[1][:-1])
 
 
 def test_save_load_round_trip(baseline, clean, tmp_path):
-    from mnistops.quality.suite import load_suite, save_suite, validate_batch
+    from mnistops.quality import load_suite, save_suite, validate_batch
 
     suite = baseline[0]
     path = save_suite(suite, tmp_path / "suites" / "mnist.json")
@@ -267,7 +267,7 @@ def test_save_load_round_trip(baseline, clean, tmp_path):
 
 
 def test_data_docs(baseline, clean, tmp_path):
-    from mnistops.quality.suite import validate_batch
+    from mnistops.quality import validate_batch
 
     docs = tmp_path / "docs"
     t0 = time.perf_counter()

@@ -18,7 +18,7 @@ import pytest
 
 from serving_fixtures import AUTH, KEY, ServerProcess, make_endpoint, mnist, model_dir  # noqa: F401 (fixtures)
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 def reference(model_dir: Path, images: np.ndarray) -> np.ndarray:
     """What onnxruntime answers directly: softmax probabilities."""

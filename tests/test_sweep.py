@@ -6,9 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import optuna
+import pytest
 import yaml
 
 from conftest import TINY, mlflow_client, run_cli, runs_of
+
+pytestmark = pytest.mark.integration  # sweeps through the CLI (trains)
 
 
 def sweep_dirs(home: Path):

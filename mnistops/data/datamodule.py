@@ -4,7 +4,6 @@ at 28x28 the per-sample DataLoader path costs more than the network does."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Iterator, Optional, Tuple
 
 import lightning as L
@@ -13,53 +12,22 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig
 
-from mnistops.data import mirrors
-from mnistops.data.idx import read_idx
-from mnistops.errors import MnistopsError
-
-
-@dataclass
-class Split:
-    images: np.ndarray  # uint8 (N, 28, 28)
-    labels: np.ndarray  # int64 (N,)
+from mnistops.data import catalog
+from mnistops.data.catalog import Split
 
 
 def load_splits(cfg: DictConfig) -> Tuple[Split, Split, Split]:
-    """(train, val, test): val is a seeded hold-out of `data.val_size` images from the train file."""
-    paths = mirrors.fetch(cfg)
-    train_x, train_y = read_idx(paths["train_images"]), read_idx(paths["train_labels"]).astype(np.int64)
-    test_x, test_y = read_idx(paths["test_images"]), read_idx(paths["test_labels"]).astype(np.int64)
-    order = np.random.default_rng(cfg.seed).permutation(len(train_x))
-    val_idx, train_idx = order[: cfg.data.val_size], order[cfg.data.val_size:]
-    train = Split(train_x[train_idx], train_y[train_idx])
-    from mnistops.monitoring.production_data import extra_train_files
-
-    for path in extra_train_files(cfg):
-        extra = read_extra(path)
-        train = Split(np.concatenate([train.images, extra.images]), np.concatenate([train.labels, extra.labels]))
-    return train, Split(train_x[val_idx], train_y[val_idx]), Split(test_x, test_y)
-
-
-def read_extra(path: str) -> Split:
-    """An ``data.extra_train`` file: ``images`` uint8 (N, 28, 28) and ``labels`` 0..9, checked before use."""
-    try:
-        with np.load(path) as f:
-            images, labels = f["images"], f["labels"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise MnistopsError(f"data.extra_train: cannot read {path} as an .npz with 'images' and 'labels' "
-                            f"({type(exc).__name__}: {exc})") from None
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
-        raise MnistopsError(f"data.extra_train: {path}: 'images' must be uint8 (N, 28, 28), "
-                            f"got {images.dtype} {images.shape}")
-    labels = np.asarray(labels).astype(np.int64)
-    if labels.shape != (len(images),) or (len(labels) and (labels.min() < 0 or labels.max() > 9)):
-        raise MnistopsError(f"data.extra_train: {path}: 'labels' must be {len(images)} digits 0..9")
-    return Split(images, labels)
+    """(fit, val, test) from the catalog: what the DataModule trains, validates and tests on."""
+    return catalog.load(cfg, "fit"), catalog.load(cfg, "val"), catalog.load(cfg, "test")
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).float().div_(255.0)
+    """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1] (a new tensor: the catalog's arrays are read-only)."""
+    return torch.from_numpy(np.require(images, requirements=("C", "W"))).unsqueeze(1).float().div_(255.0)
+
+
+def labels_tensor(labels: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.require(labels, dtype=np.int64, requirements=("C", "W")))
 
 
 class TensorBatches:
@@ -117,16 +85,16 @@ class MNISTDataModule(L.LightningDataModule):
         self.train: Optional[TensorBatches] = None
 
     def prepare_data(self) -> None:
-        mirrors.fetch(self.cfg)
+        catalog.files(self.cfg)
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train is not None:
             return
         train, val, test = load_splits(self.cfg)
         bs, ebs, seed = self.cfg.data.batch_size, self.cfg.data.eval_batch_size, self.cfg.seed
-        self.train = TensorBatches(to_tensor(train.images), torch.from_numpy(train.labels), bs, True, seed)
-        self.val = TensorBatches(to_tensor(val.images), torch.from_numpy(val.labels), ebs, False)
-        self.test = TensorBatches(to_tensor(test.images), torch.from_numpy(test.labels), ebs, False)
+        self.train = TensorBatches(to_tensor(train.images), labels_tensor(train.labels), bs, True, seed)
+        self.val = TensorBatches(to_tensor(val.images), labels_tensor(val.labels), ebs, False)
+        self.test = TensorBatches(to_tensor(test.images), labels_tensor(test.labels), ebs, False)
 
     def train_dataloader(self) -> TensorBatches:
         return self.train

@@ -1,7 +1,10 @@
 """Fetch the raw files from the first mirror that serves them intact, verify them, cache them.
 
-A file enters the cache only after its decompressed bytes match the canonical size and MD5, and
-only by an atomic rename: a download killed halfway leaves a `.part` file that no run trusts.
+A file is verified by its content: the decompressed bytes' size and digest (`md5` and/or `sha256`
+in the data config). So a mirror may serve `<name>.gz` compressed any way it likes, or `<name>`
+uncompressed; the publisher's `.gz` digest (`gz_md5`) is accepted when a dataset has no content
+digest, never required. A file enters the cache only after verification and only by an atomic
+rename: a download killed halfway leaves a `.part` file that no run trusts.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import urllib.error
 import urllib.request
 import zlib
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from omegaconf import DictConfig
 from tqdm import tqdm
@@ -39,6 +42,14 @@ class Transient(MirrorError):
     """Worth retrying on the same mirror (timeouts, resets, 5xx)."""
 
 
+class Missing(MirrorError):
+    """The mirror has no such file (404, no file at a file:// path): try the other form."""
+
+
+CONTENT_DIGESTS = ("md5", "sha256")  # of the decompressed bytes
+GZIP_MAGIC = b"\x1f\x8b"
+
+
 def mirrors(data: DictConfig) -> List[str]:
     urls = list(data.mirrors)
     if os.environ.get(MIRROR_ENV):
@@ -49,21 +60,51 @@ def mirrors(data: DictConfig) -> List[str]:
 
 
 def cache_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.home) / "data" / cfg.data.name
+    """The dataset's verified cache (mnistops.layout owns where)."""
+    from mnistops import layout
+
+    return layout.data_cache(cfg)
+
+
+def expected_digests(spec: DictConfig) -> Dict[str, str]:
+    """{algorithm: hex digest} of the decompressed bytes that `spec` gives."""
+    return {alg: str(spec[alg]).lower() for alg in CONTENT_DIGESTS if spec.get(alg)}
+
+
+def check_spec(key: str, spec: DictConfig) -> None:
+    if not expected_digests(spec) and not spec.get("gz_md5"):
+        raise MnistopsError(f"data.{key} ({spec.name}) has no md5, sha256 or gz_md5: nothing to verify a download against")
+
+
+def digests_of(path: Path, algorithms=CONTENT_DIGESTS) -> Dict[str, str]:
+    hashes = {alg: hashlib.new(alg) for alg in algorithms}
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            for h in hashes.values():
+                h.update(block)
+    return {alg: h.hexdigest() for alg, h in hashes.items()}
 
 
 def md5_of(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
+    return digests_of(path, ("md5",))["md5"]
+
+
+def content_problem(size: int, digests: Dict[str, str], spec: DictConfig) -> Optional[str]:
+    """Why decompressed bytes of this size and these digests are not `spec`'s file (None: they are)."""
+    if size != spec.size:
+        return f"wrong size: {size} bytes decompressed, expected {spec.size} (truncated or not this file)"
+    for alg, want in expected_digests(spec).items():
+        if digests[alg] != want:
+            return f"checksum mismatch: {alg} {digests[alg]} != expected {want}"
+    return None
 
 
 def is_valid(path: Path, spec: DictConfig) -> bool:
+    """A cached file: the right size and content digests (gz_md5-only datasets: the size)."""
     if not path.is_file() or path.stat().st_size != spec.size:
         return False
-    return spec.md5 is None or md5_of(path) == spec.md5
+    wanted = expected_digests(spec)
+    return not wanted or content_problem(spec.size, digests_of(path, tuple(wanted)), spec) is None
 
 
 def _download(url: str, dest: Path, timeout: float) -> str:
@@ -79,27 +120,30 @@ def _download(url: str, dest: Path, timeout: float) -> str:
                     h.update(block)
                     bar.update(len(block))
     except urllib.error.HTTPError as err:
-        raise (Transient if err.code >= 500 else MirrorError)(f"HTTP {err.code} {err.reason}") from err
+        kind = Transient if err.code >= 500 else Missing if err.code in (404, 410) else MirrorError
+        raise kind(f"HTTP {err.code} {err.reason}") from err
     except urllib.error.URLError as err:
         reason = err.reason
-        if isinstance(reason, FileNotFoundError):
-            raise MirrorError("no such file") from err
+        if isinstance(reason, (FileNotFoundError, IsADirectoryError)):
+            raise Missing("no such file") from err
         raise Transient(f"unreachable ({reason})") from err
     except (TimeoutError, ConnectionError, OSError) as err:
         raise Transient(f"{type(err).__name__}: {err}") from err
     return h.hexdigest()
 
 
-def _decompress(gz: Path, dest: Path) -> str:
-    h = hashlib.md5()
+def _decompress(gz: Path, dest: Path) -> Dict[str, str]:
+    """Gunzip `gz` into `dest`; return the content digests of the decompressed bytes."""
+    hashes = {alg: hashlib.new(alg) for alg in CONTENT_DIGESTS}
     try:
         with gzip.open(gz, "rb") as src, open(dest, "wb") as out:
             while block := src.read(CHUNK):
                 out.write(block)
-                h.update(block)
+                for h in hashes.values():
+                    h.update(block)
     except (EOFError, gzip.BadGzipFile, zlib.error) as err:
         raise MirrorError(f"truncated or corrupt gzip ({err})") from err
-    return h.hexdigest()
+    return {alg: h.hexdigest() for alg, h in hashes.items()}
 
 
 def _remove_stale_parts(cache: Path) -> None:
@@ -119,19 +163,43 @@ def _remove_stale_parts(cache: Path) -> None:
             pass
 
 
-def _fetch_from(url: str, spec: DictConfig, final: Path, timeout: float) -> None:
+def _verify(size: int, digests: Dict[str, str], spec: DictConfig, gz_md5: Optional[str]) -> Optional[str]:
+    """Why these decompressed bytes are refused (None: accepted); gz_md5: of the .gz, if one came."""
+    if expected_digests(spec):
+        return content_problem(size, digests, spec)
+    if gz_md5 is None:
+        return "the data config gives no md5/sha256 of the decompressed bytes (only gz_md5) to verify an uncompressed file"
+    return content_problem(size, digests, spec) or (
+        None if gz_md5 == spec.gz_md5 else f"checksum mismatch: .gz md5 {gz_md5} != expected {spec.gz_md5}")
+
+
+def _fetch_from(base: str, spec: DictConfig, final: Path, timeout: float) -> str:
+    """Get `spec`'s file from one mirror, `<name>.gz` or else `<name>`, verified; return the form."""
     with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{spec.name}.", suffix=f".{os.getpid()}.part") as tmp:
-        gz, raw = Path(tmp) / "download.gz", Path(tmp) / spec.name
-        gz_md5 = _download(url, gz, timeout)
-        if spec.gz_md5 and gz_md5 != spec.gz_md5:
-            raise MirrorError(f"checksum mismatch: .gz md5 {gz_md5} != expected {spec.gz_md5}")
-        raw_md5 = _decompress(gz, raw)
-        size = raw.stat().st_size
-        if size != spec.size:
-            raise MirrorError(f"wrong size: {size} bytes decompressed, expected {spec.size} (truncated or not this file)")
-        if spec.md5 and raw_md5 != spec.md5:
-            raise MirrorError(f"checksum mismatch: md5 {raw_md5} != expected {spec.md5}")
+        got, raw = Path(tmp) / "download", Path(tmp) / spec.name
+        try:
+            gz_md5 = _download(f"{base}{spec.name}.gz", got, timeout)
+        except Missing:  # no .gz on this mirror: the uncompressed file, maybe
+            _download(f"{base}{spec.name}", raw, timeout)
+            problem = _verify(raw.stat().st_size, digests_of(raw), spec, None)
+            form = "uncompressed"
+        else:
+            with open(got, "rb") as f:
+                is_gzip = f.read(2) == GZIP_MAGIC
+            if is_gzip:
+                digests = _decompress(got, raw)
+                problem = _verify(raw.stat().st_size, digests, spec, gz_md5)
+                form = "gzip"
+            else:  # served as .gz but not gzip: the decompressed file itself, or a broken answer
+                os.replace(got, raw)
+                problem = _verify(raw.stat().st_size, digests_of(raw), spec, None)
+                if problem:
+                    problem = f"not a gzip file, nor the verified decompressed file ({problem})"
+                form = "uncompressed, named .gz"
+        if problem:
+            raise MirrorError(problem)
         os.replace(raw, final)
+        return form
 
 
 def ensure_file(spec: DictConfig, cache: Path, urls: List[str], timeout: float, retries: int) -> Path:
@@ -143,25 +211,26 @@ def ensure_file(spec: DictConfig, cache: Path, urls: List[str], timeout: float, 
         log.warning("cached %s fails verification; fetching it again", final)
     problems = []
     for base in urls:
-        url = f"{base}{spec.name}.gz"
         for attempt in range(retries + 1):
             try:
-                _fetch_from(url, spec, final, timeout)
-                log.info("fetched %s from %s", spec.name, base)
+                form = _fetch_from(base, spec, final, timeout)
+                log.info("fetched %s from %s (%s)", spec.name, base, form)
                 return final
             except Transient as err:
                 if attempt == retries:
-                    problems.append(f"{url}: {err}")
+                    problems.append(f"{base}{spec.name}[.gz]: {err}")
                 else:
                     time.sleep(0.5 * 2**attempt)
             except MirrorError as err:
-                problems.append(f"{url}: {err}")
+                problems.append(f"{base}{spec.name}[.gz]: {err}")
                 break
     raise MnistopsError(f"could not get a verified {spec.name} from any mirror: " + "; ".join(problems))
 
 
 def fetch(cfg: DictConfig) -> Dict[str, Path]:
     """All four files of `cfg.data`, verified, from the cache or the mirrors."""
+    for key in FILE_KEYS:
+        check_spec(key, cfg.data[key])
     cache = cache_dir(cfg)
     cache.mkdir(parents=True, exist_ok=True)
     _remove_stale_parts(cache)
@@ -176,13 +245,13 @@ def digest(cfg: DictConfig) -> str:
     h = hashlib.sha256(cfg.data.name.encode())
     for key in FILE_KEYS:
         spec = cfg.data[key]
-        h.update(f"|{spec.name}:{spec.size}:{spec.md5 or spec.gz_md5}".encode())
+        h.update(f"|{spec.name}:{spec.size}:{spec.md5 or spec.get('sha256') or spec.gz_md5}".encode())
     return h.hexdigest()[:16]
 
 
 def _write_manifest(cfg: DictConfig, cache: Path) -> None:
     manifest = {"dataset": cfg.data.name, "digest": digest(cfg),
-                "files": {cfg.data[k].name: {"size": cfg.data[k].size, "md5": cfg.data[k].md5} for k in FILE_KEYS}}
+                "files": {cfg.data[k].name: {"size": cfg.data[k].size, **expected_digests(cfg.data[k])} for k in FILE_KEYS}}
     tmp = cache / f".manifest.json.{os.getpid()}.part"  # per process: DDP ranks write it at the same time
     tmp.write_text(json.dumps(manifest, indent=2))
     os.replace(tmp, cache / "manifest.json")

@@ -8,12 +8,13 @@ import numpy as np
 import torch
 from mlflow.entities import Run
 
+from mnistops import tags
 from mnistops.errors import MnistopsError
 
 
 def checkpoint_path(run: Run) -> Path:
     """The run's best checkpoint: the local file when it is still there, else MLflow's copy."""
-    local = run.data.tags.get("mnistops.best_checkpoint")
+    local = run.data.tags.get(tags.BEST_CHECKPOINT)
     if local and Path(local).is_file():
         return Path(local)
     import mlflow
@@ -39,7 +40,7 @@ def load_network(run: Run) -> torch.nn.Module:
 def predict_proba(net: torch.nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
     """Class probabilities for uint8 images (N, 28, 28)."""
     out = []
-    for start in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[start:start + batch_size]).unsqueeze(1).float().div_(255.0)
+    for start in range(0, len(images), batch_size):  # a copy per batch: the catalog's arrays are read-only
+        x = torch.from_numpy(np.array(images[start:start + batch_size])).unsqueeze(1).float().div_(255.0)
         out.append(torch.softmax(net(x), dim=1).numpy())
     return np.concatenate(out) if out else np.zeros((0, 10), np.float32)

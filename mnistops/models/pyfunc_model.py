@@ -63,7 +63,9 @@ class MnistOnnxModel(PythonModel):
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         return softmax(self.session.run(None, {self.input_name: batch})[0])
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    # The hint is MLflow's "validate nothing" type (it asks every PythonModel for a hint, on each load):
+    # model_input is any of the forms to_batch() accepts, checked there.
+    def predict(self, context, model_input: np.ndarray, params=None) -> pd.DataFrame:
         proba = self.predict_proba(to_batch(model_input))
         return pd.DataFrame({"digit": proba.argmax(axis=1).astype(np.int64),
                              "probabilities": [row.tolist() for row in proba.astype(np.float64)]})

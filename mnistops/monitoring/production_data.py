@@ -33,9 +33,9 @@ def _store(cfg: DictConfig, env: str):
     from mnistops.config import other_env
 
     env_node = cfg.env if env == cfg.env.name else other_env(cfg, env)
-    uri = tracking.store_uri(env_node, cfg.paths.home)
+    uri = tracking.store_uri(cfg, env_node)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    return client, uri, tracking.ensure_experiment(client, uri, Path(cfg.paths.home) / env, cfg.experiment_name)
+    return client, uri, tracking.ensure_experiment(client, cfg, env, uri)
 
 
 def hand_over(cfg: DictConfig, images: np.ndarray, labels: np.ndarray, *, to_env: str,
@@ -76,7 +76,7 @@ def handed_over(cfg: DictConfig) -> List[Path]:
                               order_by=["attributes.start_time ASC"], max_results=1000)
     into = Path(tempfile.mkdtemp(prefix="mnistops-feedback-"))
     return [Path(mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path=ARTIFACT,
-                                                     dst_path=str(into / r.info.run_id), tracking_uri=uri))
+                                                     dst_path=str(into / f"{KEYWORD}-{r.info.run_id}"), tracking_uri=uri))
             for r in runs]
 
 

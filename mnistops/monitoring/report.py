@@ -94,7 +94,7 @@ def _class_plot(reference: Reference, window: Window) -> Optional[str]:
 
 
 def _confusion(window: Window) -> Optional[str]:
-    from mnistops.metrics import confusion
+    from mnistops.performance import confusion
 
     labelled = np.asarray(window.labels) >= 0
     if not labelled.any():

@@ -143,7 +143,7 @@ def out_of_bounds(suite, images) -> tuple:
     set, values between bounds), applied row by row to the same table Great Expectations validates,
     so an image counts once however many checks it fails (GX itself only counts per expectation).
     """
-    from mnistops.quality.suite import batch_table
+    from mnistops.quality import batch_table
 
     table = batch_table(images)
     bad = np.zeros(len(table), dtype=bool)
@@ -182,7 +182,7 @@ def quality_signals(window: Window, monitor_cfg, suite=None) -> List[Signal]:
         out += [not_computed("data_quality", "out_of_bounds_rate", t.out_of_bounds_rate, why),
                 not_computed("data_quality", "failed_expectations", 0.0, why)]
     else:
-        from mnistops.quality.suite import validate_batch
+        from mnistops.quality import validate_batch
 
         rate, per_check = out_of_bounds(suite, window.images)
         worst = sorted(((v, k) for k, v in per_check.items() if v > 0), reverse=True)[:3]
@@ -210,7 +210,7 @@ def quality_signals(window: Window, monitor_cfg, suite=None) -> List[Signal]:
 
 def performance_signals(window: Window, monitor_cfg) -> List[Signal]:
     """Accuracy and per-class recall / precision on the images with ground truth."""
-    from mnistops.metrics import performance_matrix
+    from mnistops.performance import performance_matrix
 
     t = monitor_cfg.thresholds
     min_fb = int(monitor_cfg.min_feedback)

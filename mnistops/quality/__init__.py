@@ -1,19 +1,38 @@
-"""Data quality: per-image features (:mod:`.features`, numpy/pandas only) and the Great Expectations
-baseline suite (:mod:`.suite`, imports great_expectations, so it is loaded only when used)."""
+"""Data and model quality. Modules, each with one job:
+
+    features.py           per-image features (numpy/pandas only)
+    table.py              the table a suite validates (features, labels, label-image consistency)
+    reference.py          statistics of the clean reference set that every bound comes from
+    expectations.py       the Great Expectations suite built from those statistics
+    suite_file.py         a suite saved as JSON and read back
+    validation.py         a batch checked against a suite (in memory or with Data Docs)
+    validation_report.py  what failed, in words
+    model_quality.py      a registered version's accuracy and per-class recall; the gate's rule
+    store.py              where an env keeps its baselines
+
+How the checks are derived and why: docs/data-quality.md. The names below load on first use:
+great_expectations takes seconds to import.
+"""
 
 from __future__ import annotations
 
 from mnistops.quality.features import FEATURE_COLUMNS, INK_THRESHOLD, image_features
 
-_SUITE_NAMES = ("build_suite", "validate_batch", "save_suite", "load_suite", "ValidationReport",
-                "reference_statistics", "suite_info", "batch_table")
+_LAZY = {
+    "build_suite": "expectations", "suite_info": "expectations", "expectations_from": "expectations",
+    "reference_statistics": "reference",
+    "batch_table": "table",
+    "save_suite": "suite_file", "load_suite": "suite_file",
+    "validate_batch": "validation",
+    "ValidationReport": "validation_report",
+}
 
-__all__ = ["FEATURE_COLUMNS", "INK_THRESHOLD", "image_features", *_SUITE_NAMES]
+__all__ = ["FEATURE_COLUMNS", "INK_THRESHOLD", "image_features", *_LAZY]
 
 
 def __getattr__(name: str):
-    if name in _SUITE_NAMES:  # great_expectations takes seconds to import: only on demand
-        from mnistops.quality import suite
+    if name in _LAZY:
+        import importlib
 
-        return getattr(suite, name)
+        return getattr(importlib.import_module(f"mnistops.quality.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'mnistops.quality' has no attribute {name!r}")

@@ -13,14 +13,18 @@ def measure(cfg: DictConfig, model_dir: Path, model_uri: str) -> Dict[str, Any]:
     """`model_dir`: the version's MLflow model directory on this machine (its registry's download)."""
     import mlflow
 
-    from mnistops.data import mirrors
-    from mnistops.data.idx import read_idx
-    from mnistops.metrics import performance_matrix
+    from mnistops.data import catalog
 
-    paths = mirrors.fetch(cfg)
-    images, labels = read_idx(paths["test_images"]), read_idx(paths["test_labels"])
-    predicted = mlflow.pyfunc.load_model(str(model_dir)).predict(images)["digit"].to_numpy()
-    report = performance_matrix(labels, predicted, list(cfg.data.classes))
+    test = catalog.load(cfg, "test")
+    predicted = mlflow.pyfunc.load_model(str(model_dir)).predict(test.images)["digit"].to_numpy()
+    return quality_of(model_uri, test.labels, predicted, list(cfg.data.classes))
+
+
+def quality_of(model_uri: str, labels, predicted, classes) -> Dict[str, Any]:
+    """The quality dict the gate compares, from true and predicted labels."""
+    from mnistops.performance import performance_matrix
+
+    report = performance_matrix(labels, predicted, classes)
     return {"model_uri": model_uri, "accuracy": report["accuracy"], "n": int(len(labels)),
             "recall": {row["class"]: row["recall"] for row in report["per_class"]},
             "precision": {row["class"]: row["precision"] for row in report["per_class"]}}

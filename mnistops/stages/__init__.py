@@ -46,6 +46,16 @@ def _steps(cfg: DictConfig) -> List[str]:
     return list(cfg.stage.steps) or [cfg.stage.name]
 
 
+def _resolve_extra_train(cfg: DictConfig) -> None:
+    """`data.extra_train=[production-feedback]`: the labelled production datasets handed to this env's
+    store, fetched here as files (where the steps run, so inside a remote job too)."""
+    from mnistops.monitoring import production_data
+
+    if production_data.KEYWORD in (cfg.data.extra_train or []):
+        with open_dict(cfg):
+            cfg.data.extra_train = [str(p) for p in production_data.extra_train_files(cfg)]
+
+
 def run_stage(cfg: DictConfig) -> StageResult:
     """Run `cfg.stage`: one step alone, or its steps in order under one parent MLflow run."""
     steps = _steps(cfg)
@@ -61,6 +71,7 @@ def run_stage(cfg: DictConfig) -> StageResult:
             if STAGES[name].runs == AGENT:
                 run_step(name, cfg)
         return backend.jobs.submit(cfg, [s for s in steps if STAGES[s].runs == COMPUTE])
+    _resolve_extra_train(cfg)
     if len(steps) == 1 and steps[0] == cfg.stage.name:
         return run_step(steps[0], cfg)
 
@@ -79,6 +90,11 @@ def run_stage(cfg: DictConfig) -> StageResult:
     scored = [r.score for r in results if r.score is not None]
     model_uris = [r.model_uri for r in results if r.model_uri]
     urls = [r.endpoint_url for r in results if r.endpoint_url]
+
+    if cfg.stage.name == "pipeline":  # the main job ends with what to try next
+        from mnistops.next_steps import after_main_job
+
+        print(after_main_job(cfg, model_uris[-1] if model_uris else None))
     return StageResult(
         stage=cfg.stage.name,
         run_id=parent.info.run_id,

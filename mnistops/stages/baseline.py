@@ -16,7 +16,7 @@ from mnistops.stages import StageResult
 def run(cfg: DictConfig) -> StageResult:
     import mlflow
 
-    from mnistops import backends, tracking
+    from mnistops import backends, layout, tracking
     from mnistops.data import mirrors
     from mnistops.data.idx import read_idx
     from mnistops.errors import MnistopsError
@@ -50,7 +50,7 @@ def run(cfg: DictConfig) -> StageResult:
         tracking.set_tags({T.SUITE_VERSION: version, T.DATASET_DIGEST: digest})
         metrics = {"baseline/expectations": float(check.statistics.get("evaluated_expectations", 0))}
         if champion is not None:
-            quality = model_quality.measure(cfg, registry.download(champion, tracking.env_dir(cfg) / "models"),
+            quality = model_quality.measure(cfg, registry.download(champion, layout.models_cache(cfg)),
                                             champion.uri)
             mlflow.log_dict({**quality, "version": champion.version}, baselines.MODEL_BASELINE_ARTIFACT)
             metrics.update(model_quality.summary_metrics("baseline", quality))

@@ -17,19 +17,17 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> StageResult:
     import mlflow
 
-    from mnistops import plots, tracking
-    from mnistops.data import mirrors
-    from mnistops.data.idx import read_idx
+    from mnistops import layout, plots, tags, tracking
+    from mnistops.data import catalog
 
-    paths = mirrors.fetch(cfg)
-    train_x, train_y = read_idx(paths["train_images"]), read_idx(paths["train_labels"])
-    test_x, test_y = read_idx(paths["test_images"]), read_idx(paths["test_labels"])
+    train, test = catalog.load(cfg, "train"), catalog.load(cfg, "test")
+    train_x, train_y, test_x, test_y = train.images, train.labels, test.images, test.labels
     classes = list(cfg.data.classes)
-    digest = mirrors.digest(cfg)
+    digest = catalog.digest(cfg)
     train_counts = np.bincount(train_y, minlength=len(classes))
     test_counts = np.bincount(test_y, minlength=len(classes))
     stats = {
-        "dataset": cfg.data.name, "digest": digest, "cache": str(mirrors.cache_dir(cfg)),
+        "dataset": cfg.data.name, "digest": digest, "cache": str(layout.data_cache(cfg)),
         "train_images": int(len(train_x)), "test_images": int(len(test_x)), "image_shape": list(train_x.shape[1:]),
         "train_class_counts": train_counts.tolist(), "test_class_counts": test_counts.tolist(),
         "pixel_mean": float(train_x.mean() / 255), "pixel_std": float(train_x.std() / 255),
@@ -46,7 +44,7 @@ def run(cfg: DictConfig) -> StageResult:
             mlflow.log_artifact(str(path), "data")
         tracking.log_dataset(cfg, train_x, train_y, "training")
         tracking.log_dataset(cfg, test_x, test_y, "test")
-        mlflow.set_tag("mnistops.dataset_digest", digest)
+        mlflow.set_tag(tags.DATASET_DIGEST, digest)
         metrics = {"data/train_images": len(train_x), "data/test_images": len(test_x),
                    "data/pixel_mean": stats["pixel_mean"], "data/pixel_std": stats["pixel_std"]}
         tracking.log_metrics(metrics)

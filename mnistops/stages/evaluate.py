@@ -14,30 +14,29 @@ from mnistops.stages import StageResult
 
 
 def find_train_run(cfg: DictConfig, run_id):
-    from mnistops import tracking
+    from mnistops import tags, tracking
 
     tracking.configure(cfg)
     run = tracking.get_run(run_id) if run_id else tracking.latest_run(cfg, "train", finished=True)
     if run is None:
         raise MnistopsError(f"no finished train run in env {cfg.env.name!r}: run stage=train first")
-    if run.data.tags.get(tracking.STAGE_TAG) != "train":
-        raise MnistopsError(f"run {run.info.run_id} is a {run.data.tags.get(tracking.STAGE_TAG)!r} run, not a train run")
+    if run.data.tags.get(tags.STAGE) != "train":
+        raise MnistopsError(f"run {run.info.run_id} is a {run.data.tags.get(tags.STAGE)!r} run, not a train run")
     return run
 
 
 def run(cfg: DictConfig) -> StageResult:
     from mlflow.tracking import MlflowClient
 
-    from mnistops import plots, tracking
-    from mnistops.data import mirrors
-    from mnistops.data.idx import read_idx
-    from mnistops.metrics import performance_matrix
+    from mnistops import plots, tags, tracking
+    from mnistops.data import catalog
+    from mnistops.performance import performance_matrix
     from mnistops.models.checkpoint import load_network, predict_proba
 
     train_run = find_train_run(cfg, cfg.evaluate.run_id)
     run_id = train_run.info.run_id
-    paths = mirrors.fetch(cfg)
-    images, labels = read_idx(paths["test_images"]), read_idx(paths["test_labels"]).astype(np.int64)
+    test = catalog.load(cfg, "test")
+    images, labels = test.images, test.labels
     if cfg.trainer.limit_test_batches is not None:  # a slice, for quick checks; the default is all 10,000
         limit = cfg.trainer.limit_test_batches
         n = int(limit * cfg.data.eval_batch_size) if isinstance(limit, int) else int(limit * len(images))
@@ -74,7 +73,7 @@ def run(cfg: DictConfig) -> StageResult:
 
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k.replace(" ", "_"), float(v), now, 0) for k, v in metrics.items()])
-    client.set_tag(run_id, "mnistops.evaluated", "true")
+    client.set_tag(run_id, tags.EVALUATED, "true")
 
     print(f"test accuracy {report['accuracy']:.4f} on {len(labels)} images (run {run_id})")
     print(f"  {'class':>10} {'precision':>9} {'recall':>7} {'f1':>7} {'support':>7}")

@@ -20,7 +20,7 @@ CHAMPION = "champion"
 def run(cfg: DictConfig) -> StageResult:
     import mlflow
 
-    from mnistops import backends, tracking
+    from mnistops import backends, layout, tracking
     from mnistops.quality import model_quality
 
     registry = backends.get(cfg).registry()
@@ -30,7 +30,7 @@ def run(cfg: DictConfig) -> StageResult:
         print(f"gate: {candidate.uri} is already the champion")
         return StageResult("gate", model_uri=candidate.uri, metrics={"gate/approved": 1.0})
 
-    models = tracking.env_dir(cfg) / "models"
+    models = layout.models_cache(cfg)
     cand_q = model_quality.measure(cfg, registry.download(candidate, models), candidate.uri)
     champ_q = model_quality.measure(cfg, registry.download(champion, models), champion.uri) if champion else None
     reasons = model_quality.compare(cand_q, champ_q, cfg.gate)

@@ -40,7 +40,7 @@ def run(cfg: DictConfig) -> StageResult:
 
     from mnistops import tracking
     from mnistops.monitoring import alerts as alerting
-    from mnistops.monitoring import report, signals as sig, store
+    from mnistops.monitoring import collected as store, report, signals as sig
 
     started = time.perf_counter()
     request_file = cfg.monitor.retrain.request_file
@@ -122,7 +122,7 @@ def _iso(t: float) -> str:
 def _embedder(cfg: DictConfig, registry, window):
     """The registered model whose embedding is compared: monitor.model, else the window's most-served version."""
     from mnistops.monitoring.embedding import Embedder
-    from mnistops.monitoring.store import env_monitoring_dir
+    from mnistops.monitoring.collected import env_monitoring_dir
 
     reference = cfg.monitor.model
     if reference is None:
@@ -145,7 +145,7 @@ def _reference(cfg: DictConfig, embedder, model_uri: str):
     from mnistops.data import mirrors
     from mnistops.data.datamodule import load_splits
     from mnistops.monitoring import drift
-    from mnistops.monitoring.store import env_monitoring_dir
+    from mnistops.monitoring.collected import env_monitoring_dir
 
     digest = mirrors.digest(cfg)[:12]
     name = model_uri.split("models:/", 1)[1].replace("/", "-v")
@@ -232,7 +232,7 @@ def _retrain_outcome(cfg: DictConfig, env: str, code: int, started_ms: int) -> s
     from mlflow.tracking import MlflowClient
 
     env_node = cfg.env if env == cfg.env.name else other_env(cfg, env)
-    uri = tracking.store_uri(env_node, cfg.paths.home)
+    uri = tracking.store_uri(cfg, env_node)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name(cfg.experiment_name)
     gates = client.search_runs([experiment.experiment_id], filter_string=(

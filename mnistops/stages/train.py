@@ -11,11 +11,11 @@ from typing import Any, Dict, Optional, Tuple
 
 from omegaconf import DictConfig, OmegaConf
 
+from mnistops import tags
 from mnistops.errors import MnistopsError
 from mnistops.stages import StageResult
 
 log = logging.getLogger(__name__)
-CHECKPOINT_TAG = "mnistops.checkpoint_dir"
 
 
 def in_notebook() -> bool:
@@ -49,7 +49,7 @@ def _resume_point(cfg: DictConfig) -> Tuple[Optional[str], Optional[Path]]:
         tracking.latest_run(cfg, "train", finished=False)
     if run is None:
         raise MnistopsError("train.resume=true but no unfinished train run is in this env's store")
-    ckpt_dir = run.data.tags.get(CHECKPOINT_TAG)
+    ckpt_dir = run.data.tags.get(tags.CHECKPOINT_DIR)
     last = Path(ckpt_dir) / "last.ckpt" if ckpt_dir else None
     if last is None or not last.is_file():
         raise MnistopsError(f"run {run.info.run_id} has no last checkpoint to resume from ({last})")
@@ -57,19 +57,22 @@ def _resume_point(cfg: DictConfig) -> Tuple[Optional[str], Optional[Path]]:
 
 
 def run(cfg: DictConfig) -> StageResult:
+    import torch
+
+    if cfg.compute.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():  # before the slow imports
+        raise MnistopsError(f"compute={cfg.compute.name} asks for a GPU, but torch sees no CUDA device here")
     import lightning as L
     import mlflow
-    import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import MLFlowLogger
 
     from mnistops import tracking
     from mnistops.data.datamodule import MNISTDataModule
+    from mnistops.quiet import lightning_logs_once
 
+    lightning_logs_once()
     if cfg.compute.num_threads:
         torch.set_num_threads(cfg.compute.num_threads)
-    if cfg.compute.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise MnistopsError(f"compute={cfg.compute.name} asks for a GPU, but torch sees no CUDA device here")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     resume_id, last_ckpt = _resume_point(cfg)
     datamodule = MNISTDataModule(cfg)
@@ -82,9 +85,9 @@ def run(cfg: DictConfig) -> StageResult:
             print(f"resuming run {run_id} from {last_ckpt}")
         else:
             ckpt_dir = tracking.output_dir(cfg, "train") / "checkpoints"
-            mlflow.set_tag(CHECKPOINT_TAG, str(ckpt_dir))
+            mlflow.set_tag(tags.CHECKPOINT_DIR, str(ckpt_dir))
             tracking.log_config(cfg)
-            mlflow.set_tag("mnistops.model", cfg.model.name)
+            mlflow.set_tag(tags.MODEL, cfg.model.name)
         datamodule.prepare_data()
         if not resume_id:
             tracking.log_training_dataset(cfg)
@@ -92,7 +95,12 @@ def run(cfg: DictConfig) -> StageResult:
                                   mode=cfg.train.monitor_mode, save_top_k=1, save_last=True,
                                   auto_insert_metric_name=False)
         callbacks = [best_cb]
-        if in_notebook():  # Lightning's default (Rich) bar needs ipywidgets in Jupyter; tqdm's text bar does not
+        kwargs = trainer_kwargs(cfg)
+        if not kwargs["enable_progress_bar"]:  # no terminal (CI, a log file): a line per epoch instead
+            from mnistops.models.epoch_log import EpochLog
+
+            callbacks.append(EpochLog())
+        elif in_notebook():  # Lightning's default (Rich) bar needs ipywidgets in Jupyter; tqdm's text bar does not
             from lightning.pytorch.callbacks import TQDMProgressBar
 
             callbacks.append(TQDMProgressBar())
@@ -101,9 +109,8 @@ def run(cfg: DictConfig) -> StageResult:
                                              every_n_train_steps=cfg.train.checkpoint_every_n_steps))
         logger = MLFlowLogger(experiment_name=cfg.experiment_name, tracking_uri=tracking.tracking_uri(cfg),
                               run_id=run_id, log_model=False)
-        trainer = L.Trainer(logger=logger, callbacks=callbacks, default_root_dir=str(ckpt_dir.parent),
-                            **trainer_kwargs(cfg))
-        mlflow.set_tag("mnistops.world_size", trainer.world_size)
+        trainer = L.Trainer(logger=logger, callbacks=callbacks, default_root_dir=str(ckpt_dir.parent), **kwargs)
+        mlflow.set_tag(tags.WORLD_SIZE, trainer.world_size)
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(last_ckpt) if last_ckpt else None)
         if not trainer.is_global_zero:  # DDP ranks launched by Azure ML: rank 0 alone records the run
             return StageResult("train", run_id=run_id)
@@ -113,7 +120,7 @@ def run(cfg: DictConfig) -> StageResult:
             best = str(ckpt_dir / "last.ckpt")
             trainer.save_checkpoint(best)
         mlflow.log_artifact(best, "checkpoints")
-        mlflow.set_tag("mnistops.best_checkpoint", best)
+        mlflow.set_tag(tags.BEST_CHECKPOINT, best)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if best_cb.best_model_score is not None:
             metrics[f"best/{cfg.train.monitor}"] = float(best_cb.best_model_score)

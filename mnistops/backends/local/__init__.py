@@ -30,7 +30,7 @@ class LocalBackend(Backend):
             return MlflowRegistry(cfg.env.name, tracking.tracking_uri(cfg))
         if env == cfg.promote.source_env and cfg.promote.source_tracking_uri:
             return MlflowRegistry(env, cfg.promote.source_tracking_uri)
-        return MlflowRegistry(env, tracking.store_uri(other_env(cfg, env), cfg.paths.home))
+        return MlflowRegistry(env, tracking.store_uri(cfg, other_env(cfg, env)))
 
     def endpoint(self):
         from mnistops.backends.local.process_endpoint import ProcessEndpoint

@@ -1,4 +1,4 @@
-"""The env's monitoring store, read side: what the endpoint collected, in a time window.
+"""What the endpoint collected (the env's monitoring store, read side), in a time window.
 
 Layout (written by ``mnistops.serving.collector``)::
 
@@ -20,26 +20,17 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import orjson
 import pandas as pd
-from omegaconf import DictConfig
 
 from mnistops.atomic import write_atomic
+# the layout's names for these folders, as stages/monitor.py still calls them (until it asks mnistops.layout)
+from mnistops.layout import alerts_file as alerts_path  # noqa: F401
+from mnistops.layout import endpoint_monitoring_dir  # noqa: F401
+from mnistops.layout import monitoring_dir as env_monitoring_dir  # noqa: F401
 from mnistops.errors import MnistopsError
 from mnistops.serving.collector import FEEDBACK_FILE, REQUESTS_DIR, decode_images
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 WINDOW_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
-
-
-def env_monitoring_dir(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.home) / cfg.env.name / "monitoring"
-
-
-def endpoint_monitoring_dir(cfg: DictConfig) -> Path:
-    return env_monitoring_dir(cfg) / (cfg.monitor.endpoint or cfg.endpoint.name)
-
-
-def alerts_path(cfg: DictConfig) -> Path:
-    return env_monitoring_dir(cfg) / "alerts.jsonl"
 
 
 def window_bounds(spec: str, now: Optional[float] = None) -> Tuple[float, float]:

@@ -18,12 +18,12 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from mlflow.tracking import MlflowClient
 
-        from mnistops import tracking
+        from mnistops import tags, tracking
 
         sweep_dir = os.path.abspath(config.hydra.sweep.dir)
         experiment_id = tracking.configure(config)
         client = MlflowClient()
-        found = client.search_runs([experiment_id], filter_string=f"tags.`{tracking.SWEEP_TAG}` = '{sweep_dir}'")
+        found = client.search_runs([experiment_id], filter_string=f"tags.`{tags.SWEEP_DIR}` = '{sweep_dir}'")
         if not found:
             return
         parent = found[0].info.run_id
@@ -37,12 +37,12 @@ class SweepSummary(Callback):
             print(f"sweep {sweep_dir}: no trial logged {metric}")
             return
         best = (max if maximize else min)(scored, key=lambda r: r.data.metrics[metric])
-        overrides = best.data.tags.get("mnistops.overrides", "")
+        overrides = best.data.tags.get(tags.OVERRIDES, "")
         summary = {"metric": metric, "direction": "maximize" if maximize else "minimize",
                    "best_value": best.data.metrics[metric], "best_run_id": best.info.run_id,
                    "best_overrides": overrides.split(" ") if overrides else [], "trials": len(trials)}
-        client.set_tag(parent, "mnistops.best_run_id", best.info.run_id)
-        client.set_tag(parent, "mnistops.best_overrides", overrides)
+        client.set_tag(parent, tags.BEST_RUN_ID, best.info.run_id)
+        client.set_tag(parent, tags.BEST_OVERRIDES, overrides)
         client.log_metric(parent, f"best/{metric}", best.data.metrics[metric])
         client.log_text(parent, OmegaConf.to_yaml(summary), "best_config.yaml")
         client.set_terminated(parent, "FINISHED")
