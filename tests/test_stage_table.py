@@ -23,6 +23,7 @@ def test_every_stage_has_a_body_and_composes(name, tmp_path):
     assert cfg.stage.name == name and list(cfg.stage.steps) == list(stage.steps)
 
 
+@pytest.mark.integration
 def test_help_lists_every_stage():
     out = subprocess.run([sys.executable, "-m", "mnistops", "--help"], cwd=REPO, capture_output=True, text=True,
                          timeout=120).stdout
