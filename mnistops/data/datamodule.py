@@ -13,12 +13,6 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from mnistops.data import catalog
-from mnistops.data.catalog import Split
-
-
-def load_splits(cfg: DictConfig) -> Tuple[Split, Split, Split]:
-    """(fit, val, test) from the catalog: what the DataModule trains, validates and tests on."""
-    return catalog.load(cfg, "fit"), catalog.load(cfg, "val"), catalog.load(cfg, "test")
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
@@ -90,7 +84,7 @@ class MNISTDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train is not None:
             return
-        train, val, test = load_splits(self.cfg)
+        train, val, test = (catalog.load(self.cfg, split) for split in ("fit", "val", "test"))
         bs, ebs, seed = self.cfg.data.batch_size, self.cfg.data.eval_batch_size, self.cfg.seed
         self.train = TensorBatches(to_tensor(train.images), labels_tensor(train.labels), bs, True, seed)
         self.val = TensorBatches(to_tensor(val.images), labels_tensor(val.labels), ebs, False)

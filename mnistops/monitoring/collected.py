@@ -10,7 +10,6 @@ Layout (written by ``mnistops.serving.collector``)::
 
 from __future__ import annotations
 
-import io
 import re
 import time
 from dataclasses import dataclass
@@ -21,11 +20,6 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from mnistops.atomic import write_atomic
-# the layout's names for these folders, as stages/monitor.py still calls them (until it asks mnistops.layout)
-from mnistops.layout import alerts_file as alerts_path  # noqa: F401
-from mnistops.layout import endpoint_monitoring_dir  # noqa: F401
-from mnistops.layout import monitoring_dir as env_monitoring_dir  # noqa: F401
 from mnistops.errors import MnistopsError
 from mnistops.serving.collector import FEEDBACK_FILE, REQUESTS_DIR, decode_images
 
@@ -124,14 +118,3 @@ def load_window(monitor_dir: Path, start: float, end: float, stats: Optional[Rea
         labels=labels,
         requests=frame,
     )
-
-
-def export_labelled(window, monitor_dir: Path) -> Optional[Path]:
-    """The window's feedback-labelled images as an ``.npz`` (``data.extra_train`` reads it); None if none."""
-    has = window.labels >= 0
-    if not has.any():
-        return None
-    path = Path(monitor_dir) / "labelled" / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(window.end))}-{int(has.sum())}.npz"
-    buf = io.BytesIO()
-    np.savez_compressed(buf, images=window.images[has], labels=window.labels[has])
-    return write_atomic(path, buf.getvalue())

@@ -17,15 +17,13 @@ def run(cfg: DictConfig) -> StageResult:
     import mlflow
 
     from mnistops import backends, layout, tracking
-    from mnistops.data import mirrors
-    from mnistops.data.idx import read_idx
+    from mnistops.data import catalog, mirrors
     from mnistops.errors import MnistopsError
     from mnistops.quality import baselines, build_suite, model_quality, save_suite, validate_batch
 
-    paths = mirrors.fetch(cfg)
+    train, test = catalog.load(cfg, "train"), catalog.load(cfg, "test")
+    train_x, train_y, test_x, test_y = train.images, train.labels, test.images, test.labels
     digest = mirrors.digest(cfg)
-    train_x, train_y = read_idx(paths["train_images"]), read_idx(paths["train_labels"])
-    test_x, test_y = read_idx(paths["test_images"]), read_idx(paths["test_labels"])
     suite, _stats = build_suite(train_x, train_y, name=f"{cfg.data.name}-{digest}", dataset_digest=digest,
                                 quantiles=tuple(cfg.baseline.quantiles), class_tolerance=cfg.baseline.class_tolerance)
     version = baselines.suite_version(suite)

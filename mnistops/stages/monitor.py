@@ -40,16 +40,17 @@ def run(cfg: DictConfig) -> StageResult:
 
     from mnistops import tracking
     from mnistops.monitoring import alerts as alerting
-    from mnistops.monitoring import collected as store, report, signals as sig
+    from mnistops import layout
+    from mnistops.monitoring import collected, report, signals as sig
 
     started = time.perf_counter()
     request_file = cfg.monitor.retrain.request_file
     if request_file:  # a request left by an earlier run must not queue a retraining again
         Path(request_file).unlink(missing_ok=True)
-    start, end = store.window_bounds(cfg.monitor.window)
-    mdir = store.endpoint_monitoring_dir(cfg)
-    stats = store.ReadStats()
-    window = store.load_window(mdir, start, end, stats)
+    start, end = collected.window_bounds(cfg.monitor.window)
+    mdir = layout.endpoint_monitoring_dir(cfg)
+    stats = collected.ReadStats()
+    window = collected.load_window(mdir, start, end, stats)
     n_requests, n_images = len(window.requests), window.n_images
     print(f"monitor {cfg.env.name}/{mdir.name}: window {cfg.monitor.window} "
           f"({_iso(start)} .. {_iso(end)}): {n_requests} requests, {n_images} collected images, "
@@ -65,7 +66,7 @@ def run(cfg: DictConfig) -> StageResult:
     with tracking.start_run(cfg, "monitor") as active:
         run_id = active.info.run_id
         raised = alerting.alerts_from(signals, window=window_info, env=cfg.env.name, endpoint=mdir.name, run_id=run_id)
-        alerting.append_log(store.alerts_path(cfg), raised)
+        alerting.append_log(layout.alerts_file(cfg), raised)
         sinks = _send(cfg, raised)
         out = tracking.output_dir(cfg, "monitor")
         meta = {"env": cfg.env.name, "endpoint": mdir.name, "window": str(cfg.monitor.window), "model": model_uri,
@@ -100,7 +101,7 @@ def run(cfg: DictConfig) -> StageResult:
     print(f"  report: {html}")
     for a in raised:
         print(f"  ALERT {a.message}")
-    print(f"  {len(raised)} alert(s) -> {store.alerts_path(cfg)}" if raised else "  no alerts")
+    print(f"  {len(raised)} alert(s) -> {layout.alerts_file(cfg)}" if raised else "  no alerts")
     failed_sinks = [s for s in sinks if not s.ok]
     for s in failed_sinks:
         print(f"  WARNING: alert sink {s.sink} failed after {s.attempts} attempt(s): {s.error}")
@@ -112,7 +113,7 @@ def run(cfg: DictConfig) -> StageResult:
         raise MnistopsError(f"{len(raised)} monitoring alert(s) (monitor.fail_on_alert=true); first: {raised[0].message}")
     return StageResult("monitor", run_id=run_id, metrics=metrics, model_uri=model_uri,
                        artifacts={"report": str(html), "signals": str(out / "signals.json"),
-                                  "alerts": str(out / "alerts.json"), "alert_log": str(store.alerts_path(cfg))})
+                                  "alerts": str(out / "alerts.json"), "alert_log": str(layout.alerts_file(cfg))})
 
 
 def _iso(t: float) -> str:
@@ -121,8 +122,8 @@ def _iso(t: float) -> str:
 
 def _embedder(cfg: DictConfig, registry, window):
     """The registered model whose embedding is compared: monitor.model, else the window's most-served version."""
+    from mnistops import layout
     from mnistops.monitoring.embedding import Embedder
-    from mnistops.monitoring.collected import env_monitoring_dir
 
     reference = cfg.monitor.model
     if reference is None:
@@ -130,7 +131,7 @@ def _embedder(cfg: DictConfig, registry, window):
         # nothing collected yet: judge against the champion (the drift signals will say "not computed")
         reference = f"models:/{cfg.env.model_name}/{served}" if served else f"models:/{cfg.env.model_name}@champion"
     model = registry.resolve(reference, "monitor.model")
-    model_dir = registry.download(model, env_monitoring_dir(cfg) / "models")
+    model_dir = registry.download(model, layout.models_cache(cfg))
     return model.uri, Embedder(model_dir)
 
 
@@ -141,17 +142,15 @@ def _reference(cfg: DictConfig, embedder, model_uri: str):
     and built only when neither has it."""
     import mlflow
 
-    from mnistops import tracking
-    from mnistops.data import mirrors
-    from mnistops.data.datamodule import load_splits
+    from mnistops import layout, tracking
+    from mnistops.data import catalog, mirrors
     from mnistops.monitoring import drift
-    from mnistops.monitoring.collected import env_monitoring_dir
 
     digest = mirrors.digest(cfg)[:12]
     name = model_uri.split("models:/", 1)[1].replace("/", "-v")
     k = cfg.monitor.embedding_components
     key = f"{cfg.data.name}-{digest}-{name}-{cfg.monitor.reference_size}-{k}"
-    path = env_monitoring_dir(cfg) / "reference" / f"{key}.npz"
+    path = layout.monitoring_dir(cfg) / "reference" / f"{key}.npz"
     if path.is_file():
         return drift.load_reference(path), None
     stored = tracking.latest_run_tagged(cfg, T.DRIFT_REFERENCE, key)
@@ -159,7 +158,7 @@ def _reference(cfg: DictConfig, embedder, model_uri: str):
         got = mlflow.artifacts.download_artifacts(run_id=stored.info.run_id, artifact_path=f"{REFERENCE_ARTIFACTS}/{path.name}",
                                                   dst_path=str(path.parent), tracking_uri=tracking.tracking_uri(cfg))
         return drift.load_reference(got), None
-    train, _, _ = load_splits(cfg)
+    train = catalog.load(cfg, "train")
     reference = drift.build_reference(train.images, embedder, k, size=cfg.monitor.reference_size, seed=cfg.seed,
                                       meta={"model": model_uri, "dataset": cfg.data.name, "digest": digest})
     drift.save_reference(reference, path)

@@ -48,8 +48,7 @@ def run(cfg: DictConfig) -> StageResult:
     import mlflow
 
     from mnistops import backends, tracking
-    from mnistops.data import mirrors
-    from mnistops.data.idx import read_idx
+    from mnistops.data import catalog
     from mnistops.models.checkpoint import load_network
     from mnistops.models.export import export_onnx, sha256_of
     from mnistops.stages.evaluate import find_train_run
@@ -60,7 +59,7 @@ def run(cfg: DictConfig) -> StageResult:
         raise MnistopsError(f"run {run_id} has not been evaluated: run stage=evaluate evaluate.run_id={run_id} first")
     out = tracking.output_dir(cfg, "register")
     onnx_path = export_onnx(load_network(train_run), out / "model.onnx")
-    example = read_idx(mirrors.fetch(cfg)["test_images"])[:3]
+    example = catalog.load(cfg, "test").images[:3].copy()
     model_dir = save_model(onnx_path, example, cfg.data.classes, out / "model")
 
     name = cfg.env.model_name

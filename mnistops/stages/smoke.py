@@ -30,14 +30,13 @@ def run(cfg: DictConfig) -> StageResult:
     import mlflow
 
     from mnistops import tracking
-    from mnistops.data import mirrors
-    from mnistops.data.idx import read_idx
+    from mnistops.data import catalog
     from mnistops.serving_client import score
 
     target = target_of(cfg)
     url, key, endpoint_name = target.url, target.key, target.name
-    paths = mirrors.fetch(cfg)
-    images, labels = read_idx(paths["test_images"]), read_idx(paths["test_labels"])
+    test = catalog.load(cfg, "test")
+    images, labels = test.images, test.labels
     pick = np.random.default_rng(cfg.seed).choice(len(images), size=cfg.smoke.samples, replace=False)
 
     def one(i: int):

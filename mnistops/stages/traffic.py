@@ -36,8 +36,7 @@ def run(cfg: DictConfig) -> StageResult:
     from tqdm import tqdm
 
     from mnistops import tracking
-    from mnistops.data import mirrors
-    from mnistops.data.idx import read_idx
+    from mnistops.data import catalog
     from mnistops.monitoring.shifts import apply_shift
     from mnistops.serving_client import feedback, score
     from mnistops.stages.smoke import target_of
@@ -47,8 +46,8 @@ def run(cfg: DictConfig) -> StageResult:
     target = target_of(cfg)
     url, key = target.url, target.key
     rng = np.random.default_rng(cfg.seed if t.seed is None else t.seed)
-    paths = mirrors.fetch(cfg)
-    test_x, test_y = read_idx(paths["test_images"]), read_idx(paths["test_labels"]).astype(np.int64)
+    test = catalog.load(cfg, "test")
+    test_x, test_y = test.images, test.labels
     pick = rng.choice(len(test_x), size=t.requests, replace=t.requests > len(test_x))
     images, labels = apply_shift(test_x[pick], test_y[pick], t.shift, float(t.severity), rng)
     give_feedback = rng.random(len(images)) < t.feedback_fraction

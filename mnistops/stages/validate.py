@@ -16,13 +16,12 @@ from mnistops.stages import StageResult
 
 
 def load_batch(cfg: DictConfig):
-    from mnistops.data import mirrors
-    from mnistops.data.idx import read_idx
+    from mnistops.data import catalog
 
     source = cfg.validate.batch
     if source in ("train", "test"):
-        paths = mirrors.fetch(cfg)
-        return read_idx(paths[f"{source}_images"]), read_idx(paths[f"{source}_labels"])
+        split = catalog.load(cfg, source)
+        return split.images, split.labels
     path = Path(source)
     if not path.is_file():
         raise MnistopsError(f"validate.batch={source!r}: not 'train', 'test' or an existing .npz file")
