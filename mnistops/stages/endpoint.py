@@ -1,4 +1,6 @@
-"""stage=endpoint: `endpoint.action=status` shows the env's endpoint; `endpoint.action=stop` stops it."""
+"""stage=endpoint: `endpoint.action=status` shows the env's endpoint (processes, restarts, traffic,
+deployments, key files); `stop` stops it; `regenerate-keys` replaces the `endpoint.key` scoring key
+(primary | secondary) while the other keeps working."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from omegaconf import DictConfig
 from mnistops.errors import MnistopsError
 from mnistops.stages import StageResult
 
-ACTIONS = ("status", "stop")
+ACTIONS = ("status", "stop", "regenerate-keys")
 
 
 def run(cfg: DictConfig) -> StageResult:
@@ -17,18 +19,27 @@ def run(cfg: DictConfig) -> StageResult:
     if action not in ACTIONS:
         raise MnistopsError(f"endpoint.action={action!r} is not one of {', '.join(ACTIONS)}")
     endpoint = LocalEndpoint(cfg)
+    where = f"endpoint {endpoint.name} ({cfg.env.name})"
     if action == "stop":
         stopped = endpoint.stop()
-        print(f"endpoint {endpoint.name} ({cfg.env.name}): {'stopped' if stopped else 'was not running'}")
+        print(f"{where}: {'stopped' if stopped else 'was not running'}")
         return StageResult("endpoint", metrics={"endpoint/running": 0.0})
-    pid = endpoint.pid()
-    if not (pid and endpoint.healthy()):
-        print(f"endpoint {endpoint.name} ({cfg.env.name}): not running (dir {endpoint.dir})")
+    if action == "regenerate-keys":
+        path = endpoint.regenerate_key(cfg.endpoint.key)
+        print(f"{where}: new {cfg.endpoint.key} key in {path} (the other scoring key still works)")
+        return StageResult("endpoint", artifacts={"key_file": str(path)})
+    st = endpoint.status()
+    if not st["running"]:
+        print(f"{where}: not running (dir {endpoint.dir})")
         return StageResult("endpoint", metrics={"endpoint/running": 0.0})
-    state = endpoint.state()
-    print(f"endpoint {endpoint.name} ({cfg.env.name}): running, pid {pid}, {endpoint.url}")
-    print(f"  traffic {state.get('traffic')}  mirror {state.get('mirror_traffic') or {}}")
-    for name, dep in sorted(state.get("deployments", {}).items()):
+    print(f"{where}: running, pid {st['pid']} (master {st['master_pid']}, workers {st['worker_pids']}), {st['url']}")
+    print(f"  up {st['uptime_s']:.0f}s; restarts: master {st['restarts']['master']}, workers {st['restarts']['workers']}")
+    print(f"  traffic {st['traffic']}  mirror {st['mirror_traffic'] or {}}  (generation {st['generation']})")
+    for name, dep in sorted(st["deployments"].items()):
         print(f"  {name:6} {dep.get('model_uri')}  loaded={dep.get('loaded')}  since {dep.get('loaded_at')}")
-    print(f"  key: {endpoint.key_file}   log: {endpoint.log_file}")
-    return StageResult("endpoint", metrics={"endpoint/running": 1.0}, artifacts={"url": endpoint.url})
+    keys = st["key_files"]
+    print(f"  scoring keys: {keys['primary']}, {keys['secondary']}   admin key: {keys['admin']}")
+    print(f"  log: {st['log_file']}")
+    return StageResult("endpoint", metrics={"endpoint/running": 1.0,
+                                            "endpoint/restarts": float(sum(st["restarts"].values()))},
+                       artifacts={"url": endpoint.url})
