@@ -204,7 +204,7 @@ def decode_invocations(payload: Any) -> np.ndarray:
     key = keys[0]
     value = obj[key]
     if key == "inputs":
-        return to_batch(_tensor_dict(value, key), key)
+        return to_batch(single_tensor(value, key), key)
     if key == "instances":
         if isinstance(value, list) and value and isinstance(value[0], dict):
             value = [_single_value(v, f"{key}[{i}]") for i, v in enumerate(value)]
@@ -217,7 +217,7 @@ def decode_invocations(payload: Any) -> np.ndarray:
     if isinstance(value, dict):
         if "data" in value:
             return _dataframe_split(value, key)
-        return to_batch(_tensor_dict(value, key), key)
+        return to_batch(single_tensor(value, key), key)
     return to_batch(value, key)
 
 
@@ -228,7 +228,7 @@ def decode_any(payload: Any) -> np.ndarray:
     return decode_invocations(payload)
 
 
-def _tensor_dict(value: Any, field: str) -> Any:
+def single_tensor(value: Any, field: str) -> Any:
     """MLflow ``inputs`` may be a tensor or ``{name: tensor}`` (one input: images)."""
     if isinstance(value, dict):
         if len(value) == 1:

@@ -21,6 +21,7 @@ def run(cfg: DictConfig) -> StageResult:
     from mnistops.data.idx import read_idx
     from mnistops.models.checkpoint import load_network
     from mnistops.models.export import PYFUNC_CODE, export_onnx, sha256_of
+    from mnistops.serving import protocol
     from mnistops.stages.evaluate import find_train_run
 
     train_run = find_train_run(cfg, cfg.register.run_id)
@@ -61,6 +62,7 @@ def run(cfg: DictConfig) -> StageResult:
             signature=ModelSignature(inputs=None, outputs=outputs), input_example=example,
             registered_model_name=name, await_registration_for=60,
             pip_requirements=["mlflow>=3.1", "onnxruntime>=1.18", "numpy", "pandas"],
+            code_paths=[str(protocol.vendor(out / "code"))],  # the endpoint's decoder travels with the model
             metadata={"input_forms": INPUT_FORMS, "classes": list(cfg.data.classes)},
         )
     client = MlflowClient()
