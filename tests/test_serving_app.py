@@ -565,7 +565,8 @@ def test_create_app_serves_in_process(tmp_path, model_dir, mnist):
                 r = await c.post("/score", json={"data": mnist[0][:2].tolist()})  # auth off: no key needed
                 assert r.status_code == 200
                 check_answer(r.json(), ref)
-                assert (await a.get("/admin/state")).status_code == 401  # admin always needs the key
-                assert (await a.get("/admin/state", headers=AUTH)).json()["traffic"] == {"blue": 100}
+                assert (await c.get("/admin/state")).status_code == 401  # admin always needs the admin key
+                assert (await c.get("/admin/state", headers=AUTH)).status_code == 401
+                assert (await c.get("/admin/state", headers=ADMIN)).json()["traffic"] == {"blue": 100}
 
     asyncio.run(scenario())
