@@ -149,13 +149,14 @@ def test_switch_and_rollback_under_load_fail_no_request(endpoint, model_dir):
         assert a.put("/admin/traffic", json={"traffic": {"green": 100}}).status_code == 200
         switched = time.monotonic()
         load.wait_for(100)
+        rollback_asked = time.monotonic()
         assert a.post("/admin/rollback").status_code == 200
         rolled_back = time.monotonic()
         load.wait_for(100)
     results = load.results
     failed = [r for r in results if r[2] != 200]
     assert len(results) > 250 and not failed, failed[:5]
-    after_switch = [r[3] for r in results if switched < r[0] and r[1] < rolled_back]
+    after_switch = [r[3] for r in results if switched < r[0] and r[1] < rollback_asked]
     after_rollback = [r[3] for r in results if r[0] > rolled_back]
     assert after_switch and set(after_switch) == {"2"}  # started after the 200: the new state, every worker
     assert after_rollback and set(after_rollback) == {"1"}
