@@ -20,7 +20,7 @@ import pytest
 
 from serving_fixtures import KEY, ServerProcess, make_endpoint, registered_model
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 CHROMIUM = os.environ.get("MNISTOPS_CHROMIUM", "/usr/bin/chromium")
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
