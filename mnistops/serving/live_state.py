@@ -82,11 +82,14 @@ class LiveState:
         is kept with its error (a worker starting with a broken deployment still serves the others)."""
         slots: Dict[str, Deployment] = {}
         fresh: List[Deployment] = []
-        live = {n for n, p in {**state["traffic"], **state["mirror_traffic"]}.items() if p > 0}
+        live = _with_traffic(state["traffic"], state["mirror_traffic"])
+        live_now = _with_traffic(self.traffic, self.mirror)
         try:
             for name, info in state["deployments"].items():
                 current = self.slots.get(name)
-                if current is not None and current.info == info and (current.loaded or not (strict and name in live)):
+                # kept as it is: an unchanged slot, unless it failed to load and is about to get traffic
+                gains_traffic = name in live and name not in live_now
+                if current is not None and current.info == info and (current.loaded or not (strict and gains_traffic)):
                     slots[name] = current
                     continue
                 slot = Deployment(name, dict(info))
@@ -186,6 +189,10 @@ class LiveState:
             if reason:
                 reasons.append(reason)
         return not reasons, reasons
+
+
+def _with_traffic(traffic: Dict[str, int], mirror: Dict[str, int]) -> set:
+    return {n for n, p in {**traffic, **mirror}.items() if p > 0}
 
 
 def _named(name: str, exc: LoadError, has_traffic: bool) -> Exception:

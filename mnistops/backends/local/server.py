@@ -184,16 +184,18 @@ class LocalEndpoint:
         """Stop the supervisor, its master and every worker (gracefully, then by force)."""
         pid = self.pid()
         master = self._run_json("supervisor.json").get("master_pid")
-        if pid is None and not (master and _alive(master)):
+        orphaned = pid is None and bool(master) and _alive(master)  # the supervisor itself was killed
+        if pid is None and not orphaned:
             return False
         if pid is not None:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGTERM)  # it stops its master gracefully (in-flight requests finish)
             deadline = time.time() + timeout
             while time.time() < deadline and self.pid() is not None:
                 time.sleep(0.1)
             if self.pid() is not None:
                 os.kill(pid, signal.SIGKILL)
-        if master:  # the supervisor stops its master; this covers a supervisor that was killed itself
+                orphaned = bool(master)
+        if orphaned:
             try:
                 os.killpg(master, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
