@@ -53,6 +53,17 @@ DEFAULT_MODEL_ARGS = "trainer.max_epochs=1 trainer.limit_train_batches=50"
 ENDPOINT_NAME = "bench"  # its own endpoint dir, so a store's own endpoint (endpoints/mnist) is left alone
 VENV_BIN = Path(sys.executable).parent
 
+
+def scripts_dir() -> Path:
+    """Where the console scripts (uvicorn, mlflow) of the installed packages live (this venv, or the
+    one whose site-packages it shares)."""
+    import uvicorn
+
+    for candidate in (VENV_BIN, Path(uvicorn.__file__).resolve().parents[4] / "bin"):
+        if (candidate / "uvicorn").is_file():
+            return candidate
+    raise SystemExit("no `uvicorn` script found next to this Python: pip install -e .")
+
 LUA = r"""
 wrk.method = "POST"
 local f = assert(io.open(%(body)s, "rb"))
@@ -346,7 +357,7 @@ class Minimal(Server):
     def __init__(self, root: Path, env: dict, port: int, onnx: Path, log: Path, workers: int):
         (root / "minimal_server.py").write_text(MINIMAL)
         self.root, self.env, self.log, self.workers = root, dict(env, MINIMAL_ONNX=str(onnx)), log, workers
-        self.cmd = [str(VENV_BIN / "uvicorn"), "minimal_server:app", "--host", "127.0.0.1", "--port", str(port),
+        self.cmd = [sys.executable, "-m", "uvicorn", "minimal_server:app", "--host", "127.0.0.1", "--port", str(port),
                     "--workers", str(workers), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
                     "--log-level", "warning"]
         self.url = f"http://127.0.0.1:{port}"
@@ -362,9 +373,10 @@ class Mlflow(Server):
 
     def __init__(self, home: Path, env: dict, port: int, model_uri: str, log: Path, workers: int = 1):
         uri = f"sqlite:///{home / 'dev' / 'mlflow.db'}"
+        bin_dir = scripts_dir()
         self.env = dict(env, MLFLOW_TRACKING_URI=uri, MLFLOW_REGISTRY_URI=uri,
-                        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")  # it execs `uvicorn` from PATH
-        self.cmd = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", model_uri, "-h", "127.0.0.1", "-p", str(port),
+                        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}")  # it execs `uvicorn` from PATH
+        self.cmd = [str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "-h", "127.0.0.1", "-p", str(port),
                     "--env-manager", "local", "--workers", str(workers)]
         self.url = f"http://127.0.0.1:{port}"
         self.log, self.workers = log, workers

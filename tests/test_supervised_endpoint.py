@@ -238,3 +238,39 @@ def test_a_broken_settings_file_is_one_clear_line(tmp_path, model_dir):
                           text=True, timeout=60)
     assert proc.returncode == 2 and "workers" in proc.stderr and "Traceback" not in proc.stderr
     assert not (d / "server.pid").exists()
+
+
+def test_feedback_from_every_worker_lands_whole_in_one_file(endpoint):
+    """Ground truth appended by several processes at once: every record a whole JSON line."""
+    srv = endpoint
+    sent, lock = [], threading.Lock()
+
+    def post(k: int):
+        for i in range(25):
+            with srv.client() as c:  # a fresh connection each time: both workers take some
+                rid = f"fb-{k}-{i}"
+                assert c.post("/feedback", json={"request_id": rid, "label": i % 10},
+                              headers={"x-request-id": f"x{rid}"}).status_code == 202
+                with lock:
+                    sent.append(rid)
+
+    threads = [threading.Thread(target=post, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    path = srv.dir.parent.parent / "monitoring" / srv.dir.name / "feedback.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]  # each a whole record
+    assert sorted(r["request_id"] for r in lines) == sorted(sent) and len(sent) == 200
+    time.sleep(0.3)
+    writers = {pid for rid, pid in served_by_route(srv, "/feedback").items()}
+    assert writers == set(worker_pids(srv.dir))  # both workers wrote to the one file
+
+
+def served_by_route(srv: ServerProcess, route: str) -> dict:
+    out = {}
+    for line in srv.log().splitlines():
+        m = re.search(r" (\d+) mnistops\.serving ([\w.:-]+) POST " + re.escape(route) + " ", line)
+        if m:
+            out[m.group(2)] = int(m.group(1))
+    return out
