@@ -135,3 +135,27 @@ def test_rotation_by_size(tmp_path):
     lines = [json.loads(line) for f in files for line in f.read_text().splitlines()]
     assert [r["id"] for r in lines] == [f"r{i}" for i in range(100)]
 
+
+
+def _append_feedback(monitor_dir: str, writer: int, n: int) -> None:
+    from mnistops.serving.collector import FeedbackLog
+
+    log = FeedbackLog(Path(monitor_dir))
+    for i in range(n):
+        log.append({"request_id": f"w{writer}-{i}", "label": i % 10, "pad": "x" * 3000})
+
+
+def test_feedback_appends_from_several_processes_never_tear(tmp_path):
+    """The endpoint's workers append ground truth to one file: 4 processes at once, long lines."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_feedback, args=(str(tmp_path), w, 300)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    lines = (tmp_path / "feedback.jsonl").read_text().splitlines()
+    ids = sorted(json.loads(line)["request_id"] for line in lines)  # every line a whole record
+    assert ids == sorted(f"w{w}-{i}" for w in range(4) for i in range(300))
