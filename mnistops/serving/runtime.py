@@ -20,6 +20,7 @@ from mnistops.serving.collector import Collector, FeedbackLog, monitor_dir_of
 from mnistops.serving.deployments import Deployment
 from mnistops.serving.errors import NotFound, ServerFault, Timeout, Unauthorized, Unavailable
 from mnistops.serving.live_state import LiveState
+from mnistops.serving.middleware import AccessLog
 from mnistops.serving.prometheus import Metrics
 from mnistops.serving.protocol import InputError
 from mnistops.serving.settings import SCORING_KEYS, KeyRing, ServerSettings
@@ -44,11 +45,13 @@ class Runtime:
         self.collector = Collector(self.monitor_dir, sampling_rate=c.sampling_rate, rotate_mb=c.rotate_mb,
                                    rotate_minutes=c.rotate_minutes, flush_ms=c.flush_ms, max_pending=c.max_pending,
                                    metrics=self.metrics) if c.enabled else None
+        self.access_log = AccessLog()
         # uploads decode off the event loop, two at a time at most (bounded memory for big pictures)
         self.image_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="images")
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
+        self.access_log.start()
         if self.collector is not None:
             self.collector.start()
         await self.live.startup()
@@ -60,6 +63,7 @@ class Runtime:
         self.image_pool.shutdown(wait=False)
         if self.collector is not None:  # after the drain: the last answered requests are recorded too
             self.collector.close()
+        await self.access_log.stop()
 
     # ---------------------------------------------------------------- request steps
     def check_scoring_key(self, scope) -> None:
