@@ -22,6 +22,8 @@ import numpy as np
 
 log = logging.getLogger("mnistops.serving")
 
+INLINE_MAX_MS = 1.0
+
 
 class QueueFull(Exception):
     """No room for these images in the deployment's queue."""
@@ -48,6 +50,7 @@ class MicroBatcher:
         self._idle: Optional[asyncio.Event] = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._on_result = on_result
+        self._batch_seconds: Optional[float] = None  # moving average of one batch's inference time
         if metrics is not None:
             self._m_batch = metrics.batch_size.labels(name)
             self._m_infer = metrics.inference.labels(name)
@@ -152,11 +155,19 @@ class MicroBatcher:
         probs = self.predict(x)
         return probs, time.perf_counter() - t0
 
+    @property
+    def inline(self) -> bool:
+        """Run batches on the event loop (a fast model, measured), or on the deployment's thread."""
+        return self._batch_seconds is not None and self._batch_seconds * 1000.0 < INLINE_MAX_MS
+
     async def _infer(self, loop, items, n: int) -> None:
         x = items[0][0] if len(items) == 1 else np.concatenate([b for b, _ in items])
+        error = None
         try:
-            probs, seconds = await loop.run_in_executor(self._executor, self._timed, x)
-            error = None
+            if self.inline:
+                probs, seconds = self._timed(x)
+            else:
+                probs, seconds = await loop.run_in_executor(self._executor, self._timed, x)
         except asyncio.CancelledError:
             self._release(n)
             for _, fut in items:
@@ -166,6 +177,9 @@ class MicroBatcher:
         except Exception as exc:  # a broken model: every waiting request learns it
             probs, error, seconds = None, exc, 0.0
             log.error("deployment %s: inference failed on a batch of %d: %r", self.name, n, exc)
+        if error is None:
+            avg = self._batch_seconds
+            self._batch_seconds = seconds if avg is None else 0.8 * avg + 0.2 * seconds
         if self._m_batch is not None:
             self._m_batch.observe(n)
             self._m_infer.observe(seconds)
