@@ -16,8 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
-from serving_fixtures import (ADMIN, ADMIN_KEY, AUTH, KEY, KEY2, ServerProcess, make_endpoint, master_pid, mnist,  # noqa: F401
-                              model_dir, worker_pids)
+from serving_fixtures import (ADMIN, ADMIN_KEY, AUTH, KEY, KEY2, ServerProcess, make_endpoint, mnist,  # noqa: F401
+                              model_dir)
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
