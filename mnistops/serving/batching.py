@@ -1,12 +1,19 @@
-"""Adaptive micro-batching: one queue and one inference thread per deployment.
+"""Adaptive micro-batching: one queue per deployment (in each worker process).
 
 Requests put their images in the queue and await a future. A worker task takes what is queued (up to
-``max_batch`` images), and runs the model in the deployment's own thread. It waits for more only
-while more keep coming: after the first item it yields to the event loop once; if that brought new
-requests it keeps collecting (one yield at a time) until ``max_batch`` images or ``max_wait_ms``;
-if not, it runs at once. Low load: no added latency. High load: requests pile up while the previous
-batch runs, so batches grow by themselves. The queue is bounded (``max_queue`` images, queued or in
-inference): a full queue refuses at once (``QueueFull`` -> 503) instead of letting latency grow.
+``max_batch`` images) and runs the model. It waits for more only while more keep coming: after the
+first item it yields to the event loop once; if that brought new requests it keeps collecting (one
+yield at a time) until ``max_batch`` images or ``max_wait_ms``; if not, it runs at once. Low load:
+no added latency. High load: requests pile up while the previous batch runs, so batches grow by
+themselves. The queue is bounded (``max_queue`` images, queued or in inference): a full queue
+refuses at once (``QueueFull`` -> 503) instead of letting latency grow.
+
+Where a batch runs: a model that answers a batch in under ``INLINE_MAX_MS`` (a moving average of what
+it took) runs right on the event loop, as a minimal server would: with one worker per core there is
+no idle core for a second thread, and handing each batch to one costs CPU (wake-ups, GIL hand-offs)
+that the requests pay for. A slower model runs in the deployment's own thread, so the loop keeps
+answering probes and deadlines (408) hold while it computes. A batcher starts on the thread, until
+it has measured its model.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import numpy as np
 
 log = logging.getLogger("mnistops.serving")
 
-INLINE_MAX_MS = 1.0
+INLINE_MAX_MS = 20.0
 
 
 class QueueFull(Exception):
