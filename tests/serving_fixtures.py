@@ -112,14 +112,16 @@ def make_endpoint(root: Path, model_dir: Path, name: str = "mnist", port: Option
 
 def worker_pids(endpoint_dir: Path) -> list:
     """The workers that joined (loaded the state, registered their control port) and are alive."""
+    from mnistops.serving.cluster import process_alive
+
     out = []
     for path in (endpoint_dir / "run" / "workers").glob("*.json"):
         try:
             pid = int(path.stem)
-            os.kill(pid, 0)
+        except ValueError:
+            continue
+        if process_alive(pid):
             out.append(pid)
-        except (ValueError, OSError):
-            pass
     return sorted(out)
 
 

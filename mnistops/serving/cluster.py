@@ -59,14 +59,21 @@ class Peer:
         return json.loads(line)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs; a zombie (dead, not yet reaped by its new parent) counts as dead."""
     try:
         os.kill(pid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] != "Z"
+    except (OSError, ValueError, IndexError):
+        return True  # no /proc (not Linux): the signal check is all there is
+
+
 
 
 class Cluster:
@@ -135,7 +142,7 @@ class Cluster:
                 continue
             if pid == self.pid:
                 continue
-            if not _alive(pid):
+            if not process_alive(pid):
                 path.unlink(missing_ok=True)  # a worker that died: it registers again when it restarts
                 continue
             out.append(Peer(pid, port, path))
@@ -228,12 +235,12 @@ class Cluster:
         try:
             return await peer.call(message, timeout)
         except (ConnectionRefusedError, ConnectionResetError, FileNotFoundError) as exc:
-            if not _alive(peer.pid):
+            if not process_alive(peer.pid):
                 peer.path.unlink(missing_ok=True)
                 return None
             return {"ok": False, "status": 503, "error": f"worker {peer.pid} unreachable: {exc}"}
         except (asyncio.TimeoutError, OSError, ValueError) as exc:
-            if not _alive(peer.pid):
+            if not process_alive(peer.pid):
                 return None
             return {"ok": False, "status": 503, "error": f"worker {peer.pid} did not answer: {exc!r}"}
 

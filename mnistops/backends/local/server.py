@@ -120,10 +120,10 @@ class LocalEndpoint:
         for path in (self.run_dir / "workers").glob("*.json"):
             try:
                 pid = int(path.stem)
-                os.kill(pid, 0)
-                pids.append(pid)
-            except (ValueError, OSError):
+            except ValueError:
                 continue
+            if _alive(pid):
+                pids.append(pid)
         return sorted(pids)
 
     # --- process ----------------------------------------------------------------------------
@@ -246,9 +246,7 @@ class LocalEndpoint:
         return out
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except (OSError, TypeError):
-        return False
+def _alive(pid) -> bool:
+    from mnistops.serving.cluster import process_alive
+
+    return isinstance(pid, int) and process_alive(pid)
