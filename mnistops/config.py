@@ -56,6 +56,8 @@ if not OmegaConf.has_resolver("mnistops_stages"):  # `--help` lists the stages f
     OmegaConf.register_new_resolver("mnistops_stages", _stages_help)
 if not OmegaConf.has_resolver("abspath"):
     OmegaConf.register_new_resolver("abspath", lambda p: os.path.abspath(os.path.expanduser(str(p))))
+if not OmegaConf.has_resolver("cpu_count"):  # endpoint.workers: one per core of the machine that serves
+    OmegaConf.register_new_resolver("cpu_count", lambda: os.cpu_count() or 1)
 
 
 @dataclass
@@ -82,38 +84,7 @@ class EnvConfig:
     # None: the env's own sqlite store, <paths.home>/<env>/mlflow.db
     tracking_uri: Optional[str] = None
     model_name: str = "mnist-classifier"
-    endpoint_port: int = 5080  # each env's local endpoint listens on its own port
     azure: AzureWorkspaceConfig = field(default_factory=AzureWorkspaceConfig)
-
-
-@dataclass
-class EndpointConfig:
-    """A real-time endpoint: where it listens, how it answers, and how traffic splits."""
-
-    name: str = "mnist"
-    kind: str = "local"  # local: a uvicorn process on this machine
-    host: str = "127.0.0.1"
-    port: int = 5080
-    auth: bool = True  # Authorization: Bearer <key> on scoring routes
-    # deployment -> percent, summing to 100; empty: the newly deployed version takes 100
-    # (typed Any: Hydra's struct mode would refuse new keys in a typed dict override)
-    traffic: Any = None
-    mirror_traffic: Any = None  # deployment -> percent of requests copied there; answers discarded
-    max_body_bytes: int = 2_000_000
-    request_timeout_ms: int = 2000
-    max_batch: int = 64  # micro-batching of concurrent requests
-    max_wait_ms: float = 2.0
-    max_queue: int = 2048  # images waiting per deployment; beyond it: 503 at once
-    startup_timeout_s: float = 90.0
-    action: str = "status"  # stage=endpoint: status | stop
-    collect: "CollectConfig" = field(default_factory=lambda: CollectConfig())
-    # kind=azure_managed: a managed online endpoint (conf/endpoint/azure_managed.yaml)
-    instance_type: str = "Standard_DS3_v2"
-    instance_count: int = 1
-    max_concurrent_requests_per_instance: int = 1
-    max_queue_wait_ms: int = 500
-    liveness_probe: "ProbeConfig" = field(default_factory=lambda: ProbeConfig())
-    readiness_probe: "ProbeConfig" = field(default_factory=lambda: ProbeConfig(failure_threshold=3))
 
 
 @dataclass
@@ -139,6 +110,43 @@ class CollectConfig:
     rotate_minutes: float = 60.0  # ...or this age
     flush_ms: float = 200.0  # the writer thread wakes this often (what a kill -9 can lose)
     max_pending: int = 50000  # records waiting for the writer; beyond it they are dropped and counted
+
+
+@dataclass
+class EndpointConfig:
+    """A real-time endpoint: where it listens, how it answers, and how traffic splits.
+
+    Every endpoint knob and its one default; conf/endpoint/<kind>.yaml sets only what differs for
+    that kind, conf/env/<env>.yaml sets the env's port. The local server reads the subset it uses
+    (mnistops/serving/settings.py:ServerSettings, the same names)."""
+
+    name: str = "mnist"
+    kind: str = "local"  # local: a supervised server on this machine | azure_managed: a managed online endpoint
+    host: str = "127.0.0.1"
+    port: int = 5080  # conf/env/<env>.yaml: dev 5080, qa 5081, prod 5082
+    # worker processes behind the port (each with its own models and micro-batcher); default: one per core
+    workers: int = "${cpu_count:}"  # type: ignore[assignment]  (an interpolation, resolved to an int)
+    auth: bool = True  # a scoring key (primary or secondary) on scoring routes; admin routes always take the admin key
+    # deployment -> percent, summing to 100; empty: the newly deployed version takes 100
+    # (typed Any: Hydra's struct mode would refuse new keys in a typed dict override)
+    traffic: Any = None
+    mirror_traffic: Any = None  # deployment -> percent of requests copied there; answers discarded
+    max_body_bytes: int = 2_000_000
+    request_timeout_ms: int = 2000
+    max_batch: int = 64  # micro-batching of concurrent requests
+    max_wait_ms: float = 2.0
+    max_queue: int = 2048  # images waiting per deployment and worker; beyond it: 503 at once
+    startup_timeout_s: float = 90.0
+    action: str = "status"  # stage=endpoint: status | stop | regenerate-keys
+    key: str = "primary"  # stage=endpoint endpoint.action=regenerate-keys: which scoring key (primary | secondary)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    # kind=azure_managed: a managed online endpoint (conf/endpoint/azure_managed.yaml)
+    instance_type: str = "Standard_DS3_v2"
+    instance_count: int = 1
+    max_concurrent_requests_per_instance: int = 1
+    max_queue_wait_ms: int = 500
+    liveness_probe: ProbeConfig = field(default_factory=ProbeConfig)
+    readiness_probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(failure_threshold=3))
 
 
 @dataclass

@@ -1,5 +1,9 @@
 """Talking to an endpoint the way users do: authenticated web requests with real test images.
-Shared by stage=deploy (the readiness probe before traffic moves), stage=smoke and stage=traffic."""
+Shared by stage=deploy (the readiness probe before traffic moves), stage=smoke and stage=traffic.
+
+``SAMPLE_PNG`` is a real MNIST test digit (test image 0, a 7) shipped with the package, 28x28
+white on black: what ``stage=deploy``'s curl hint uploads and ``sample_request`` sends, so neither
+needs the dataset at hand."""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from typing import Optional, Tuple
 import httpx
 import numpy as np
 
-SAMPLE_IMAGE: Optional[np.ndarray] = None
+SAMPLE_PNG = Path(__file__).resolve().parent / "serving" / "static" / "sample.png"
+SAMPLE_LABEL = 7
 
 
 def headers(key: str, deployment: Optional[str] = None) -> dict:
@@ -36,13 +41,19 @@ def feedback(client: httpx.Client, url: str, key: str, request_id: str, label: i
     return resp.status_code
 
 
+def sample_image() -> np.ndarray:
+    """``SAMPLE_PNG`` as uint8 (1, 28, 28)."""
+    from PIL import Image
+
+    with Image.open(SAMPLE_PNG) as img:
+        return np.asarray(img.convert("L"), dtype=np.uint8)[None]
+
+
 def sample_request(url: str, key: str, deployment: Optional[str] = None) -> Tuple[int, dict]:
-    """One real scoring request with a blank-but-valid image (needs no dataset at hand)."""
-    image = np.zeros((1, 28, 28), np.uint8)
-    image[0, 6:22, 13:15] = 255  # a "1"
+    """One real scoring request with the packaged test digit (needs no dataset at hand)."""
     with httpx.Client() as client:
         try:
-            return score(client, url, key, image, deployment)
+            return score(client, url, key, sample_image(), deployment)
         except httpx.HTTPError as err:
             return 0, {"error": str(err)}
 

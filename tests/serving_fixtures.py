@@ -24,8 +24,11 @@ import pytest
 
 from conftest import QUICK, REPO, free_port, fresh_home, mlflow_client, run_cli
 
-KEY = "test-key-0123456789abcdef"
+KEY = "test-key-0123456789abcdef"  # the primary scoring key
+KEY2 = "test-key2-fedcba9876543210"  # the secondary scoring key
+ADMIN_KEY = "test-admin-key-00112233445566"
 AUTH = {"Authorization": f"Bearer {KEY}"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
 _MODELS: Dict[str, Path] = {}
 
@@ -65,17 +68,38 @@ def mnist(data_cache):
     return np.array(images), np.array(labels)
 
 
+def server_settings(name: str = "mnist", port: Optional[int] = None, **overrides):
+    """The server's settings from EndpointConfig's defaults (the one place they live), as the deploy
+    side writes them; ``overrides``: endpoint keys (``workers=1``) or ``collect_<key>=…``."""
+    from omegaconf import OmegaConf
+
+    from mnistops.config import EndpointConfig
+    from mnistops.serving.settings import ServerSettings
+
+    ep = OmegaConf.to_container(OmegaConf.structured(EndpointConfig), resolve=True)
+    ep.update(port=port or free_port(), workers=2)
+    for key, value in overrides.items():
+        if key.startswith("collect_"):
+            ep["collect"][key[len("collect_"):]] = value
+        else:
+            ep[key] = value
+    return ServerSettings.from_endpoint(ep, name, "dev")
+
+
+def write_key(path: Path, key: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, (key + "\n").encode())
+    os.close(fd)
+
+
 def make_endpoint(root: Path, model_dir: Path, name: str = "mnist", port: Optional[int] = None, **server) -> Path:
-    """The endpoint dir as the deploy stage lays it out: server.json, key (0600), models/, state.json."""
+    """The endpoint dir as the deploy stage lays it out: server.json, the three keys (0600), models/,
+    state.json with blue = the model, taking all traffic. Two workers unless ``workers=`` says otherwise."""
     d = root / "dev" / "endpoints" / name
     (d / "models").mkdir(parents=True)
-    cfg = {"name": name, "env": "dev", "host": "127.0.0.1", "port": port or free_port(), "auth": True,
-           "max_body_bytes": 2_000_000, "request_timeout_ms": 2000, "max_batch": 64, "max_wait_ms": 2.0,
-           "max_queue": 2048, **server}
-    (d / "server.json").write_text(json.dumps(cfg))
-    fd = os.open(d / "key", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    os.write(fd, (KEY + "\n").encode())
-    os.close(fd)
+    server_settings(name, port, **server).write(d)
+    for which, key in (("primary", KEY), ("secondary", KEY2), ("admin", ADMIN_KEY)):
+        write_key(d / f"{which}.key", key)
     blue = d / "models" / "mnist-classifier-v1"
     shutil.copytree(model_dir, blue)
     state = {"deployments": {"blue": {"model_name": "mnist-classifier", "version": "1",
@@ -86,34 +110,63 @@ def make_endpoint(root: Path, model_dir: Path, name: str = "mnist", port: Option
     return d
 
 
+def worker_pids(endpoint_dir: Path) -> list:
+    """The workers that joined (loaded the state, registered their control port) and are alive."""
+    from mnistops.serving.cluster import process_alive
+
+    out = []
+    for path in (endpoint_dir / "run" / "workers").glob("*.json"):
+        try:
+            pid = int(path.stem)
+        except ValueError:
+            continue
+        if process_alive(pid):
+            out.append(pid)
+    return sorted(out)
+
+
+def master_pid(endpoint_dir: Path) -> Optional[int]:
+    try:
+        return json.loads((endpoint_dir / "run" / "supervisor.json").read_text())["master_pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 class ServerProcess:
-    """``python -m mnistops.serving --endpoint-dir DIR`` as the deploy stage starts it."""
+    """``python -m mnistops.serving --endpoint-dir DIR`` (the supervisor) as the deploy stage starts it."""
 
     def __init__(self, endpoint_dir: Path):
         self.dir = endpoint_dir
         cfg = json.loads((endpoint_dir / "server.json").read_text())
         self.url = f"http://{cfg['host']}:{cfg['port']}"
+        self.workers = cfg["workers"]
         self.proc: Optional[subprocess.Popen] = None
 
-    def start(self, timeout: float = 30, wait_for: str = "/ready") -> "ServerProcess":
-        """Start it and wait until `wait_for` answers 200 (/health: up, even with a broken deployment)."""
+    def start(self, timeout: float = 60, wait_for: str = "/ready") -> "ServerProcess":
+        """Start it; wait until `wait_for` answers 200 (/health: up, even with a broken deployment)
+        and every worker has joined."""
         log = open(self.dir / "server.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "mnistops.serving", "--endpoint-dir", str(self.dir)],
-                                     cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
         log.close()
+        self.wait_serving(timeout, wait_for)
+        return self
+
+    def wait_serving(self, timeout: float = 60, wait_for: str = "/ready", exclude=()) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited {self.proc.returncode}:\n{self.log()[-3000:]}")
             try:
-                if httpx.get(self.url + wait_for, timeout=1).status_code == 200:
-                    return self
+                pids = [p for p in worker_pids(self.dir) if p not in exclude]
+                if len(pids) >= self.workers and httpx.get(self.url + wait_for, timeout=1).status_code == 200:
+                    return
             except httpx.HTTPError:
                 pass
             time.sleep(0.05)
         self.stop()
-        raise AssertionError(f"server not ready in {timeout}s:\n{self.log()[-3000:]}")
+        raise AssertionError(f"server not serving with {self.workers} workers in {timeout}s:\n{self.log()[-3000:]}")
 
     def log(self) -> str:
         return (self.dir / "server.log").read_text(errors="replace")
@@ -121,19 +174,31 @@ class ServerProcess:
     def client(self, key: bool = True, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=AUTH if key else {}, timeout=30, **kw)
 
+    def admin(self, **kw) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=ADMIN, timeout=120, **kw)
+
     def stop(self) -> Optional[int]:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(15)
+                self.proc.wait(40)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                self.kill9()
         return None if self.proc is None else self.proc.returncode
 
     def kill9(self) -> None:
+        """The whole server dies at once (supervisor, master, workers), like a crashed machine."""
+        master = master_pid(self.dir)
         self.proc.kill()
         self.proc.wait()
+        if master:
+            try:
+                os.killpg(master, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and worker_pids(self.dir):
+                time.sleep(0.05)
 
 
 def server_errors_logged(srv: ServerProcess) -> list:

@@ -290,7 +290,7 @@ def score(azure_model_dir, monkeypatch):
 def test_scoring_script_serves_real_images_like_the_local_endpoint(score, data_cache):
     from mnistops.data.idx import read_idx
     from mnistops.serving.deployments import OnnxModel
-    from mnistops.serving.inputs import to_batch
+    from mnistops.serving.protocol import to_batch
 
     images = read_idx(data_cache / "mnist" / "t10k-images-idx3-ubyte")[:64]
     labels = read_idx(data_cache / "mnist" / "t10k-labels-idx1-ubyte")[:64]

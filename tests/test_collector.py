@@ -1,6 +1,7 @@
-"""The endpoint's data collector on a real server (uvicorn on 127.0.0.1, a real registered model):
-every scoring request is recorded with what it got and gave back, off the hot path; feedback joins
-by request id; a restart loses no accepted record; a killed server loses at most the last flush."""
+"""The endpoint's data collector on a real server (two worker processes on 127.0.0.1, a real
+registered model): every scoring request is recorded with what it got and gave back, off the hot
+path, by whichever worker answered it (one file per writer process); feedback from every worker
+joins by request id; a restart loses no accepted record; a killed server loses at most the last flush."""
 
 from __future__ import annotations
 
@@ -104,9 +105,10 @@ def test_collection_survives_restart_and_kill(tmp_path, model_dir, mnist):
     burst(60, 100)
     assert srv.stop() == 0
     assert sorted(r["id"] for r in records(d)) == sorted(sent)
-    # a restart opens a new file; the old ones are never written again
-    files = sorted((monitor_dir_of(d) / "requests").glob("*.jsonl"))
-    assert len(files) == 2
+    # a restart opens new files (one per worker); the old ones are never written again
+    files = {f: f.stat().st_size for f in (monitor_dir_of(d) / "requests").glob("*.jsonl")}
+    pids = {f.name.split("-")[1] for f in files}
+    assert len(pids) == len(files)  # one file per writer process
 
     # kill -9: what was answered more than a flush period ago is on disk
     srv.start()
@@ -114,6 +116,7 @@ def test_collection_survives_restart_and_kill(tmp_path, model_dir, mnist):
     time.sleep(0.5)
     srv.kill9()
     assert sorted(r["id"] for r in records(d)) == sorted(sent)
+    assert all(f.stat().st_size == size for f, size in files.items())  # earlier files: never written again
 
 
 def test_rotation_by_size(tmp_path):
@@ -132,3 +135,27 @@ def test_rotation_by_size(tmp_path):
     lines = [json.loads(line) for f in files for line in f.read_text().splitlines()]
     assert [r["id"] for r in lines] == [f"r{i}" for i in range(100)]
 
+
+
+def _append_feedback(monitor_dir: str, writer: int, n: int) -> None:
+    from mnistops.serving.collector import FeedbackLog
+
+    log = FeedbackLog(Path(monitor_dir))
+    for i in range(n):
+        log.append({"request_id": f"w{writer}-{i}", "label": i % 10, "pad": "x" * 3000})
+
+
+def test_feedback_appends_from_several_processes_never_tear(tmp_path):
+    """The endpoint's workers append ground truth to one file: 4 processes at once, long lines."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_feedback, args=(str(tmp_path), w, 300)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    lines = (tmp_path / "feedback.jsonl").read_text().splitlines()
+    ids = sorted(json.loads(line)["request_id"] for line in lines)  # every line a whole record
+    assert ids == sorted(f"w{w}-{i}" for w in range(4) for i in range(300))

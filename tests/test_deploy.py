@@ -1,5 +1,6 @@
-"""stage=deploy/smoke/rollback/endpoint against a real uvicorn endpoint on 127.0.0.1 and real
-registered versions: blue/green under continuous traffic, failed deploys, rollback, restarts."""
+"""stage=deploy/smoke/rollback/endpoint against a real supervised endpoint (two workers) on 127.0.0.1
+and real registered versions: blue/green under continuous traffic, failed deploys, rollback, a server
+that comes back by itself after a kill, keys rotated under load."""
 
 from __future__ import annotations
 
@@ -166,20 +167,70 @@ def test_missing_model_is_one_clear_error(endpoint_cfg):
     assert "Traceback" not in proc.stderr
 
 
-def test_killed_server_comes_back_with_its_deployments(endpoint_cfg, test_images):
+def test_killed_server_comes_back_by_itself_with_its_deployments(endpoint_cfg, test_images, capsys):
     from mnistops.backends.local.server import LocalEndpoint
 
     deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1")
     deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/2", "endpoint.traffic={blue:20,green:80}")
     ep = LocalEndpoint(compose(endpoint_cfg))
-    os.kill(ep.pid(), signal.SIGKILL)
-    time.sleep(0.5)
-    assert not ep.healthy()
-    deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/2", "endpoint.traffic={blue:20,green:80}")
-    st = state(endpoint_cfg)
-    assert st["traffic"] == {"blue": 20, "green": 80}
+    before = ep.status()
+    assert before["restarts"] == {"master": 0, "workers": 0} and len(before["worker_pids"]) == 2
+    os.kill(before["master_pid"], signal.SIGKILL)  # the whole server: master and workers
+    deadline = time.monotonic() + 90
+    while True:  # no stage=deploy: the supervisor brings it back
+        st = ep.status()
+        if st["running"] and st["master_pid"] != before["master_pid"] and len(st["worker_pids"]) == 2 \
+                and not set(st["worker_pids"]) & set(before["worker_pids"]):
+            break
+        assert time.monotonic() < deadline, ep.last_log_line()
+        time.sleep(0.2)
+    assert st["traffic"] == {"blue": 20, "green": 80} and st["restarts"]["master"] == 1
     assert st["deployments"]["blue"]["version"] == "1" and st["deployments"]["green"]["version"] == "2"
+    assert all(d["loaded"] for d in st["deployments"].values())
     assert score_once(endpoint_cfg, test_images[0][:3])[0] == 200
+    run_stage(compose(["stage=endpoint", *endpoint_cfg]))
+    assert "restarts: master 1, workers 0" in capsys.readouterr().out
+
+
+def test_a_scoring_key_rotates_under_load_without_downtime(endpoint_cfg, test_images):
+    from mnistops.backends.local.server import LocalEndpoint
+    from mnistops.serving_client import score
+
+    deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1")
+    ep = LocalEndpoint(compose(endpoint_cfg))
+    old_primary, secondary = ep.key(), ep.secondary_key()
+    stop, results = threading.Event(), []
+
+    def hammer(key):
+        with httpx.Client() as client:
+            while not stop.is_set():
+                results.append((key, score(client, ep.url, key, test_images[0][:1])[0]))
+
+    threads = [threading.Thread(target=hammer, args=(secondary,)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        while len(results) < 30:
+            time.sleep(0.05)
+        result = run_stage(compose(["stage=endpoint", "endpoint.action=regenerate-keys", "endpoint.key=primary",
+                                    *endpoint_cfg]))
+        n = len(results)
+        while len(results) < n + 30:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert set(status for _, status in results) == {200}  # the secondary key worked throughout
+    new_primary = ep.key()
+    assert new_primary != old_primary and result.artifacts["key_file"] == str(ep.key_file)
+    assert oct(ep.key_file.stat().st_mode)[-3:] == "600"
+    with httpx.Client() as client:
+        assert score(client, ep.url, new_primary, test_images[0][:1])[0] == 200
+        assert score(client, ep.url, old_primary, test_images[0][:1])[0] == 401
+        assert score(client, ep.url, ep.admin_key(), test_images[0][:1])[0] == 401  # admin is not a scoring key
+    with pytest.raises(MnistopsError, match="endpoint.key='admin'"):
+        run_stage(compose(["stage=endpoint", "endpoint.action=regenerate-keys", "endpoint.key=admin", *endpoint_cfg]))
 
 
 def test_smoke_passes_and_fails_loudly(endpoint_cfg, registry_home):
@@ -198,7 +249,8 @@ def test_endpoint_status_and_stop(endpoint_cfg, capsys):
     deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1")
     run_stage(compose(["stage=endpoint", *endpoint_cfg]))
     out = capsys.readouterr().out
-    assert "running, pid" in out and "models:/mnist-classifier/1" in out
+    assert "running, pid" in out and "models:/mnist-classifier/1" in out and "workers [" in out
+    assert "restarts: master 0, workers 0" in out and "admin key:" in out
     run_stage(compose(["stage=endpoint", "endpoint.action=stop", *endpoint_cfg]))
     assert "stopped" in capsys.readouterr().out
     run_stage(compose(["stage=endpoint", *endpoint_cfg]))

@@ -5,7 +5,8 @@ generated requests, valid (positive) and invalid (negative) bodies, parameters a
 a valid key, and every answer is checked by schemathesis' built-in checks: never a 5xx
 (``not_a_server_error``), a documented status code, a documented content type, a body matching the
 documented response schema, documented headers, invalid input rejected with a 4xx, and the key
-actually enforced (``ignored_auth`` re-sends without it and expects a 401).
+actually enforced (``ignored_auth`` re-sends without it and expects a 401): a scoring key for the
+scoring operations, the admin key for the admin ones.
 
 Bounded and reproducible: ``MAX_EXAMPLES`` generated cases per operation and mode, derandomized, plus
 the examples the schema documents, plus the same generation with the path parameters that exist on
@@ -43,7 +44,7 @@ from hypothesis import strategies as st  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import positive_data_acceptance  # noqa: E402
 
-from serving_fixtures import AUTH, ServerProcess, make_endpoint, registered_model, server_errors_logged  # noqa: E402
+from serving_fixtures import ADMIN, AUTH, ServerProcess, make_endpoint, registered_model, server_errors_logged  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -98,8 +99,9 @@ def strategies(op, mode) -> list:
     return out
 
 
-def fuzz(srv: ServerProcess, ops) -> dict:
-    """Run every operation through both generation modes; return {operation: [failure reports]}."""
+def fuzz(srv: ServerProcess, ops, headers: dict) -> dict:
+    """Run every operation through both generation modes with ``headers`` (the key its routes take);
+    return {operation: [failure reports]}."""
     failures: dict = {}
     for op in ops:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
@@ -109,7 +111,7 @@ def fuzz(srv: ServerProcess, ops) -> dict:
             @SETTINGS
             @hypothesis.given(case=strategy)
             def run(case):
-                case.call_and_validate(base_url=srv.url, headers=AUTH, timeout=30, excluded_checks=excluded)
+                case.call_and_validate(base_url=srv.url, headers=headers, timeout=30, excluded_checks=excluded)
 
             try:
                 run()
@@ -120,8 +122,8 @@ def fuzz(srv: ServerProcess, ops) -> dict:
     return failures
 
 
-def _check(srv: ServerProcess, ops) -> None:
-    failures = fuzz(srv, ops)
+def _check(srv: ServerProcess, ops, headers: dict) -> None:
+    failures = fuzz(srv, ops, headers)
     assert not failures, "\n\n".join(f"== {label}\n" + "\n".join(msgs) for label, msgs in failures.items())
     assert srv.proc.poll() is None, "the server died under fuzzing:\n" + srv.log()[-3000:]
     errors = server_errors_logged(srv)
@@ -134,7 +136,7 @@ def test_fuzz_scoring_and_ops_operations(api_server):
     for expected in ("POST /score", "POST /invocations", "POST /v2/models/{name}/infer", "POST /predict",
                      "POST /feedback", "GET /health", "GET /ready", "GET /metrics", "GET /v2/models/{name}"):
         assert expected in labels, (expected, sorted(labels))
-    _check(api_server, ops)
+    _check(api_server, ops, AUTH)
     # still serving correctly afterwards
     with api_server.client() as c:
         r = c.post("/score", json={"data": [[0] * 784]})
@@ -146,4 +148,4 @@ def test_fuzz_admin_operations_on_a_throwaway_server(admin_server):
     assert {op.label for op in ops} >= {"GET /admin/state", "POST /admin/deployments/{deployment}",
                                         "DELETE /admin/deployments/{deployment}", "PUT /admin/traffic",
                                         "POST /admin/rollback"}
-    _check(admin_server, ops)
+    _check(admin_server, ops, ADMIN)  # the admin key: admin routes refuse a scoring key

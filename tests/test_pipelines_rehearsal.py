@@ -36,7 +36,7 @@ from mnistops import tags
 
 
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 PIPELINES = REPO / "jobs" / "self-hosted" / "azure-devops"
 MODEL = "mnist-classifier"
@@ -140,7 +140,7 @@ class Agents:
         return {"Pipeline.Workspace": str(workspace), "Build.ArtifactStagingDirectory": str(workspace / "a"),
                 "Build.SourceVersion": "rehearsal", "RELEASE": str(REPO), "System.AccessToken": "unused",
                 "alertWebhookUrl": "", "MNISTOPS_HOST_HOME": str(self.hosts[env]),
-                "MNISTOPS_ARGS": " ".join([*args, f"env.endpoint_port={self.ports[env]}"]), **self.stores}
+                "MNISTOPS_ARGS": " ".join([*args, f"endpoint.port={self.ports[env]}"]), **self.stores}
 
     def prepare_home(self, home: Path) -> None:
         """A scratch home is new and empty; a host's home keeps only what its endpoints keep."""
@@ -184,7 +184,7 @@ class Agents:
         step = pf.Step(Path("driver"), "driver", "driver", [f"env={env}", *args], {}, None, "")
         cwd = self.root / "runs" / f"driver-{time.monotonic_ns()}"
         cwd.mkdir(parents=True)
-        return self.execute(step, step.args + [f"env.endpoint_port={self.ports[env]}"],
+        return self.execute(step, step.args + [f"endpoint.port={self.ports[env]}"],
                             {"MNISTOPS_HOME": str(home), **self.stores}, cwd)
 
     def served_versions(self, env: str) -> List[str]:
@@ -208,7 +208,7 @@ class Agents:
                 cwd.mkdir(parents=True, exist_ok=True)
                 stopping.append(subprocess.Popen(
                     [sys.executable, "-m", "mnistops", f"env={env}", "stage=endpoint", "endpoint.action=stop",
-                     f"env.endpoint_port={self.ports[env]}"], cwd=cwd, stdout=subprocess.DEVNULL,
+                     f"endpoint.port={self.ports[env]}"], cwd=cwd, stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL, env={**base, "MNISTOPS_HOME": str(host / "home"), **self.stores}))
         for proc in stopping:
             proc.wait(STEP_TIMEOUT)

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from serving_fixtures import KEY, ServerProcess, make_endpoint, registered_model
+from serving_fixtures import ADMIN_KEY, KEY, KEY2, ServerProcess, make_endpoint, registered_model
 
 pytestmark = pytest.mark.integration
 
@@ -127,7 +127,7 @@ def test_collection_is_valid_postman_v21(collection, data_cache):
     assert defined["baseUrl"] == "http://127.0.0.1:5080" and "apiKey" in defined
     assert collection["auth"] == {"type": "bearer", "bearer": [{"key": "token", "value": "{{apiKey}}",
                                                                 "type": "string"}]}
-    assert defined["apiKey"] == ""  # no key ships in the collection
+    assert defined["apiKey"] == defined["adminKey"] == ""  # no key ships in the collection
 
     routes = set()
     for item in items:
@@ -147,7 +147,10 @@ def test_collection_is_valid_postman_v21(collection, data_cache):
         routes.add((req["method"], "/" + "/".join(url["path"])))
     assert routes >= {("GET", "/health"), ("GET", "/ready"), ("GET", "/metrics"), ("POST", "/score"),
                       ("POST", "/invocations"), ("POST", "/v2/models/{{modelName}}/infer"),
-                      ("GET", "/v2/models/{{modelName}}"), ("POST", "/predict"), ("POST", "/feedback")}
+                      ("GET", "/v2/models/{{modelName}}"), ("POST", "/predict"), ("POST", "/feedback"),
+                      ("GET", "/v2/health/live"), ("GET", "/v2/health/ready"), ("GET", "/admin/state")}
+    admin = next(i for i in items if i["request"]["url"]["path"][0] == "admin")
+    assert admin["request"]["auth"]["bearer"][0]["value"] == "{{adminKey}}"  # its own key, not the scoring one
     forms = {next(iter(json.loads(i["request"]["body"]["raw"]))) for i in items
              if i["request"]["url"]["path"] == ["invocations"]}
     assert forms == {"inputs", "dataframe_split", "input_data"}
@@ -167,10 +170,10 @@ def test_collection_is_valid_postman_v21(collection, data_cache):
 
 # --------------------------------------------------------------------------- replay with httpx
 
-def replay(collection: dict, base_url: str, api_key: str):
+def replay(collection: dict, base_url: str, api_key: str, admin_key: str = ADMIN_KEY):
     """Every request in order, as Postman sends it; yields (item, response)."""
     variables = {v["key"]: v["value"] for v in collection["variable"]}
-    variables.update(baseUrl=base_url, apiKey=api_key)
+    variables.update(baseUrl=base_url, apiKey=api_key, adminKey=admin_key)
     with httpx.Client(timeout=30) as client:
         for item in collection["item"]:
             req = item["request"]
@@ -207,10 +210,11 @@ def feedback_lines(srv: ServerProcess) -> list:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def test_every_request_replays_against_a_real_server(collection, server):
+@pytest.mark.parametrize("scoring_key", [KEY, KEY2], ids=["primary", "secondary"])
+def test_every_request_replays_against_a_real_server(collection, server, scoring_key):
     before = len(feedback_lines(server))
     seen = []
-    for item, r in replay(collection, server.url, KEY):
+    for item, r in replay(collection, server.url, scoring_key):
         assert r.status_code == expected_status(item), (item["name"], r.status_code, r.text[:500])
         seen.append(item["name"])
         if r.headers.get("content-type", "").startswith("application/json"):
@@ -228,19 +232,23 @@ def test_every_request_replays_against_a_real_server(collection, server):
 
 
 def test_without_the_key_the_secured_requests_are_refused(collection, server):
-    statuses = {item["name"]: r.status_code for item, r in replay(collection, server.url, "not-the-key")}
+    statuses = {item["name"]: r.status_code for item, r in replay(collection, server.url, "not-the-key", "nope")}
     for item in collection["item"]:
         open_route = item["request"].get("auth", {}).get("type") == "noauth"
         assert statuses[item["name"]] == (200 if open_route else 401), (item["name"], statuses)
+    # a scoring key opens no admin route, the admin key no scoring route
+    swapped = {item["name"]: r.status_code for item, r in replay(collection, server.url, ADMIN_KEY, KEY)}
+    assert swapped["admin state"] == 401 and swapped["score"] == 401 and swapped["health"] == 200
 
 
 # --------------------------------------------------------------------------- newman
 
-def newman(collection_path: Path, base_url: str, api_key: str, report: Path) -> subprocess.CompletedProcess:
+def newman(collection_path: Path, base_url: str, api_key: str, report: Path,
+           admin_key: str = ADMIN_KEY) -> subprocess.CompletedProcess:
     # (a run with failures makes the newman CLI wait for the server to close idle keep-alive sockets: 30 s)
     return subprocess.run(
         ["newman", "run", str(collection_path), "--working-dir", str(POSTMAN), "--env-var", f"baseUrl={base_url}",
-         "--env-var", f"apiKey={api_key}", "--reporters", "cli,json", "--reporter-json-export", str(report),
+         "--env-var", f"apiKey={api_key}", "--env-var", f"adminKey={admin_key}", "--reporters", "cli,json", "--reporter-json-export", str(report),
          "--color", "off", "--disable-unicode", "--timeout-request", "30000"],
         capture_output=True, text=True, timeout=120)
 

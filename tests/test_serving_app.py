@@ -16,7 +16,8 @@ import httpx
 import numpy as np
 import pytest
 
-from serving_fixtures import AUTH, KEY, ServerProcess, make_endpoint, mnist, model_dir  # noqa: F401 (fixtures)
+from serving_fixtures import (ADMIN, ADMIN_KEY, AUTH, KEY, KEY2, ServerProcess, make_endpoint, mnist,  # noqa: F401
+                              model_dir)
 
 pytestmark = pytest.mark.integration
 
@@ -120,8 +121,9 @@ def test_open_inference_protocol(server, model_dir, mnist):
             assert probs["name"] == "probabilities" and probs["shape"] == [5, 10] and probs["datatype"] == "FP32"
             np.testing.assert_allclose(np.array(probs["data"]).reshape(5, 10), ref, atol=2e-5)
             assert digits == {"name": "digit", "shape": [5], "datatype": "INT64", "data": ref.argmax(1).tolist()}
-        assert c.get("/v2/health/live").json() == {"live": True}
-        assert c.get("/v2/health/ready").json() == {"ready": True}
+    for path, body in (("/v2/health/live", {"live": True}), ("/v2/health/ready", {"ready": True})):
+        assert httpx.get(server.url + path).json() == body  # probes carry no key
+    with server.client() as c:
         meta = c.get("/v2/models/mnist-classifier").json()
         assert meta["name"] == "mnist-classifier" and meta["versions"] == ["1"]
         assert [o["name"] for o in meta["outputs"]] == ["probabilities", "digit"]
@@ -187,32 +189,46 @@ def test_openapi_describes_every_route(server):
         op = paths[path]["post" if path != "/admin/traffic" else "put"]
         ref = op["requestBody"]["content"]["application/json"]["schema"]["$ref"]
         assert ref.split("/")[-1] in schemas
-        assert {"401", "422"} <= set(op["responses"]) and op["security"] == [{"bearerAuth": []}]
+        scheme = "adminKey" if path.startswith("/admin") else "scoringKey"
+        assert {"401", "422"} <= set(op["responses"]) and op["security"] == [{scheme: []}]
     assert {"400", "413", "415", "408", "503"} <= set(paths["/score"]["post"]["responses"])
     assert "multipart/form-data" in paths["/predict"]["post"]["requestBody"]["content"]
     assert "data" in schemas["ScoreRequest"]["properties"]
-    assert spec["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    assert {k: v["scheme"] for k, v in spec["components"]["securitySchemes"].items()} == {
+        "scoringKey": "bearer", "adminKey": "bearer"}
+    for path in ("/health", "/ready", "/v2/health/live", "/v2/health/ready", "/metrics"):
+        assert "security" not in paths[path]["get"], path
     assert httpx.get(server.url + "/docs").status_code == 200
 
 
 # --------------------------------------------------------------------------- auth, ids, feedback
 
-def test_key_auth(server):
+def test_keys_scoring_primary_and_secondary_admin_apart_probes_open(server):
     body = {"data": [[0] * 784]}
     with server.client(key=False) as c:
         assert c.post("/score", json=body).status_code == 401
         assert c.post("/score", json=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
         assert c.post("/score", json=body, headers={"Authorization": KEY}).status_code == 401
-        r = c.post("/score", json=body, headers={"Authorization": f"bearer {KEY}"})
-        assert r.status_code == 200
+        for key in (KEY, KEY2):  # primary and secondary both score (scheme case-insensitive)
+            assert c.post("/score", json=body, headers={"Authorization": f"bearer {key}"}).status_code == 200
+        # the admin key is not a scoring key, and a scoring key opens no admin route
+        r = c.post("/score", json=body, headers=ADMIN)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        for key in (KEY, KEY2, "wrong"):
+            r = c.get("/admin/state", headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 401 and "admin key" in r.json()["error"]
+            assert c.put("/admin/traffic", json={"traffic": {"blue": 100}},
+                         headers={"Authorization": f"Bearer {key}"}).status_code == 401
+            assert c.post("/admin/rollback", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+        assert c.get("/admin/state", headers=ADMIN).json()["traffic"] == {"blue": 100}
         for path in ("/invocations", "/v2/models/mnist-classifier/infer", "/feedback", "/predict"):
             r = c.post(path, json={})
             assert r.status_code == 401 and "key" in r.json()["error"], path
-        for path in ("/admin/state", "/v2/health/live", "/v2/models/mnist-classifier"):
-            assert c.get(path).status_code == 401, path
-        for path in ("/health", "/ready", "/metrics", "/"):
-            assert c.get(path).status_code == 200, path
-    assert KEY not in server.log()
+        assert c.get("/v2/models/mnist-classifier").status_code == 401
+        for path in ("/health", "/ready", "/metrics", "/", "/v2/health/live", "/v2/health/ready"):
+            assert c.get(path).status_code == 200, path  # probes and the page carry no key
+    log = server.log()
+    assert KEY not in log and KEY2 not in log and ADMIN_KEY not in log
 
 
 def test_request_ids_are_honoured_and_logged(server):
@@ -348,7 +364,8 @@ def test_queue_full_is_503_and_slow_answers_are_408(tmp_path, model_dir):
     sess.run(None, {"images": one})
     one_image_ms = (time.perf_counter() - t0) * 1000
     # the timeout is one image's inference time: a batch of 4 images can never make it
-    d = make_endpoint(tmp_path, model_dir, max_queue=4, request_timeout_ms=max(5, round(one_image_ms)), max_batch=4)
+    d = make_endpoint(tmp_path, model_dir, max_queue=4, request_timeout_ms=max(5, round(one_image_ms)), max_batch=4,
+                      workers=1)  # one queue of 4: the burst of 12 must overflow it
     state = json.loads((d / "state.json").read_text())
     state["deployments"]["blue"].update(path=str(slow), version="slow")
     (d / "state.json").write_text(json.dumps(state))
@@ -374,9 +391,9 @@ def test_queue_full_is_503_and_slow_answers_are_408(tmp_path, model_dir):
             t.join()
         assert set(statuses) <= {200, 408, 503} and 503 in statuses, statuses
         assert all(s < 1.0 for code, s in elapsed if code == 503)  # refused at once, not queued
-        with srv.client() as c:
+        with srv.client() as c, srv.admin() as a:
             deadline = time.monotonic() + 10  # the timed-out requests' batches still run: let them finish
-            while c.get("/admin/state").json()["deployments"]["blue"]["queue_depth"] and time.monotonic() < deadline:
+            while a.get("/admin/state").json()["deployments"]["blue"]["queue_depth"] and time.monotonic() < deadline:
                 time.sleep(0.05)
             r = c.post("/score", json={"data": [[0] * 784] * 4})  # 4 heavy images: ~4x the timeout
             assert r.status_code == 408 and "request_timeout_ms" in r.json()["error"]
@@ -416,14 +433,14 @@ def test_blue_green_traffic_mirror_rollback_and_restart(tmp_path, model_dir, mni
     ref = reference(model_dir, mnist[0][:2])
     body = {"data": mnist[0][:2].tolist()}
     try:
-        with srv.client() as c:
-            state = c.get("/admin/state").json()
+        with srv.client() as c, srv.admin() as a:
+            state = a.get("/admin/state").json()
             assert state["deployments"]["blue"]["loaded"] and state["deployments"]["blue"]["healthy"]
             assert state["traffic"] == {"blue": 100} and state["previous"] is None
-            assert c.post("/admin/rollback").status_code == 409
+            assert a.post("/admin/rollback").status_code == 409
 
             # load green: no traffic yet, reachable by pinning
-            r = c.post("/admin/deployments/green", json=green)
+            r = a.post("/admin/deployments/green", json=green)
             assert r.status_code == 200, r.text
             assert r.json()["loaded"] and r.json()["version"] == "2"
             assert c.get("/ready", params={"deployment": "green"}).status_code == 200
@@ -432,13 +449,13 @@ def test_blue_green_traffic_mirror_rollback_and_restart(tmp_path, model_dir, mni
             assert c.post("/score", json=body).json()["deployment"] == "blue"
 
             # a model that does not load: 422, nothing changes
-            before = c.get("/admin/state").json()
+            before = a.get("/admin/state").json()
             for bad in ({**green, "path": str(broken)}, {**green, "path": str(d / "nowhere")},
                         {**green, "path": "relative/dir"}, {"version": "3"}):
-                r = c.post("/admin/deployments/blue", json=bad)
+                r = a.post("/admin/deployments/blue", json=bad)
                 assert r.status_code == 422 and r.json()["error"], bad
-            assert c.post("/admin/deployments/bad name!", json=green).status_code in (404, 422)
-            assert c.get("/admin/state").json() == before
+            assert a.post("/admin/deployments/bad name!", json=green).status_code in (404, 422)
+            assert a.get("/admin/state").json() == before
             check_answer(c.post("/score", json=body).json(), ref, "blue", "1")
 
             # traffic: validated, then split ~50/50
@@ -446,17 +463,17 @@ def test_blue_green_traffic_mirror_rollback_and_restart(tmp_path, model_dir, mni
                         {"traffic": {"blue": 50.5, "green": 49.5}}, {"traffic": {"blue": "100"}},
                         {"traffic": {"blue": 101, "green": -1}}, {"mirror_traffic": {"green": 10}},
                         {"traffic": {"blue": 50, "green": 50}, "mirror_traffic": {"green": 10}}):
-                assert c.put("/admin/traffic", json=bad).status_code == 422, bad
-            assert c.put("/admin/traffic", content=b"{", headers={"Content-Type": "application/json"}).status_code == 400
-            r = c.put("/admin/traffic", json={"traffic": {"blue": 50, "green": 50}})
+                assert a.put("/admin/traffic", json=bad).status_code == 422, bad
+            assert a.put("/admin/traffic", content=b"{", headers={"Content-Type": "application/json"}).status_code == 400
+            r = a.put("/admin/traffic", json={"traffic": {"blue": 50, "green": 50}})
             assert r.status_code == 200 and r.json()["traffic"] == {"blue": 50, "green": 50}
             served = [c.post("/score", json=body).json()["deployment"] for _ in range(200)]
             assert 60 <= served.count("green") <= 140 and served.count("green") + served.count("blue") == 200
-            assert c.delete("/admin/deployments/green").status_code == 409
-            assert c.delete("/admin/deployments/red").status_code == 404
+            assert a.delete("/admin/deployments/green").status_code == 409
+            assert a.delete("/admin/deployments/red").status_code == 404
 
             # mirror: blue answers everything, green sees ~half the requests in the background
-            r = c.put("/admin/traffic", json={"traffic": {"blue": 100, "green": 0}, "mirror_traffic": {"green": 50}})
+            r = a.put("/admin/traffic", json={"traffic": {"blue": 100, "green": 0}, "mirror_traffic": {"green": 50}})
             assert r.status_code == 200 and r.json()["mirror_traffic"] == {"green": 50}
             assert {c.post("/score", json=body).json()["deployment"] for _ in range(100)} == {"blue"}
             time.sleep(0.3)
@@ -466,17 +483,17 @@ def test_blue_green_traffic_mirror_rollback_and_restart(tmp_path, model_dir, mni
             assert metric(text, "mnistops_mirror_traffic_percent", deployment="green") == 50
 
             # replace green by v3, roll back to v2, state.json follows every change
-            r = c.post("/admin/deployments/green", json={**green, "version": "3"})
+            r = a.post("/admin/deployments/green", json={**green, "version": "3"})
             assert r.status_code == 200
             assert c.post("/score", json=body, headers={"azureml-model-deployment": "green"}).json()["version"] == "3"
-            r = c.post("/admin/rollback")
+            r = a.post("/admin/rollback")
             assert r.status_code == 200, r.text
             assert r.json()["deployments"]["green"]["version"] == "2"
             assert r.json()["previous"]["deployments"]["green"]["version"] == "3"
             assert c.post("/score", json=body, headers={"azureml-model-deployment": "green"}).json()["version"] == "2"
-            assert c.put("/admin/traffic", json={"traffic": {"blue": 30, "green": 70},
+            assert a.put("/admin/traffic", json={"traffic": {"blue": 30, "green": 70},
                                                  "mirror_traffic": {}}).status_code == 200
-            state = c.get("/admin/state").json()
+            state = a.get("/admin/state").json()
         saved = json.loads((d / "state.json").read_text())
         assert saved["traffic"] == {"blue": 30, "green": 70} and saved["mirror_traffic"] == {}
         assert {n: v["version"] for n, v in saved["deployments"].items()} == {"blue": "1", "green": "2"}
@@ -487,8 +504,8 @@ def test_blue_green_traffic_mirror_rollback_and_restart(tmp_path, model_dir, mni
         assert (d / "server.pid").read_text().strip() == str(srv.proc.pid)
         srv.kill9()
         srv.start(wait_for="/health")
-        with srv.client() as c:
-            again = c.get("/admin/state").json()
+        with srv.client() as c, srv.admin() as a:
+            again = a.get("/admin/state").json()
             assert again["traffic"] == state["traffic"] and again["mirror_traffic"] == {}
             for name in ("blue", "green"):
                 assert again["deployments"][name]["version"] == state["deployments"][name]["version"]
@@ -498,10 +515,10 @@ def test_blue_green_traffic_mirror_rollback_and_restart(tmp_path, model_dir, mni
                          "green", "2")
 
             # delete green once it has no traffic; rollback brings it back
-            assert c.put("/admin/traffic", json={"traffic": {"blue": 100}}).status_code == 200
-            assert c.delete("/admin/deployments/green").status_code == 200
-            assert set(c.get("/admin/state").json()["deployments"]) == {"blue"}
-            assert c.post("/admin/rollback").json()["deployments"]["green"]["loaded"]
+            assert a.put("/admin/traffic", json={"traffic": {"blue": 100}}).status_code == 200
+            assert a.delete("/admin/deployments/green").status_code == 200
+            assert set(a.get("/admin/state").json()["deployments"]) == {"blue"}
+            assert a.post("/admin/rollback").json()["deployments"]["green"]["loaded"]
             text = c.get("/metrics").text
         assert metric(text, "mnistops_requests_total", status="500") == 0
     finally:
@@ -518,10 +535,10 @@ def test_a_deployment_that_fails_to_load_at_startup_is_reported(tmp_path, model_
     (d / "state.json").write_text(json.dumps(state))
     srv = ServerProcess(d).start(wait_for="/health")
     try:
-        with srv.client() as c:
+        with srv.client() as c, srv.admin() as a:
             r = c.get("/ready")
             assert r.status_code == 503 and "green" in r.json()["reasons"][0]
-            st = c.get("/admin/state").json()["deployments"]
+            st = a.get("/admin/state").json()["deployments"]
             assert st["blue"]["loaded"] and not st["green"]["loaded"] and "gone" in st["green"]["error"]
             r = c.post("/score", json={"data": [[0] * 784]}, headers={"azureml-model-deployment": "blue"})
             assert r.status_code == 200
@@ -548,7 +565,8 @@ def test_create_app_serves_in_process(tmp_path, model_dir, mnist):
                 r = await c.post("/score", json={"data": mnist[0][:2].tolist()})  # auth off: no key needed
                 assert r.status_code == 200
                 check_answer(r.json(), ref)
-                assert (await c.get("/admin/state")).status_code == 401  # admin always needs the key
-                assert (await c.get("/admin/state", headers=AUTH)).json()["traffic"] == {"blue": 100}
+                assert (await c.get("/admin/state")).status_code == 401  # admin always needs the admin key
+                assert (await c.get("/admin/state", headers=AUTH)).status_code == 401
+                assert (await c.get("/admin/state", headers=ADMIN)).json()["traffic"] == {"blue": 100}
 
     asyncio.run(scenario())

@@ -1,11 +1,15 @@
 """The registered MLflow model: an ONNX graph behind a small pyfunc wrapper.
 
-Logged as "models from code": MLflow copies this file into the model, so loading needs only
-numpy, pandas and onnxruntime (no torch, no mnistops). Accepted inputs, any batch size:
-28x28 images or 784-long rows, as numpy arrays, nested lists or DataFrames, uint8 0-255 or
-float 0-1. Output: one row per image with `digit` and `probabilities` (10 floats).
-The input rules match the endpoint's (mnistops/serving/inputs.py) but are written out here on
-purpose: this file travels inside every registered model and may import nothing of mnistops.
+Logged as "models from code": MLflow copies this file into the model, and the register stage logs
+the endpoint's protocol module with it (``code_paths``: ``code/mnistops_protocol.py``, see
+``mnistops.serving.protocol.vendor``), so loading needs only numpy, pandas and onnxruntime — no
+torch, no mnistops — and decodes inputs by the very rules the endpoint and Azure's score.py use.
+
+Accepted inputs, any batch size: 28x28 images or 784-long rows, as numpy arrays, nested lists or
+DataFrames (784 pixel columns, or one column of images); integers are 0-255, floats 0-1 (floats
+above 1 are 0-255); see ``protocol.to_batch``. Output: one row per image with ``digit`` and
+``probabilities`` (10 floats). A bad input raises MLflow's INVALID_PARAMETER_VALUE (a 400 under
+``mlflow models serve``) with the protocol's message naming the field.
 """
 
 from __future__ import annotations
@@ -15,40 +19,18 @@ import pandas as pd
 from mlflow.models import set_model
 from mlflow.pyfunc import PythonModel
 
-PIXELS = 28 * 28
+try:  # the copy logged with the model: what was registered is what decodes
+    import mnistops_protocol as protocol
+except ImportError:  # registering (or testing) inside the project
+    from mnistops.serving import protocol
 
 
 def to_batch(model_input) -> np.ndarray:
-    """Any accepted input form -> float32 (N, 1, 28, 28) in [0, 1]."""
-    if isinstance(model_input, pd.DataFrame):
-        model_input = np.stack([np.asarray(v, dtype=np.float64).ravel() for v in model_input.iloc[:, 0]]) \
-            if model_input.shape[1] == 1 else model_input.to_numpy()
-    x = np.asarray(model_input)
-    if x.dtype == object:
-        raise ValueError("images must be numeric arrays of equal size (ragged or non-numeric input)")
-    if x.ndim in (1, 2) and x.shape[-1] == PIXELS:
-        x = x.reshape(-1, 28, 28)
-    elif x.ndim == 2 and x.shape == (28, 28):
-        x = x[None]
-    elif x.ndim == 4 and x.shape[1] == 1:
-        x = x[:, 0]
-    if x.ndim != 3 or x.shape[1:] != (28, 28):
-        raise ValueError(f"expected images of 28x28 or rows of 784 pixels, got shape {tuple(x.shape)}")
-    if x.dtype == np.uint8:
-        return (x.astype(np.float32) / 255.0)[:, None]
-    x = x.astype(np.float32)
-    if not np.isfinite(x).all():
-        raise ValueError("pixel values must be finite (found NaN or inf)")
-    if x.size and (x.min() < 0 or x.max() > 255):
-        raise ValueError("pixel values must be in 0..1 (floats) or 0..255 (integers)")
-    if x.size and x.max() > 1.0:  # integers sent as floats or ints: 0-255 scale
-        x = x / 255.0
-    return x[:, None]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    """Any accepted input form -> float32 (N, 1, 28, 28) in [0, 1] (the protocol's one rule); a dict
+    of tensors (MLflow's named ``inputs``) holds one: the images."""
+    if isinstance(model_input, dict):
+        model_input = protocol.single_tensor(model_input, "model_input")
+    return protocol.to_batch(model_input, "model_input")
 
 
 class MnistOnnxModel(PythonModel):
@@ -61,12 +43,19 @@ class MnistOnnxModel(PythonModel):
         self.input_name = self.session.get_inputs()[0].name
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        return softmax(self.session.run(None, {self.input_name: batch})[0])
+        return protocol.softmax(self.session.run(None, {self.input_name: batch})[0])
 
     # The hint is MLflow's "validate nothing" type (it asks every PythonModel for a hint, on each load):
     # model_input is any of the forms to_batch() accepts, checked there.
     def predict(self, context, model_input: np.ndarray, params=None) -> pd.DataFrame:
-        proba = self.predict_proba(to_batch(model_input))
+        try:
+            batch = to_batch(model_input)
+        except protocol.ProtocolError as err:
+            from mlflow.exceptions import MlflowException
+            from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+            raise MlflowException(err.message, error_code=INVALID_PARAMETER_VALUE) from None
+        proba = self.predict_proba(batch)
         return pd.DataFrame({"digit": proba.argmax(axis=1).astype(np.int64),
                              "probabilities": [row.tolist() for row in proba.astype(np.float64)]})
 

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from mnistops.errors import MnistopsError
-from mnistops.serving.inputs import softmax
+from mnistops.serving.protocol import softmax
 
 LINEAR_OPS = ("Gemm", "MatMul")
 CHUNK = 2048

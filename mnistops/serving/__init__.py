@@ -1,17 +1,32 @@
-"""The endpoint server: one FastAPI app (``create_app``) run by uvicorn, one process per endpoint.
+"""The endpoint server: a FastAPI app per worker process, several workers behind one port under
+gunicorn, kept running by a supervisor; one protocol module shared with Azure's score.py and the
+registered pyfunc. Nothing here imports torch, lightning or mlflow: a worker starts in well under a second.
 
-Modules, one job each: ``settings`` (server.json, key), ``inputs`` (payload -> image batch, per
-protocol), ``images`` (upload normalisation), ``deployments`` (ONNX session, slot, state.json I/O),
-``endpoint`` (live slots + admin changes), ``batching`` (adaptive micro-batching), ``auth``,
-``metrics``, ``routing`` (traffic split, mirror), ``schemas`` (pydantic models for the OpenAPI doc),
-``page`` (the draw-a-digit page), ``app`` (routes), ``__main__`` (``python -m mnistops.serving``).
-Nothing here imports torch, lightning or mlflow: the server starts in well under a second.
+Modules, one job each:
+
+    protocol     every request format, answer shape and client error (shared with score.py, pyfunc)
+    images       upload normalisation (any picture -> an MNIST-style 28x28 digit)
+    settings     server.json (one pydantic model, written by the deploy side) and the key files
+    deployments  an ONNX session per slot, state.json I/O
+    batching     adaptive micro-batching, one per deployment per worker
+    live_state   one worker's slots/traffic/mirror; prepare + commit of a new state
+    cluster      the workers kept on one state: control ports, lock, two-phase commit
+    runtime      what the routes share and the steps of a scoring request
+    scoring      /score, /invocations, /v2/.../infer, /predict, /feedback
+    admin        /admin/* (admin key): the plans of every change
+    ops          /health, /ready, /v2/health/*, /metrics, / (open)
+    middleware   request id, body limit, log line, metrics, collection
+    errors       every non-200 answer; openapi: the description; schemas: its pydantic models
+    prometheus   metrics, summed over workers; collector: what was served, for monitoring
+    routing      traffic split + mirror; page: the draw-a-digit page
+    master       the gunicorn master (N uvicorn workers); supervisor: restarts the master
+    __main__     ``python -m mnistops.serving --endpoint-dir DIR``
 """
 
 from __future__ import annotations
 
 
-def create_app(endpoint_dir, freeze_gc: bool = False):  # lazy: `import mnistops.serving.inputs` needs no fastapi
+def create_app(endpoint_dir, freeze_gc: bool = False):  # lazy: `import mnistops.serving.protocol` needs no fastapi
     from mnistops.serving.app import create_app as _create_app
 
     return _create_app(endpoint_dir, freeze_gc=freeze_gc)

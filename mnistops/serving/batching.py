@@ -1,12 +1,19 @@
-"""Adaptive micro-batching: one queue and one inference thread per deployment.
+"""Adaptive micro-batching: one queue per deployment (in each worker process).
 
 Requests put their images in the queue and await a future. A worker task takes what is queued (up to
-``max_batch`` images), and runs the model in the deployment's own thread. It waits for more only
-while more keep coming: after the first item it yields to the event loop once; if that brought new
-requests it keeps collecting (one yield at a time) until ``max_batch`` images or ``max_wait_ms``;
-if not, it runs at once. Low load: no added latency. High load: requests pile up while the previous
-batch runs, so batches grow by themselves. The queue is bounded (``max_queue`` images, queued or in
-inference): a full queue refuses at once (``QueueFull`` -> 503) instead of letting latency grow.
+``max_batch`` images) and runs the model. It waits for more only while more keep coming: after the
+first item it yields to the event loop once; if that brought new requests it keeps collecting (one
+yield at a time) until ``max_batch`` images or ``max_wait_ms``; if not, it runs at once. Low load:
+no added latency. High load: requests pile up while the previous batch runs, so batches grow by
+themselves. The queue is bounded (``max_queue`` images, queued or in inference): a full queue
+refuses at once (``QueueFull`` -> 503) instead of letting latency grow.
+
+Where a batch runs: a model that answers a batch in under ``INLINE_MAX_MS`` (a moving average of what
+it took) runs right on the event loop, as a minimal server would: with one worker per core there is
+no idle core for a second thread, and handing each batch to one costs CPU (wake-ups, GIL hand-offs)
+that the requests pay for. A slower model runs in the deployment's own thread, so the loop keeps
+answering probes and deadlines (408) hold while it computes. A batcher starts on the thread, until
+it has measured its model.
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from typing import Callable, Deque, List, Optional, Tuple
 import numpy as np
 
 log = logging.getLogger("mnistops.serving")
+
+INLINE_MAX_MS = 20.0
 
 
 class QueueFull(Exception):
@@ -48,6 +57,7 @@ class MicroBatcher:
         self._idle: Optional[asyncio.Event] = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._on_result = on_result
+        self._batch_seconds: Optional[float] = None  # moving average of one batch's inference time
         if metrics is not None:
             self._m_batch = metrics.batch_size.labels(name)
             self._m_infer = metrics.inference.labels(name)
@@ -152,11 +162,19 @@ class MicroBatcher:
         probs = self.predict(x)
         return probs, time.perf_counter() - t0
 
+    @property
+    def inline(self) -> bool:
+        """Run batches on the event loop (a fast model, measured), or on the deployment's thread."""
+        return self._batch_seconds is not None and self._batch_seconds * 1000.0 < INLINE_MAX_MS
+
     async def _infer(self, loop, items, n: int) -> None:
         x = items[0][0] if len(items) == 1 else np.concatenate([b for b, _ in items])
+        error = None
         try:
-            probs, seconds = await loop.run_in_executor(self._executor, self._timed, x)
-            error = None
+            if self.inline:
+                probs, seconds = self._timed(x)
+            else:
+                probs, seconds = await loop.run_in_executor(self._executor, self._timed, x)
         except asyncio.CancelledError:
             self._release(n)
             for _, fut in items:
@@ -166,6 +184,9 @@ class MicroBatcher:
         except Exception as exc:  # a broken model: every waiting request learns it
             probs, error, seconds = None, exc, 0.0
             log.error("deployment %s: inference failed on a batch of %d: %r", self.name, n, exc)
+        if error is None:
+            avg = self._batch_seconds
+            self._batch_seconds = seconds if avg is None else 0.8 * avg + 0.2 * seconds
         if self._m_batch is not None:
             self._m_batch.observe(n)
             self._m_infer.observe(seconds)

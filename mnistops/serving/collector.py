@@ -2,7 +2,8 @@
 
 The request handler only appends a tuple to a deque (no copying, no serialising: the hot path stays
 lean); a writer thread wakes every ``flush_ms``, serialises what is pending and appends it, one JSON
-line per request, to ``<monitor_dir>/requests/<start>-<pid>-<seq>.jsonl``. Files are append-only and
+line per request, to ``<monitor_dir>/requests/<start>-<pid>-<seq>.jsonl`` (one writer per file: each
+worker process of the endpoint writes its own files, and the monitor reads them all). Files are append-only and
 rotated by size and age; a closed file is never written again. A clean shutdown writes everything
 still pending; a killed server loses at most the last ``flush_ms`` of records (lines reach the OS as
 whole writes, and a reader skips a torn last line). Ground truth (``POST /feedback``) is appended to
@@ -191,14 +192,19 @@ class Collector:
 
 
 class FeedbackLog:
-    """Ground truth, appended (and handed to the OS) before the client hears 202."""
+    """Ground truth, appended (and handed to the OS) before the client hears 202.
+
+    Every worker process appends to the same file: each record is one ``write`` of one line on a
+    descriptor opened with O_APPEND, which the kernel never interleaves with another's."""
 
     def __init__(self, monitor_dir: Path):
         self.path = Path(monitor_dir) / FEEDBACK_FILE
-        self._lock = threading.Lock()
 
     def append(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = orjson.dumps(record) + b"\n"
-        with self._lock, open(self.path, "ab") as f:
-            f.write(line)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line)
+        finally:
+            os.close(fd)

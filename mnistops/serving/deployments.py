@@ -7,7 +7,11 @@
                               "loaded_at": "2025-01-01T12:00:00+00:00"}},
      "traffic": {"blue": 100},
      "mirror_traffic": {},
-     "previous": {"deployments": {...}, "traffic": {...}, "mirror_traffic": {...}} | null}
+     "previous": {"deployments": {...}, "traffic": {...}, "mirror_traffic": {...}} | null,
+     "generation": 7}
+
+``generation`` counts committed changes: every worker process serves one generation at a time and a
+worker that finds a newer one on disk catches up before it serves (see ``cluster.py``).
 
 A model dir is an MLflow pyfunc dir whose graph is ``<path>/artifacts/model.onnx``: input
 float32 (N, 1, 28, 28) in [0, 1] (or (N, 784)), output logits (N, 10).
@@ -28,7 +32,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from mnistops.serving.inputs import softmax
+from mnistops.serving.protocol import ProtocolError, softmax
 
 log = logging.getLogger("mnistops.serving")
 
@@ -36,8 +40,10 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 INFO_KEYS = ("model_name", "version", "model_uri", "path", "loaded_at")
 
 
-class LoadError(Exception):
-    """The model dir cannot be served: the reason is the client's answer (422) and a log line."""
+class LoadError(ProtocolError):
+    """The model dir cannot be served: the reason is the admin's answer (422) and a log line."""
+
+    status = 422
 
 
 def now_iso() -> str:
@@ -139,7 +145,7 @@ class Deployment:
 # --------------------------------------------------------------------------- state.json
 
 def empty_state() -> dict:
-    return {"deployments": {}, "traffic": {}, "mirror_traffic": {}, "previous": None}
+    return {"deployments": {}, "traffic": {}, "mirror_traffic": {}, "previous": None, "generation": 0}
 
 
 def read_state(endpoint_dir: Path) -> dict:
@@ -161,10 +167,17 @@ def read_state(endpoint_dir: Path) -> dict:
                 raise ValueError(f"bad {key}")
             state[key] = {k: int(v) for k, v in value.items()}
         state["previous"] = _valid_snapshot(raw.get("previous"))
+        generation = raw.get("generation", 0)
+        if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+            raise ValueError("bad generation")
+        state["generation"] = generation
         return state
     except (OSError, ValueError, AttributeError, TypeError) as exc:
         aside = path.with_name(f"state.json.corrupt-{datetime.now().strftime('%Y%m%d%H%M%S')}")
-        os.replace(path, aside)
+        try:
+            os.replace(path, aside)
+        except OSError:  # another worker set it aside first
+            pass
         log.error("state.json unreadable (%s): moved to %s, starting with no deployments", exc, aside.name)
         return empty_state()
 

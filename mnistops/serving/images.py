@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mnistops.serving.inputs import InputError
+from mnistops.serving.protocol import InputError
 
 MAX_PIXELS = 16_000_000  # decompression-bomb guard: a 4000x4000 photo is the most we look at
 WORK_SIDE = 1024  # bigger pictures are shrunk first: the digit ends up 20 px tall anyway

@@ -1,5 +1,7 @@
-"""Pydantic models of the JSON bodies: they document the API (OpenAPI) and are NOT used to parse
-requests on the hot path (``inputs.py`` validates by hand, faster and with per-field messages)."""
+"""Pydantic models of the JSON bodies, for the OpenAPI description (``/docs``, ``/openapi.json``).
+
+The routes decode bodies with ``protocol.py`` (one decoder shared with score.py and the pyfunc,
+with per-field messages); these models describe the same shapes to clients and to fuzzers."""
 
 from __future__ import annotations
 
@@ -7,9 +9,9 @@ from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from mnistops.serving.inputs import INVOCATION_KEYS
+from mnistops.serving.protocol import INVOCATION_KEYS
 
-# what ``inputs.to_batch`` accepts: 784-long rows or 28x28 grids of pixels, integers 0-255 or floats 0-1
+# what ``protocol.to_batch`` accepts: 784-long rows or 28x28 grids of pixels, integers 0-255 or floats 0-1
 # (floats above 1 are read on the 0-255 scale)
 Pixel = Annotated[float, Field(ge=0, le=255)]
 ImageRow = Annotated[List[Pixel], Field(min_length=784, max_length=784, description="784 pixels, row-major")]
@@ -162,13 +164,22 @@ class Snapshot(BaseModel):
     mirror_traffic: Dict[str, int]
 
 
+class WorkerStatus(BaseModel):
+    pid: int
+    generation: int = Field(description="the committed state this worker serves")
+    loaded: Dict[str, bool] = Field(description="deployment -> loaded in this worker")
+
+
 class AdminState(BaseModel):
     name: str
     env: str
-    deployments: Dict[str, DeploymentStatus]
+    generation: int = Field(description="committed changes so far (state.json)")
+    deployments: Dict[str, DeploymentStatus] = Field(description="loaded/healthy: in every live worker; "
+                                                                 "queue_depth: summed over them")
     traffic: Dict[str, int]
     mirror_traffic: Dict[str, int]
     previous: Optional[Snapshot] = None
+    workers: List[WorkerStatus] = Field(description="the live worker processes")
 
 
 class LoadRequest(BaseModel):

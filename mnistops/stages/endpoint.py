@@ -1,5 +1,6 @@
-"""stage=endpoint: `endpoint.action=status` shows the env's endpoint; `stop` stops it;
-`regenerate-keys` rotates one scoring key (`endpoint.key`) while the other keeps working."""
+"""stage=endpoint: `endpoint.action=status` shows the env's endpoint (processes, restarts, traffic,
+deployments, key files); `stop` stops it; `regenerate-keys` replaces the `endpoint.key` scoring key
+(primary | secondary) while the other keeps working."""
 
 from __future__ import annotations
 
@@ -18,15 +19,15 @@ def run(cfg: DictConfig) -> StageResult:
     if action not in ACTIONS:
         raise MnistopsError(f"endpoint.action={action!r} is not one of {', '.join(ACTIONS)}")
     endpoint = backends.get(cfg).endpoint()
+    where = f"endpoint {endpoint.name} ({cfg.env.name})"
     if action == "stop":
         stopped = endpoint.stop()
-        print(f"endpoint {endpoint.name} ({cfg.env.name}): {'stopped' if stopped else 'was not running'}")
+        print(f"{where}: {'stopped' if stopped else 'was not running'}")
         return StageResult("endpoint", metrics={"endpoint/running": 0.0})
     if action == "regenerate-keys":
-        which = str(cfg.endpoint.get("key", "primary"))
-        where = endpoint.regenerate_key(which)
-        print(f"endpoint {endpoint.name} ({cfg.env.name}): new {which} key in {where}; the other key still works")
-        return StageResult("endpoint", metrics={"endpoint/running": 1.0})
+        path = endpoint.regenerate_key(cfg.endpoint.key)
+        print(f"{where}: new {cfg.endpoint.key} key in {path} (the other scoring key still works)")
+        return StageResult("endpoint", artifacts={"key_file": str(path)})
     for line in endpoint.describe():
         print(line)
     running = endpoint.state().exists

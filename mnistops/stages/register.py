@@ -8,6 +8,8 @@ served by every MLflow server (Azure ML's answers 404), the registry APIs used h
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig
 
 from mnistops import tags as T
@@ -26,6 +28,7 @@ def save_model(onnx_path, example, classes, into):
     from mlflow.models import ModelSignature, infer_signature
 
     from mnistops.models.export import PYFUNC_CODE
+    from mnistops.serving import protocol
 
     # MLflow enforces tensor input schemas by exact dtype and shape, which would refuse the float
     # and 784-row forms this model accepts: so the signature declares the outputs, and the input
@@ -40,6 +43,7 @@ def save_model(onnx_path, example, classes, into):
         str(into), python_model=str(PYFUNC_CODE), artifacts={"onnx": str(onnx_path)},
         signature=ModelSignature(inputs=None, outputs=outputs), input_example=example,
         pip_requirements=["mlflow>=3.1", "onnxruntime>=1.18", "numpy", "pandas"],
+        code_paths=[str(protocol.vendor(Path(into).parent / "code"))],  # the endpoint's decoder travels with it
         metadata={"input_forms": INPUT_FORMS, "classes": list(classes)})
     return into
 

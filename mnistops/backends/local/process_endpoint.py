@@ -61,20 +61,29 @@ class ProcessEndpoint(Endpoint):
         return self.server.stop()
 
     def describe(self) -> List[str]:
-        if not self._running():
-            return [f"endpoint {self.name} ({self.env}): not running (dir {self.server.dir})"]
-        state = self.server.state()
-        lines = [f"endpoint {self.name} ({self.env}): running, pid {self.server.pid()}, {self.server.url}",
-                 f"  traffic {state.get('traffic')}  mirror {state.get('mirror_traffic') or {}}"]
-        for name, dep in sorted(state.get("deployments", {}).items()):
+        st = self.server.status()
+        where = f"endpoint {self.name} ({self.env})"
+        if not st["running"]:
+            return [f"{where}: not running (dir {self.server.dir})"]
+        lines = [f"{where}: running, pid {st['pid']} (master {st['master_pid']}, workers {st['worker_pids']}), {st['url']}",
+                 f"  up {st['uptime_s']:.0f}s; restarts: master {st['restarts']['master']}, workers {st['restarts']['workers']}",
+                 f"  traffic {st['traffic']}  mirror {st['mirror_traffic'] or {}}  (generation {st['generation']})"]
+        for name, dep in sorted(st["deployments"].items()):
             lines.append(f"  {name:6} {dep.get('model_uri')}  loaded={dep.get('loaded')}  since {dep.get('loaded_at')}")
-        lines.append(f"  key: {self.server.key_file}   log: {self.server.log_file}")
+        keys = st["key_files"]
+        lines.append(f"  scoring keys: {keys['primary']}, {keys['secondary']}   admin key: {keys['admin']}")
+        lines.append(f"  log: {st['log_file']}")
         return lines
+
+    def regenerate_key(self, which: str):
+        return self.server.regenerate_key(which)
 
     def hints(self, version: ModelVersion) -> List[str]:
         """How to call it, printed after a deploy."""
+        from mnistops.serving_client import SAMPLE_PNG
+
         url, key_file = self.server.url, self.server.key_file
         return [f"  scoring URL: {url}/score   (also /invocations, /v2/models/{version.name}/infer, /predict)",
                 f"  key: {key_file}",
                 f"  draw a digit: {url}/",
-                f"  try it: curl -s {url}/predict -H \"Authorization: Bearer $(cat {key_file})\" -F file=@<a digit.png>"]
+                f"  try it: curl -s {url}/predict -H \"Authorization: Bearer $(cat {key_file})\" -F file=@{SAMPLE_PNG}"]

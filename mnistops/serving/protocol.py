@@ -1,34 +1,97 @@
-"""Request payloads -> one float32 image batch (N, 1, 28, 28) in [0, 1], per protocol.
+"""The endpoint's wire protocol: every request format, every answer shape, every client error.
 
-Pure numpy (+ orjson): no pandas, no mlflow. ``to_batch`` and ``softmax`` are the same rules as
-the registered pyfunc model's (``mnistops/models/pyfunc_model.py``): 784-long rows or 28x28
-images (or a single one), uint8/integers 0-255 or floats 0-1 (floats above 1 are read as 0-255).
-Every rejection is an ``InputError`` carrying the HTTP status and the field at fault.
+One module for the three places that answer requests: the local server (``mnistops.serving``),
+Azure's scoring script (``mnistops/backends/azure/score.py``) and the registered pyfunc model
+(``mnistops/models/pyfunc_model.py``). The pyfunc must load without mnistops, so the register stage
+logs a copy of this file with the model (``vendor()``: ``code/mnistops_protocol.py``); that is why
+this module imports nothing of mnistops and needs only numpy (orjson when present; PIL for uploads).
+
+Request formats (each decoder returns float32 images (N, 1, 28, 28) in [0, 1]):
+
+    {"data": images}                                   Azure ML score.py style         decode_score
+    {"inputs" | "instances" | "dataframe_split" |      MLflow scoring protocol, and    decode_invocations
+     "dataframe_records" | "input_data": ...}          Azure's MLflow "input_data"
+    {"id"?, "inputs": [{"name", "shape",               Open Inference Protocol v2      decode_v2
+                        "datatype", "data"}]}
+    PNG/JPEG bytes                                     picture upload                  decode_upload
+
+The pixel rule, the same for every format and for arrays handed to the pyfunc: images are 28x28
+grids or 784-long rows (one image or a batch). **Integers are always on the 0-255 scale** (whatever
+their maximum: an integer 0/1 mask is nearly black; send it as floats 0.0/1.0). **Floats are on the
+0-1 scale, unless their maximum is above 1**: then they are integers sent as floats, 0-255.
+Anything else (NaN, negative, above 255, strings, ragged rows) is a ``ProtocolError`` naming the
+field, never a guess.
+
+Answers: ``score_answer`` ({"predictions": [{"digit", "probabilities"}], "model", "version",
+"deployment", "request_id"}) for /score, /invocations, /predict and score.py; ``v2_answer`` for
+/v2/.../infer; ``error_body`` for every error ({"error", "field"?, "request_id"}).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Optional, Tuple
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
-import orjson
+
+try:
+    import orjson
+except ImportError:  # the pyfunc's environment may lack it: the stdlib parser does the same job
+    orjson = None
 
 PIXELS = 28 * 28
+VENDORED_NAME = "mnistops_protocol"  # the module name of the copy logged with the pyfunc
+
+# what each error status means (the OpenAPI description of every route uses this table)
+STATUS_MEANING = {400: "malformed JSON or multipart body", 401: "missing or wrong API key",
+                  404: "unknown route, model or deployment", 408: "not answered within request_timeout_ms",
+                  409: "conflicts with the current state", 413: "body or batch over the limit",
+                  415: "wrong content type", 422: "well-formed but invalid input (the error names the field)",
+                  500: "the model failed on valid input (a server fault)",
+                  503: "queue full, shutting down or no deployment ready"}
 
 
-class InputError(ValueError):
-    """A client mistake: becomes a 4xx JSON answer naming the field."""
+class ProtocolError(Exception):
+    """An answer other than 200: its HTTP status, a message naming what to fix, the field at fault.
 
-    def __init__(self, message: str, field: Optional[str] = None, status: int = 422):
+    Subclasses fix the status of a kind of error (``status`` class attribute); a caller may
+    override it per instance."""
+
+    status = 422
+
+    def __init__(self, message: str, field: Optional[str] = None, status: Optional[int] = None,
+                 headers: Optional[Dict[str, str]] = None):
         super().__init__(message)
         self.message = message
         self.field = field
-        self.status = status
+        if status is not None:
+            self.status = status
+        self.headers = headers
 
+
+class InputError(ProtocolError, ValueError):
+    """The request's content is wrong (400 malformed, 413 too big, 415 wrong type, 422 invalid)."""
+
+
+def error_body(message: str, field: Optional[str] = None, request_id: Optional[str] = None) -> dict:
+    body: Dict[str, Any] = {"error": message}
+    if field:
+        body["field"] = field
+    body["request_id"] = request_id
+    return body
+
+
+# --------------------------------------------------------------------------- the pixel rule
 
 def to_batch(model_input: Any, field: str = "data") -> np.ndarray:
-    """Any accepted input form -> float32 (N, 1, 28, 28) in [0, 1]; ``InputError`` otherwise."""
+    """Any accepted image form -> float32 (N, 1, 28, 28) in [0, 1]; ``InputError`` otherwise.
+
+    Accepts nested lists, numpy arrays and DataFrames (784 pixel columns, or one column whose
+    cells are images)."""
+    if hasattr(model_input, "columns") and hasattr(model_input, "to_numpy"):  # a DataFrame, without pandas
+        model_input = _frame_images(model_input, field)
     if isinstance(model_input, np.ndarray):
         x = model_input
     else:
@@ -37,6 +100,8 @@ def to_batch(model_input: Any, field: str = "data") -> np.ndarray:
         except (ValueError, TypeError, OverflowError) as exc:  # ragged nesting, huge ints
             raise InputError(f"'{field}' must be numeric arrays of equal size (ragged input: {exc})", field) from None
     kind = x.dtype.kind
+    if kind == "b":
+        raise InputError(f"'{field}' must hold numbers, not booleans", field)
     if kind not in "uif":
         raise InputError(f"'{field}' must hold numbers only (got {_kind_name(x)})", field)
     if x.ndim in (1, 2) and x.shape[-1] == PIXELS:
@@ -50,7 +115,7 @@ def to_batch(model_input: Any, field: str = "data") -> np.ndarray:
                          field)
     if x.shape[0] == 0:
         raise InputError(f"'{field}' holds no images", field)
-    if kind == "u" and x.dtype == np.uint8:
+    if x.dtype == np.uint8:
         return (x.astype(np.float32) * np.float32(1 / 255.0))[:, None]
     if kind in "ui":  # integers: always the 0-255 scale
         if x.min() < 0 or x.max() > 255:
@@ -67,9 +132,14 @@ def to_batch(model_input: Any, field: str = "data") -> np.ndarray:
     return x[:, None]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+def _frame_images(frame: Any, field: str) -> Any:
+    if frame.shape[1] == 1:  # one column whose cells are images
+        cells = frame.iloc[:, 0].tolist()
+        try:
+            return np.stack([np.asarray(c).reshape(-1) for c in cells]) if cells else np.zeros((0, PIXELS))
+        except (ValueError, TypeError) as exc:
+            raise InputError(f"'{field}': every cell must be an image of the same size ({exc})", field) from None
+    return frame.to_numpy()
 
 
 def _kind_name(x: np.ndarray) -> str:
@@ -80,19 +150,31 @@ def _kind_name(x: np.ndarray) -> str:
     return str(x.dtype)
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
 # --------------------------------------------------------------------------- JSON bodies
 
-def parse_json(body: bytes) -> Any:
-    """orjson first (fast); the stdlib parser only to tell NaN/Infinity literals from garbage."""
+def parse_json(body: Any) -> Any:
+    """Request bytes (or text) -> JSON value; orjson first, the stdlib parser only to tell
+    NaN/Infinity literals (which ``json.dumps`` writes) from garbage, so the answer says what is wrong."""
+    if isinstance(body, str):
+        body = body.encode()
     if not body:
         raise InputError("empty body: send a JSON object", "body", 400)
+    if orjson is not None:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            error = exc
+    else:
+        error = None
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        try:  # json.dumps writes NaN/Infinity: parse them so the answer can say what is wrong
-            return json.loads(body)
-        except (ValueError, RecursionError):
-            raise InputError(f"malformed JSON: {exc}", "body", 400) from None
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise InputError(f"malformed JSON: {error or exc}", "body", 400) from None
 
 
 def _obj(payload: Any, what: str) -> dict:
@@ -101,7 +183,7 @@ def _obj(payload: Any, what: str) -> dict:
     return payload
 
 
-def score_batch(payload: Any) -> np.ndarray:
+def decode_score(payload: Any) -> np.ndarray:
     """Azure ML score.py style: ``{"data": images}``."""
     obj = _obj(payload, '{"data": [...]}')
     if "data" not in obj:
@@ -112,7 +194,7 @@ def score_batch(payload: Any) -> np.ndarray:
 INVOCATION_KEYS = ("inputs", "instances", "dataframe_split", "dataframe_records", "input_data")
 
 
-def invocations_batch(payload: Any) -> np.ndarray:
+def decode_invocations(payload: Any) -> np.ndarray:
     """MLflow scoring protocol (+ Azure ML's ``input_data``): exactly one of INVOCATION_KEYS."""
     obj = _obj(payload, "MLflow scoring protocol")
     keys = [k for k in INVOCATION_KEYS if k in obj]
@@ -122,7 +204,7 @@ def invocations_batch(payload: Any) -> np.ndarray:
     key = keys[0]
     value = obj[key]
     if key == "inputs":
-        return to_batch(_tensor_dict(value, key), key)
+        return to_batch(single_tensor(value, key), key)
     if key == "instances":
         if isinstance(value, list) and value and isinstance(value[0], dict):
             value = [_single_value(v, f"{key}[{i}]") for i, v in enumerate(value)]
@@ -135,11 +217,18 @@ def invocations_batch(payload: Any) -> np.ndarray:
     if isinstance(value, dict):
         if "data" in value:
             return _dataframe_split(value, key)
-        return to_batch(_tensor_dict(value, key), key)
+        return to_batch(single_tensor(value, key), key)
     return to_batch(value, key)
 
 
-def _tensor_dict(value: Any, field: str) -> Any:
+def decode_any(payload: Any) -> np.ndarray:
+    """What Azure's single /score route takes: ``{"data": …}`` or any MLflow/Azure MLflow body."""
+    if isinstance(payload, dict) and "data" in payload:
+        return decode_score(payload)
+    return decode_invocations(payload)
+
+
+def single_tensor(value: Any, field: str) -> Any:
     """MLflow ``inputs`` may be a tensor or ``{name: tensor}`` (one input: images)."""
     if isinstance(value, dict):
         if len(value) == 1:
@@ -187,7 +276,6 @@ def _dataframe_records(value: Any, field: str) -> np.ndarray:
     if not isinstance(first, dict):
         raise InputError(f"'{field}[0]' must be an object", field)
     keys = list(first)
-    rows = []
     try:
         if len(keys) == 1:
             (k,) = keys
@@ -206,8 +294,8 @@ V2_DTYPES = {"UINT8": np.uint8, "INT8": np.int8, "INT16": np.int16, "INT32": np.
              "FP16": np.float32, "FP32": np.float32, "FP64": np.float64}
 
 
-def v2_batch(payload: Any) -> Tuple[np.ndarray, Optional[str], Optional[str]]:
-    """``{"id"?, "inputs": [{"name", "shape", "datatype", "data"}]}`` -> (batch, request id, input name)."""
+def decode_v2(payload: Any) -> Tuple[np.ndarray, Optional[str], str]:
+    """``{"id"?, "inputs": [{"name", "shape", "datatype", "data"}]}`` -> (images, request id, input name)."""
     obj = _obj(payload, "Open Inference Protocol request")
     inputs = obj.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
@@ -235,8 +323,7 @@ def v2_batch(payload: Any) -> Tuple[np.ndarray, Optional[str], Optional[str]]:
     if raw.size != expected:
         raise InputError(f"'inputs[0].data' has {raw.size} values but shape {shape} needs {expected}",
                          "inputs[0].data")
-    integer = datatype[0] in "IU"
-    if integer:
+    if datatype[0] in "IU":  # an integer datatype: the 0-255 scale, whole numbers only
         if raw.dtype.kind == "f" and raw.size and not np.all(np.isfinite(raw) & (raw == np.round(raw))):
             raise InputError(f"'inputs[0].data' must be integers for datatype {datatype}", "inputs[0].data")
         if raw.size and (raw.min() < 0 or raw.max() > 255):
@@ -248,3 +335,61 @@ def v2_batch(payload: Any) -> Tuple[np.ndarray, Optional[str], Optional[str]]:
     if rid is not None and not isinstance(rid, str):
         raise InputError("'id' must be a string", "id")
     return to_batch(x, "inputs[0].data"), rid, name
+
+
+# --------------------------------------------------------------------------- picture uploads
+
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/gif", "image/bmp", "image/webp", "image/tiff")
+
+
+def decode_upload(data: bytes) -> np.ndarray:
+    """A PNG/JPEG/... picture of one digit (any size, colour, polarity) -> images (1, 1, 28, 28),
+    framed the MNIST way (``mnistops.serving.images``; not part of the pyfunc's copy)."""
+    from mnistops.serving.images import normalise
+
+    return to_batch(normalise(data)[None], "file")
+
+
+# --------------------------------------------------------------------------- answers
+
+def predictions(probs: np.ndarray) -> List[dict]:
+    """(N, 10) probabilities -> [{"digit", "probabilities"}] (numpy rows: orjson writes them as lists)."""
+    digits = probs.argmax(axis=1).tolist()
+    return [{"digit": d, "probabilities": p} for d, p in zip(digits, probs)]
+
+
+def score_answer(probs: np.ndarray, model: str, version: str, deployment: str, request_id: str) -> dict:
+    """The answer of /score, /invocations, /predict (and Azure's score.py)."""
+    return {"predictions": predictions(probs), "model": model, "version": version, "deployment": deployment,
+            "request_id": request_id}
+
+
+def v2_answer(probs: np.ndarray, model: str, version: str, request_id: str) -> dict:
+    n = len(probs)
+    digits = probs.argmax(axis=1).astype(np.int64)
+    return {"model_name": model, "model_version": version, "id": request_id,
+            "outputs": [{"name": "probabilities", "shape": [n, 10], "datatype": "FP32", "data": probs.ravel()},
+                        {"name": "digit", "shape": [n], "datatype": "INT64", "data": digits}]}
+
+
+def to_jsonable(answer: Any) -> Any:
+    """An answer with numpy values -> plain Python (for servers without orjson's numpy support)."""
+    if isinstance(answer, dict):
+        return {k: to_jsonable(v) for k, v in answer.items()}
+    if isinstance(answer, (list, tuple)):
+        return [to_jsonable(v) for v in answer]
+    if isinstance(answer, np.ndarray):
+        return answer.tolist()
+    if isinstance(answer, np.generic):
+        return answer.item()
+    return answer
+
+
+# --------------------------------------------------------------------------- the pyfunc's copy
+
+def vendor(into: Path) -> Path:
+    """Copy this file to ``into/mnistops_protocol.py``: the register stage passes it to MLflow as
+    ``code_paths`` so the registered model loads (and decodes) the same way without mnistops."""
+    into = Path(into)
+    into.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copyfile(Path(__file__), into / f"{VENDORED_NAME}.py"))

@@ -1,0 +1,186 @@
+"""The admin routes (the admin key, never a scoring key): state, load a deployment, delete one,
+traffic + mirror, rollback. Each change is a plan — committed state in, new state out, validated
+before anything moves — that ``cluster.py`` applies on every worker at once."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Dict, List
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from mnistops.serving import schemas as S
+from mnistops.serving.deployments import INFO_KEYS, NAME_RE, now_iso
+from mnistops.serving.errors import Conflict, Invalid, NotFound, json_response
+from mnistops.serving.openapi import doc
+from mnistops.serving.runtime import Runtime
+
+SECURED = "adminKey"
+
+
+# --------------------------------------------------------------------------- plans: state -> new state
+
+def snapshot(state: dict) -> dict:
+    return copy.deepcopy({k: state[k] for k in ("deployments", "traffic", "mirror_traffic")})
+
+
+def _next(state: dict) -> dict:
+    new = copy.deepcopy(state)
+    new["previous"] = snapshot(state)
+    return new
+
+
+def deploy_info(name: str, body) -> dict:
+    if not NAME_RE.match(name):
+        raise Invalid(f"deployment name {name!r}: use letters, digits, '-' or '_' (at most 63)", "deployment")
+    if not isinstance(body, dict):
+        raise Invalid("the body must be a JSON object {\"path\", \"model_name\", \"version\", \"model_uri\"}", "body")
+    path = body.get("path")
+    if not isinstance(path, str) or not path:
+        raise Invalid("'path' (the model dir) is required", "path")
+    if not Path(path).is_absolute():
+        raise Invalid(f"'path' must be absolute, got {path!r}", "path")
+    info = {"path": path}
+    for key in ("model_name", "version", "model_uri"):
+        value = body.get(key, "")
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise Invalid(f"'{key}' must be a string", key)
+        info[key] = str(value)
+    info["loaded_at"] = now_iso()
+    return {k: info[k] for k in INFO_KEYS}
+
+
+def plan_deploy(name: str, info: dict):
+    def plan(state: dict) -> dict:
+        new = _next(state)
+        new["deployments"][name] = info
+        return new
+    return plan
+
+
+def plan_delete(name: str):
+    def plan(state: dict) -> dict:
+        if name not in state["deployments"]:
+            raise NotFound(f"no deployment named {name!r}", "deployment")
+        live, mirrored = state["traffic"].get(name, 0), state["mirror_traffic"].get(name, 0)
+        if live > 0 or mirrored > 0:
+            raise Conflict(f"deployment {name!r} still has traffic ({live}% live, {mirrored}% mirror): "
+                           "move its traffic first")
+        new = _next(state)
+        del new["deployments"][name]
+        new["traffic"].pop(name, None)
+        new["mirror_traffic"].pop(name, None)
+        return new
+    return plan
+
+
+def _percentages(values, key: str) -> Dict[str, int]:
+    if not isinstance(values, dict):
+        raise Invalid(f"'{key}' must be an object {{deployment: percent}}", key)
+    for name, pct in values.items():
+        if not isinstance(pct, int) or isinstance(pct, bool) or not 0 <= pct <= 100:
+            raise Invalid(f"'{key}.{name}' must be an integer 0..100, got {pct!r}", key)
+    return dict(values)
+
+
+def plan_traffic(body):
+    if not isinstance(body, dict) or "traffic" not in body:
+        raise Invalid("the body must be {\"traffic\": {deployment: percent}, \"mirror_traffic\"?: {...}}", "traffic")
+    traffic = _percentages(body["traffic"], "traffic")
+    if sum(traffic.values()) != 100:
+        raise Invalid(f"'traffic' must sum to 100, got {sum(traffic.values())}", "traffic")
+    mirror_in = body.get("mirror_traffic")
+    mirror_given = None if mirror_in is None else _percentages(mirror_in, "mirror_traffic")
+
+    def plan(state: dict) -> dict:
+        mirror = dict(state["mirror_traffic"]) if mirror_given is None else mirror_given
+        for key, values in (("traffic", traffic), ("mirror_traffic", mirror)):
+            for name in values:
+                if name not in state["deployments"]:
+                    raise Invalid(f"'{key}': no deployment named {name!r}", key)
+        mirror = {n: p for n, p in mirror.items() if p > 0}
+        for name in mirror:
+            if traffic.get(name, 0) > 0:
+                raise Invalid(f"'mirror_traffic': {name!r} also has live traffic; mirror only to a deployment "
+                              "with 0% live traffic", "mirror_traffic")
+        if sum(mirror.values()) > 100:
+            raise Invalid("'mirror_traffic' must sum to at most 100", "mirror_traffic")
+        new = _next(state)
+        new["traffic"], new["mirror_traffic"] = traffic, mirror
+        return new
+    return plan
+
+
+def plan_rollback(state: dict) -> dict:
+    prev = state["previous"]
+    if not prev:
+        raise Conflict("nothing to roll back to: no previous state recorded")
+    new = copy.deepcopy(prev)
+    new["previous"] = snapshot(state)
+    return new
+
+
+# --------------------------------------------------------------------------- the routes
+
+def merged_status(rt: Runtime, workers: List[dict]) -> dict:
+    """Every worker's view in one: a deployment is loaded/healthy when it is so in every worker."""
+    out = workers[0]["status"]
+    for name, dep in out["deployments"].items():
+        views = [w["status"]["deployments"].get(name, {}) for w in workers]
+        dep["loaded"] = all(v.get("loaded", False) for v in views)
+        dep["healthy"] = all(v.get("healthy", False) for v in views)
+        dep["error"] = next((v.get("error") for v in views if v.get("error")), None)
+        dep["queue_depth"] = sum(int(v.get("queue_depth", 0)) for v in views)
+    out["name"], out["env"] = rt.settings.name, rt.settings.env
+    out["workers"] = [{"pid": w["pid"], "generation": w["status"]["generation"],
+                       "loaded": {n: bool(d.get("loaded")) for n, d in w["status"]["deployments"].items()}}
+                      for w in workers]
+    return out
+
+
+def router(rt: Runtime) -> APIRouter:
+    r = APIRouter(tags=["admin"])
+
+    async def state() -> dict:
+        return merged_status(rt, await rt.cluster.statuses())
+
+    @r.get("/admin/state", **doc(S.AdminState, errors=(401,), secured=SECURED))
+    async def admin_state(request: Request) -> Response:
+        rt.check_admin_key(request.scope)
+        return json_response(await state())
+
+    @r.post("/admin/deployments/{deployment}",
+            **doc(S.DeploymentStatus, body=S.LoadRequest, errors=(400, 401, 413, 415, 422), secured=SECURED,
+                  summary="Load a model into a deployment slot, in every worker (warmed up before it replaces "
+                          "the old one)"))
+    async def admin_deploy(request: Request, deployment: str) -> Response:
+        rt.check_admin_key(request.scope)
+        info = deploy_info(deployment, await rt.json_body(request))
+        await rt.cluster.change(plan_deploy(deployment, info))
+        return json_response((await state())["deployments"][deployment])
+
+    @r.delete("/admin/deployments/{deployment}",
+              **doc(S.AdminState, errors=(401, 404, 409), secured=SECURED,
+                    summary="Remove a deployment without traffic"))
+    async def admin_delete(request: Request, deployment: str) -> Response:
+        rt.check_admin_key(request.scope)
+        await rt.cluster.change(plan_delete(deployment))
+        return json_response(await state())
+
+    @r.put("/admin/traffic", **doc(S.AdminState, body=S.TrafficRequest, errors=(400, 401, 413, 415, 422),
+                                   secured=SECURED, summary="Set the traffic split and mirror traffic"))
+    async def admin_traffic(request: Request) -> Response:
+        rt.check_admin_key(request.scope)
+        await rt.cluster.change(plan_traffic(await rt.json_body(request)))
+        return json_response(await state())
+
+    @r.post("/admin/rollback", **doc(S.AdminState, errors=(401, 409, 422), secured=SECURED,
+                                     summary="Restore the previous deployments and traffic"))
+    async def admin_rollback(request: Request) -> Response:
+        rt.check_admin_key(request.scope)
+        await rt.cluster.change(plan_rollback)
+        return json_response(await state())
+
+    return r

@@ -1,0 +1,132 @@
+"""The scoring routes: /score, /invocations, /v2/models/{name}/infer (+ the model's metadata and
+readiness), /predict and /feedback. Each decodes with ``protocol.py`` and answers with its shapes."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable, List
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from mnistops.serving import protocol, schemas as S
+from mnistops.serving.errors import NotFound, json_response
+from mnistops.serving.openapi import PIN_HEADER, SCORING_ERRORS, doc
+from mnistops.serving.protocol import IMAGE_TYPES, InputError
+from mnistops.serving.runtime import Runtime
+
+SECURED = "scoringKey"
+UPLOAD_TYPES = tuple(t.encode() for t in IMAGE_TYPES)
+
+
+def router(rt: Runtime) -> APIRouter:
+    r = APIRouter()
+
+    async def scored(request: Request, decode: Callable[[Any], np.ndarray]) -> Response:
+        scope = request.scope
+        rt.check_scoring_key(scope)
+        pinned = rt.pinned(scope)
+        batch = decode(await rt.json_body(request))
+        slot = rt.pick(scope, pinned)
+        probs = await rt.infer(scope, slot, batch)
+        return json_response(rt.answer(scope, slot, probs))
+
+    @r.post("/score", tags=["scoring"], **doc(S.PredictionResponse, body=S.ScoreRequest, errors=SCORING_ERRORS,
+                                               secured=SECURED, summary="Score images (Azure ML score.py style)",
+                                               parameters=[PIN_HEADER]))
+    async def score(request: Request) -> Response:
+        return await scored(request, protocol.decode_score)
+
+    @r.post("/invocations", tags=["scoring"],
+            **doc(S.PredictionResponse, body=S.InvocationsRequest, errors=SCORING_ERRORS, secured=SECURED,
+                  summary="Score images (MLflow scoring protocol, Azure ML input_data)", parameters=[PIN_HEADER]))
+    async def invocations(request: Request) -> Response:
+        return await scored(request, protocol.decode_invocations)
+
+    def model_slots(name: str) -> List:
+        slots = [s for s in rt.live.slots.values() if s.info.get("model_name") == name]
+        if not slots and name != rt.settings.name:
+            raise NotFound(f"no model named {name[:64]!r} on this endpoint", "name")
+        return slots or list(rt.live.slots.values())
+
+    @r.post("/v2/models/{name}/infer", tags=["open inference protocol"],
+            **doc(S.V2InferResponse, body=S.V2InferRequest, errors=SCORING_ERRORS, secured=SECURED,
+                  summary="Open Inference Protocol inference", parameters=[PIN_HEADER]))
+    async def v2_infer(request: Request, name: str) -> Response:
+        scope = request.scope
+        rt.check_scoring_key(scope)
+        model_slots(name)
+        pinned = rt.pinned(scope)
+        batch, req_id, _ = protocol.decode_v2(await rt.json_body(request))
+        slot = rt.pick(scope, pinned)
+        probs = await rt.infer(scope, slot, batch)
+        rt.count(slot, probs)
+        return json_response(protocol.v2_answer(probs, slot.info["model_name"], slot.info["version"],
+                                                req_id if req_id is not None else scope["mnistops.rid"]))
+
+    @r.get("/v2/models/{name}", tags=["open inference protocol"],
+           **doc(S.V2ModelMetadata, errors=(401, 404), secured=SECURED))
+    async def v2_model(request: Request, name: str) -> Response:
+        rt.check_scoring_key(request.scope)
+        versions = sorted({s.info.get("version", "") for s in model_slots(name)}, key=lambda v: (len(v), v))
+        return json_response({"name": name, "versions": versions, "platform": "onnxruntime_onnx",
+                              "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, 28, 28]}],
+                              "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
+                                          {"name": "digit", "datatype": "INT64", "shape": [-1]}]})
+
+    @r.get("/v2/models/{name}/ready", tags=["open inference protocol"],
+           **doc(S.V2ModelReady, errors=(401, 404, 503), secured=SECURED))
+    async def v2_model_ready(request: Request, name: str) -> Response:
+        rt.check_scoring_key(request.scope)
+        model_slots(name)
+        ready, _ = await rt.live.readiness()
+        return json_response({"name": name, "ready": ready}, 200 if ready else 503)
+
+    @r.post("/predict", tags=["scoring"],
+            **doc(S.PredictionResponse, body=S.PredictUpload, errors=SCORING_ERRORS, secured=SECURED,
+                  content="multipart/form-data", summary="Score one uploaded picture of a digit (PNG/JPEG)",
+                  parameters=[PIN_HEADER]))
+    async def predict(request: Request) -> Response:
+        scope = request.scope
+        rt.check_scoring_key(scope)
+        pinned = rt.pinned(scope)
+        ctype = scope["mnistops.h"].get(b"content-type", b"")
+        base = ctype.split(b";", 1)[0].strip().lower()
+        if base == b"multipart/form-data":
+            form = await request.form(max_files=1, max_fields=8)
+            try:
+                upload = form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise InputError("multipart field 'file' (the image file) is missing", "file")
+                data = await upload.read()
+            finally:
+                await form.close()
+        elif base in UPLOAD_TYPES:
+            data = await request.body()
+        else:
+            raise InputError("send the image as multipart/form-data (field 'file') or as an image/png or "
+                             f"image/jpeg body, not {ctype.decode('latin-1')[:100]!r}", "Content-Type", 415)
+        batch = await asyncio.get_running_loop().run_in_executor(rt.image_pool, protocol.decode_upload, data)
+        slot = rt.pick(scope, pinned)
+        probs = await rt.infer(scope, slot, batch)
+        return json_response(rt.answer(scope, slot, probs))
+
+    @r.post("/feedback", tags=["scoring"],
+            **doc(S.FeedbackAccepted, 202, body=S.FeedbackRequest, errors=(400, 401, 413, 415, 422), secured=SECURED,
+                  summary="Ground truth for a scored request id"))
+    async def feedback(request: Request) -> Response:
+        scope = request.scope
+        rt.check_scoring_key(scope)
+        body = await rt.json_body(request)
+        if not isinstance(body, dict):
+            raise InputError("the body must be a JSON object {\"request_id\", \"label\"}", "body")
+        rid, label = body.get("request_id"), body.get("label")
+        if not isinstance(rid, str) or not 1 <= len(rid) <= 128:
+            raise InputError("'request_id' must be a string of 1..128 characters", "request_id")
+        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label <= 9:
+            raise InputError("'label' must be an integer digit 0..9", "label")
+        rt.feedback(rid, label, scope["mnistops.rid"])
+        return json_response({"status": "accepted", "request_id": rid}, 202)
+
+    return r
