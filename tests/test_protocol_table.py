@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, free_port
-from serving_fixtures import AUTH, ServerProcess, make_endpoint, mnist, model_dir  # noqa: F401 (fixtures)
+from serving_fixtures import AUTH, ServerProcess, make_endpoint, mnist, model_dir  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.integration
 

@@ -195,7 +195,7 @@ class ManagedEndpoint(Endpoint):
         target = self.target()
         return [f"  scoring URL: {target.url}/score   (the same payloads as the local endpoint's /score)",
                 f"  key: az ml online-endpoint get-credentials -n {self.name}",
-                f"  pin a deployment: header azureml-model-deployment: <blue|green>"]
+                "  pin a deployment: header azureml-model-deployment: <blue|green>"]
 
     def regenerate_key(self, which: str) -> str:
         if which not in KEYS:
