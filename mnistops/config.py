@@ -366,6 +366,10 @@ class RetrainConfig:
 @dataclass
 class MonitorConfig:
     window: str = "24h"  # how far back from now: 30m | 24h | 7d | all
+    # judge exactly the requests of this stage=traffic run (its MLflow run id) instead of a window,
+    # waiting up to collect_wait_s for the endpoint's collector to have written all of them
+    traffic_run: Optional[str] = None
+    collect_wait_s: float = 30.0
     endpoint: Optional[str] = None  # None: endpoint.name
     reference_size: int = 10000  # training images sampled as the drift reference
     min_requests: int = 100  # fewer collected images: drift signals are reported as not computed

@@ -17,16 +17,18 @@ SAMPLE_PNG = Path(__file__).resolve().parent / "serving" / "static" / "sample.pn
 SAMPLE_LABEL = 7
 
 
-def headers(key: str, deployment: Optional[str] = None) -> dict:
+def headers(key: str, deployment: Optional[str] = None, request_id: Optional[str] = None) -> dict:
     h = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     if deployment:
         h["azureml-model-deployment"] = deployment
+    if request_id:  # the endpoint keeps a valid x-request-id as the request's id (collection, feedback)
+        h["x-request-id"] = request_id
     return h
 
 
 def score(client: httpx.Client, url: str, key: str, images: np.ndarray, deployment: Optional[str] = None,
-          timeout: float = 10.0) -> Tuple[int, dict]:
-    resp = client.post(f"{url}/score", json={"data": images.tolist()}, headers=headers(key, deployment),
+          timeout: float = 10.0, request_id: Optional[str] = None) -> Tuple[int, dict]:
+    resp = client.post(f"{url}/score", json={"data": images.tolist()}, headers=headers(key, deployment, request_id),
                        timeout=timeout)
     try:
         return resp.status_code, resp.json()

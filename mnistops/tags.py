@@ -71,6 +71,7 @@ MONITOR_ALERTS = "mnistops.monitor.alerts"
 MONITOR_ENDPOINT = "mnistops.monitor.endpoint"
 MONITOR_MODEL = "mnistops.monitor.model"
 MONITOR_RETRAIN = "mnistops.monitor.retrain"
+REQUEST_PREFIX = "mnistops.request_prefix"  # on a traffic run: the prefix of every request id it sent
 DRIFT_REFERENCE = "mnistops.drift_reference"  # on the run holding a drift reference: its cache key
 
 # --- sweeps -----------------------------------------------------------------------------------

@@ -6,9 +6,8 @@ retraining trigger runs the CI pipeline whose gate still decides."""
 from __future__ import annotations
 
 import json
-import math
+import re
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
@@ -35,19 +34,12 @@ def served(tmp_path_factory, data_cache):
     run_cli(["stage=endpoint", "endpoint.action=stop", port], home)
 
 
-class Since:
-    """``monitor.window`` covering exactly the traffic sent since this was made."""
-
-    def __init__(self):
-        self.t0 = time.time()
-
-    def window(self) -> str:
-        return f"monitor.window={math.ceil(time.time() - self.t0) + 1}s"
-
-
 def traffic(home, port, *extra):
-    return run_cli(["stage=traffic", port, "traffic.rate=0", "traffic.requests=300", *extra], home, check=True,
-                   timeout=300)
+    """Run stage=traffic; (its output, the monitor override that judges exactly its requests)."""
+    out = run_cli(["stage=traffic", port, "traffic.rate=0", "traffic.requests=300", *extra], home, check=True,
+                  timeout=300)
+    run_id = re.search(r"monitor\.traffic_run=([0-9a-f]{32})", out.stdout)[1]
+    return out, f"monitor.traffic_run={run_id}"
 
 
 def alerts(home) -> list:
@@ -74,21 +66,19 @@ class Hook(BaseHTTPRequestHandler):
 def test_clean_shifted_and_wrong_feedback(served):
     home, port = served
     # clean traffic with true feedback: no alert of any kind
-    since = Since()
-    out = traffic(home, port, "traffic.feedback_fraction=0.5", "traffic.seed=1")
+    out, sent = traffic(home, port, "traffic.feedback_fraction=0.5", "traffic.seed=1")
     assert "300 requests" in out.stdout and "0 errors" in out.stdout
     before = len(alerts(home))
-    clean = run_cli(["stage=monitor", port, since.window(), *MONITOR], home, check=True, timeout=600)
+    clean = run_cli(["stage=monitor", port, sent, *MONITOR], home, check=True, timeout=600)
     assert "no alerts" in clean.stdout, clean.stdout
     assert alerts(home)[before:] == []
     report = home / "dev" / "outputs"
     assert list(report.rglob("monitor_report.html"))
 
     # inverted images: drift alerts, and the stage still exits 0 (alerts are data)
-    since = Since()
-    traffic(home, port, "traffic.shift=invert", "traffic.severity=1.0", "traffic.seed=2")
+    _, sent = traffic(home, port, "traffic.shift=invert", "traffic.severity=1.0", "traffic.seed=2")
     before = len(alerts(home))
-    shifted = run_cli(["stage=monitor", port, since.window(), *MONITOR], home, check=True, timeout=600)
+    shifted = run_cli(["stage=monitor", port, sent, *MONITOR], home, check=True, timeout=600)
     new = alerts(home)[before:]
     assert drift_alerts(new), shifted.stdout
     a = drift_alerts(new)[0]
@@ -100,9 +90,8 @@ def test_clean_shifted_and_wrong_feedback(served):
     thread = threading.Thread(target=hook.serve_forever, daemon=True)
     thread.start()
     try:
-        since = Since()
-        traffic(home, port, "traffic.feedback_fraction=1.0", "traffic.label_noise=0.6", "traffic.seed=3")
-        wrong = run_cli(["stage=monitor", port, since.window(), *MONITOR,
+        _, sent = traffic(home, port, "traffic.feedback_fraction=1.0", "traffic.label_noise=0.6", "traffic.seed=3")
+        wrong = run_cli(["stage=monitor", port, sent, *MONITOR,
                          f"monitor.alerts.webhook_url=http://127.0.0.1:{hook.server_port}/hook"], home, check=True,
                         timeout=600)
     finally:
@@ -121,17 +110,16 @@ def test_clean_shifted_and_wrong_feedback(served):
 
 def test_dead_sink_is_reported(served):
     home, port = served
-    since = Since()
-    traffic(home, port, "traffic.shift=invert", "traffic.seed=4", "traffic.requests=150")
+    _, sent = traffic(home, port, "traffic.shift=invert", "traffic.seed=4", "traffic.requests=150")
     dead = f"monitor.alerts.webhook_url=http://127.0.0.1:{free_port()}/nobody-listens"
     fast = ["monitor.alerts.retries=1", "monitor.alerts.backoff_s=0.05", "monitor.alerts.timeout_s=1"]
-    reported = run_cli(["stage=monitor", port, since.window(), *MONITOR, dead, *fast], home, check=True, timeout=600)
+    reported = run_cli(["stage=monitor", port, sent, *MONITOR, dead, *fast], home, check=True, timeout=600)
     assert "WARNING: alert sink webhook failed after 2 attempt(s)" in reported.stdout
     assert "nobody-listens" not in reported.stdout  # webhook URLs carry secrets: host only
-    failed = run_cli(["stage=monitor", port, since.window(), *MONITOR, dead, *fast,
+    failed = run_cli(["stage=monitor", port, sent, *MONITOR, dead, *fast,
                       "monitor.alerts.fail_on_sink_error=true"], home, timeout=600)
     assert failed.returncode == 2 and "alert sink webhook failed" in failed.stderr
-    strict = run_cli(["stage=monitor", port, since.window(), *MONITOR, "monitor.fail_on_alert=true"], home, timeout=600)
+    strict = run_cli(["stage=monitor", port, sent, *MONITOR, "monitor.fail_on_alert=true"], home, timeout=600)
     assert strict.returncode == 2 and "monitoring alert(s)" in strict.stderr
 
 
@@ -139,14 +127,14 @@ def test_retraining_runs_ci_and_respects_the_gate(served):
     home, port = served
     client = mlflow_client(home)
     champion = client.get_model_version_by_alias("mnist-classifier", "champion").version
-    since = Since()
-    traffic(home, port, "traffic.shift=thick", "traffic.severity=1.0", "traffic.feedback_fraction=1.0", "traffic.seed=5")
+    _, sent = traffic(home, port, "traffic.shift=thick", "traffic.severity=1.0", "traffic.feedback_fraction=1.0",
+                      "traffic.seed=5")
     # the retrained model is deliberately starved (one batch): the gate must refuse it
     starved = ["model=logreg", "trainer.max_epochs=1", "trainer.limit_train_batches=1", "trainer.limit_val_batches=1",
                FAST_TESTS]
     retrain = ["monitor.on_alert=retrain", "monitor.retrain.env=dev",
                "monitor.retrain.overrides=[" + ",".join(f"'{o}'" for o in starved) + "]"]
-    out = run_cli(["stage=monitor", port, since.window(), *MONITOR, *retrain], home, check=True, timeout=900)
+    out = run_cli(["stage=monitor", port, sent, *MONITOR, *retrain], home, check=True, timeout=900)
     assert "retraining" in out.stdout and "the gate refused the retrained model" in out.stdout, out.stdout
     handed = client.search_runs([client.get_experiment_by_name("mnistops").experiment_id],
                                 filter_string="tags.`mnistops.dataset` = 'production-feedback'")

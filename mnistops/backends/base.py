@@ -31,6 +31,7 @@ from mnistops.errors import MnistopsError
 if TYPE_CHECKING:
     from omegaconf import DictConfig
 
+    from mnistops.monitoring.window import Window
     from mnistops.result import StageResult
 
 
@@ -210,10 +211,18 @@ class JobRunner(abc.ABC):
 
 
 class MonitoringSchedule(abc.ABC):
-    """Who computes the monitoring signals."""
+    """Where the endpoint's collected requests are, and whether the platform also judges them."""
 
-    #: True: the platform runs the monitor on `monitor.schedule`; stage=monitor only applies it
+    #: True: the platform also runs its own monitor on `monitor.schedule`; stage=monitor applies it
     remote: bool = False
+
+    @abc.abstractmethod
+    def collected(self, cfg: "DictConfig", start: float, end: float, stats,
+                  id_prefix: Optional[str] = None) -> Optional["Window"]:
+        """What the env's endpoint collected in [start, end] (epoch seconds), only requests whose id
+        starts with `id_prefix` when given: requests, images, outputs and feedback, for stage=monitor
+        to judge here; None where nothing can be read (a dry run). `stats`
+        (monitoring.collected.ReadStats) counts files, lines and torn lines."""
 
     def apply(self, cfg: "DictConfig") -> "StageResult":
         """Create or update the schedule (it follows the live deployment). Only when `remote`."""
@@ -259,7 +268,17 @@ class Backend(abc.ABC):
     def provisioner(self) -> Optional[Provisioner]:
         return None
 
-    def tracking_uri(self) -> Optional[str]:
-        """The env's MLflow tracking URI when the flavour provides one (the workspace's MLflow);
-        None: `env.tracking_uri`, or the env's own sqlite store."""
+    def tracking_uri(self, env: Optional[str] = None) -> Optional[str]:
+        """This env's (or `env`'s) MLflow tracking URI when the flavour provides one (the workspace's
+        MLflow); None: the env's `tracking_uri`, or its own sqlite store."""
         return None
+
+    def store_uri(self, env: Optional[str] = None) -> str:
+        """The tracking + registry URI of this env, or of another env (where production data are
+        handed over, where a retraining is judged)."""
+        from mnistops import tracking
+        from mnistops.config import other_env
+
+        name = env or self.cfg.env.name
+        node = self.cfg.env if name == self.cfg.env.name else other_env(self.cfg, name)
+        return self.tracking_uri(env) or tracking.store_uri(self.cfg, node)

@@ -60,8 +60,10 @@ def json_lines(path: Path, stats: ReadStats) -> Iterator[dict]:
             yield rec
 
 
-def iter_records(monitor_dir: Path, start: float, end: float, stats: Optional[ReadStats] = None) -> Iterator[dict]:
-    """Every collected request record with ``start <= t <= end``, oldest file first."""
+def iter_records(monitor_dir: Path, start: float, end: float, stats: Optional[ReadStats] = None,
+                 id_prefix: Optional[str] = None) -> Iterator[dict]:
+    """Every collected request record with ``start <= t <= end`` (and an id starting with
+    ``id_prefix``, when given), oldest file first."""
     stats = stats if stats is not None else ReadStats()
     files = sorted((Path(monitor_dir) / REQUESTS_DIR).glob("*.jsonl"))
     for path in files:
@@ -69,7 +71,7 @@ def iter_records(monitor_dir: Path, start: float, end: float, stats: Optional[Re
             continue
         stats.files += 1
         for rec in json_lines(path, stats):
-            if start <= rec.get("t", 0.0) <= end:
+            if start <= rec.get("t", 0.0) <= end and (id_prefix is None or str(rec.get("id", "")).startswith(id_prefix)):
                 yield rec
 
 
@@ -81,8 +83,10 @@ def read_feedback(monitor_dir: Path) -> Dict[str, int]:
     return {rec["request_id"]: int(rec["label"]) for rec in json_lines(path, ReadStats())}
 
 
-def load_window(monitor_dir: Path, start: float, end: float, stats: Optional[ReadStats] = None):
-    """The collected requests of ``[start, end]`` as a ``Window``, feedback joined by request id.
+def load_window(monitor_dir: Path, start: float, end: float, stats: Optional[ReadStats] = None,
+                id_prefix: Optional[str] = None):
+    """The collected requests of ``[start, end]`` (only those whose id starts with ``id_prefix``, when
+    given) as a ``Window``, feedback joined by request id.
 
     Feedback labels a request's image when the request held one image (a label is one digit).
     """
@@ -93,7 +97,7 @@ def load_window(monitor_dir: Path, start: float, end: float, stats: Optional[Rea
     digits: List[np.ndarray] = []
     probs: List[np.ndarray] = []
     meta: List[Tuple[str, str, str, int]] = []  # per image: request id, deployment, version, images in request
-    for rec in iter_records(monitor_dir, start, end, stats):
+    for rec in iter_records(monitor_dir, start, end, stats, id_prefix):
         n = rec.get("n", 0)
         requests.append((rec["t"], rec["route"], rec["status"], rec["latency_ms"], rec.get("deployment", ""),
                          rec.get("version", ""), n))

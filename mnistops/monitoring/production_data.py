@@ -25,28 +25,25 @@ KEYWORD = "production-feedback"  # in data.extra_train: every such dataset in th
 ARTIFACT = "data/labelled.npz"
 
 
-def _store(cfg: DictConfig, env: str):
-    """(client, uri, experiment id) of `env`'s tracking store, seen from this config."""
+def _store(cfg: DictConfig, env: str, uri: str):
+    """(client, experiment id) of `env`'s tracking store at `uri`."""
     from mlflow.tracking import MlflowClient
 
     from mnistops import tracking
-    from mnistops.config import other_env
 
-    env_node = cfg.env if env == cfg.env.name else other_env(cfg, env)
-    uri = tracking.store_uri(cfg, env_node)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    return client, uri, tracking.ensure_experiment(client, cfg, env, uri)
+    return client, tracking.ensure_experiment(client, cfg, env, uri)
 
 
-def hand_over(cfg: DictConfig, images: np.ndarray, labels: np.ndarray, *, to_env: str,
+def hand_over(cfg: DictConfig, images: np.ndarray, labels: np.ndarray, *, to_env: str, uri: str,
               monitor_run_id: Optional[str]) -> str:
-    """Store the labelled images in `to_env`'s tracking store (once per content); the run id."""
+    """Store the labelled images in `to_env`'s tracking store at `uri` (once per content); the run id."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     buf = io.BytesIO()
     np.savez_compressed(buf, images=images.astype(np.uint8), labels=labels.astype(np.int64))
     digest = hashlib.sha256(images.tobytes() + labels.astype(np.int64).tobytes()).hexdigest()[:16]
-    client, uri, experiment = _store(cfg, to_env)
+    client, experiment = _store(cfg, to_env, uri)
     same = client.search_runs([experiment], filter_string=f"tags.`{T.DATASET}` = '{KEYWORD}' and "
                                                           f"tags.`{T.DATASET_DIGEST}` = '{digest}'", max_results=1)
     if same:
@@ -70,7 +67,10 @@ def handed_over(cfg: DictConfig) -> List[Path]:
     """Every production-feedback dataset in this env's store, oldest first, as local .npz files."""
     import mlflow
 
-    client, uri, experiment = _store(cfg, cfg.env.name)
+    from mnistops import tracking
+
+    uri = tracking.tracking_uri(cfg)
+    client, experiment = _store(cfg, cfg.env.name, uri)
     runs = client.search_runs([experiment], filter_string=f"tags.`{T.DATASET}` = '{KEYWORD}' and "
                                                           "attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time ASC"], max_results=1000)

@@ -30,29 +30,32 @@ TRIGGERS = ("local", "none")
 def run(cfg: DictConfig) -> StageResult:
     from mnistops import backends
 
-    backend = backends.get(cfg)
-    if backend.monitoring.remote:  # the platform computes the signals on monitor.schedule
-        return backend.monitoring.apply(cfg)
     if cfg.monitor.on_alert not in ON_ALERT:
         raise MnistopsError(f"monitor.on_alert={cfg.monitor.on_alert!r}: expected one of {', '.join(ON_ALERT)}")
-
-    import mlflow
-
-    from mnistops import tracking
-    from mnistops.monitoring import alerts as alerting
-    from mnistops import layout
-    from mnistops.monitoring import collected, report, signals as sig
-
+    backend = backends.get(cfg)
     started = time.perf_counter()
     request_file = cfg.monitor.retrain.request_file
     if request_file:  # a request left by an earlier run must not queue a retraining again
         Path(request_file).unlink(missing_ok=True)
-    start, end = collected.window_bounds(cfg.monitor.window)
-    mdir = layout.endpoint_monitoring_dir(cfg)
+    scheduled = backend.monitoring.apply(cfg) if backend.monitoring.remote else None  # the platform's own monitor
+
+    import mlflow
+
+    from mnistops import layout, tracking
+    from mnistops.monitoring import alerts as alerting
+    from mnistops.monitoring import collected, report, signals as sig
+
     stats = collected.ReadStats()
-    window = collected.load_window(mdir, start, end, stats)
+    if cfg.monitor.traffic_run:
+        window, start, end, spec = _traffic_window(cfg, backend, stats)
+    else:
+        start, end = collected.window_bounds(cfg.monitor.window)
+        window, spec = backend.monitoring.collected(cfg, start, end, stats), str(cfg.monitor.window)
+    if window is None:  # nothing to read here (a dry run): what the platform was given is the result
+        return scheduled
+    mdir = layout.endpoint_monitoring_dir(cfg)
     n_requests, n_images = len(window.requests), window.n_images
-    print(f"monitor {cfg.env.name}/{mdir.name}: window {cfg.monitor.window} "
+    print(f"monitor {cfg.env.name}/{mdir.name}: window {spec} "
           f"({_iso(start)} .. {_iso(end)}): {n_requests} requests, {n_images} collected images, "
           f"{window.n_labelled} with feedback" + (f"; {stats.torn} torn lines skipped" if stats.torn else ""))
 
@@ -61,7 +64,7 @@ def run(cfg: DictConfig) -> StageResult:
     suite = _suite(cfg)
     signals = sig.evaluate_window(window, reference, embedder, cfg.monitor, suite=suite)
 
-    window_info = {"spec": str(cfg.monitor.window), "start": start, "end": end, "requests": n_requests,
+    window_info = {"spec": spec, "start": start, "end": end, "requests": n_requests,
                    "images": n_images}
     with tracking.start_run(cfg, "monitor") as active:
         run_id = active.info.run_id
@@ -84,12 +87,12 @@ def run(cfg: DictConfig) -> StageResult:
         tracking.log_metrics(metrics)
         for path in (html, out / "signals.json", out / "alerts.json"):
             mlflow.log_artifact(str(path), "monitoring")
-        tracking.set_tags({T.MONITOR_WINDOW: str(cfg.monitor.window), T.MONITOR_ALERTS: str(len(raised)),
+        tracking.set_tags({T.MONITOR_WINDOW: spec, T.MONITOR_ALERTS: str(len(raised)),
                            T.MONITOR_ENDPOINT: mdir.name, T.MONITOR_MODEL: model_uri or "none"})
         if new_reference is not None:  # kept in the env's store, for monitors on other machines
             mlflow.log_artifact(str(new_reference[0]), REFERENCE_ARTIFACTS)
             tracking.set_tags({T.DRIFT_REFERENCE: new_reference[1]})
-        retrain = _retrain(cfg, window, run_id, raised) if raised and cfg.monitor.on_alert == "retrain" else None
+        retrain = _retrain(cfg, backend, window, run_id, raised) if raised and cfg.monitor.on_alert == "retrain" else None
         if retrain is not None and retrain["exit_code"] is not None:
             metrics["monitor/retrain_exit_code"] = float(retrain["exit_code"])
             tracking.log_metrics({"monitor/retrain_exit_code": metrics["monitor/retrain_exit_code"]})
@@ -114,6 +117,31 @@ def run(cfg: DictConfig) -> StageResult:
     return StageResult("monitor", run_id=run_id, metrics=metrics, model_uri=model_uri,
                        artifacts={"report": str(html), "signals": str(out / "signals.json"),
                                   "alerts": str(out / "alerts.json"), "alert_log": str(layout.alerts_file(cfg))})
+
+
+def _traffic_window(cfg: DictConfig, backend, stats):
+    """(window, start, end, spec) of exactly the requests a stage=traffic run sent, once the endpoint's
+    collector has written them all (or monitor.collect_wait_s has passed: then judged as they are)."""
+    from mnistops import tracking
+
+    tracking.configure(cfg)
+    run = tracking.get_run(cfg.monitor.traffic_run)
+    prefix = run.data.tags.get(T.REQUEST_PREFIX)
+    if run.data.tags.get(T.STAGE) != "traffic" or not prefix:
+        raise MnistopsError(f"monitor.traffic_run={cfg.monitor.traffic_run}: not a traffic run of env {cfg.env.name!r}")
+    expected = int(run.data.metrics.get("traffic/requests", 0))
+    deadline = time.monotonic() + cfg.monitor.collect_wait_s
+    while True:
+        stats.__init__()
+        window = backend.monitoring.collected(cfg, 0.0, time.time(), stats, prefix)
+        if window is None or len(window.requests) >= expected or time.monotonic() >= deadline:
+            break
+        time.sleep(0.25)
+    if window is not None and len(window.requests) < expected:
+        print(f"  WARNING: {len(window.requests)} of the {expected} requests of traffic run {run.info.run_id} were "
+              f"collected within monitor.collect_wait_s={cfg.monitor.collect_wait_s}")
+    start = float(window.requests["time"].min()) if window is not None and len(window.requests) else 0.0
+    return window, start, time.time(), f"traffic run {run.info.run_id}"
 
 
 def _iso(t: float) -> str:
@@ -182,7 +210,7 @@ def _send(cfg: DictConfig, raised):
                          backoff_s=sinks.backoff_s)]
 
 
-def _retrain(cfg: DictConfig, window, run_id: str, raised) -> dict:
+def _retrain(cfg: DictConfig, backend, window, run_id: str, raised) -> dict:
     """Hand the window's feedback-labelled images to the retraining env's store, then (trigger=local)
     run its CI here as a process of its own; the outcome is read from the child's exit status and
     from that env's store (its gate run), not from its output."""
@@ -199,7 +227,7 @@ def _retrain(cfg: DictConfig, window, run_id: str, raised) -> dict:
                            f"{retrain.min_labelled}", "exit_code": None}
     has = window.labels >= 0
     dataset = production_data.hand_over(cfg, window.images[has], window.labels[has], to_env=retrain.env,
-                                        monitor_run_id=run_id)
+                                        uri=backend.store_uri(retrain.env), monitor_run_id=run_id)
     cmd = [sys.executable, "-m", "mnistops", f"env={retrain.env}", "stage=ci", f"paths.home={cfg.paths.home}",
            f"data.extra_train=[{production_data.KEYWORD}]", *retrain.overrides]
     shown = " ".join(cmd[1:])
@@ -217,21 +245,17 @@ def _retrain(cfg: DictConfig, window, run_id: str, raised) -> dict:
     print(f"  retraining in {retrain.env} ({len(raised)} alert(s)): python {shown}")
     started_ms = int(time.time() * 1000)
     code = subprocess.run(cmd).returncode
-    return {**record, "exit_code": code, "outcome": _retrain_outcome(cfg, retrain.env, code, started_ms)}
+    return {**record, "exit_code": code, "outcome": _retrain_outcome(cfg, backend, retrain.env, code, started_ms)}
 
 
-def _retrain_outcome(cfg: DictConfig, env: str, code: int, started_ms: int) -> str:
-    from mnistops import backends, tracking
-    from mnistops.config import other_env
-
+def _retrain_outcome(cfg: DictConfig, backend, env: str, code: int, started_ms: int) -> str:
     if code == 0:
-        champion = backends.get(cfg).registry(env).get(cfg.env.model_name, "champion")
+        champion = backend.registry(env).get(cfg.env.model_name, "champion")
         return (f"ci in {env} passed: the retrained model {champion.uri if champion else '?'} passed the gate "
                 f"and is {env}'s champion; it reaches {cfg.env.name} through {env}'s CD, approval and promotion")
     from mlflow.tracking import MlflowClient
 
-    env_node = cfg.env if env == cfg.env.name else other_env(cfg, env)
-    uri = tracking.store_uri(cfg, env_node)
+    uri = backend.store_uri(env)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.get_experiment_by_name(cfg.experiment_name)
     gates = client.search_runs([experiment.experiment_id], filter_string=(

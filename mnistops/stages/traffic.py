@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from omegaconf import DictConfig
 
+from mnistops import tags as T
 from mnistops.errors import MnistopsError
 from mnistops.monitoring.shifts import SHIFTS
 from mnistops.stages import StageResult
@@ -32,7 +33,6 @@ def check(cfg: DictConfig) -> None:
 
 def run(cfg: DictConfig) -> StageResult:
     import httpx
-    import mlflow
     from tqdm import tqdm
 
     from mnistops import tracking
@@ -62,7 +62,7 @@ def run(cfg: DictConfig) -> StageResult:
             time.sleep(delay)
         start = time.perf_counter()
         try:
-            status, body = score(client, url, key, images[i:i + 1], t.deployment)
+            status, body = score(client, url, key, images[i:i + 1], t.deployment, request_id=f"{prefix}-{i}")
         except httpx.HTTPError as err:
             status, body = 0, {"error": str(err)}
         ms = (time.perf_counter() - start) * 1000
@@ -75,16 +75,37 @@ def run(cfg: DictConfig) -> StageResult:
                 out["feedback"] = 0
         return out
 
-    with httpx.Client(limits=httpx.Limits(max_connections=t.concurrency)) as client, \
-            ThreadPoolExecutor(t.concurrency) as pool, \
-            tqdm(total=len(images), desc=f"traffic {t.shift}@{t.severity:g} -> {url}", unit="req") as bar:
-        t0 = time.perf_counter()
-        results = []
-        for r in pool.map(one, range(len(images))):
-            results.append(r)
-            bar.update(1)
-        elapsed = time.perf_counter() - t0
+    with tracking.start_run(cfg, "traffic") as active:
+        # every request id starts with the run's: stage=monitor monitor.traffic_run=<id> judges exactly these
+        prefix = f"traffic-{active.info.run_id}"
+        tracking.set_tags({T.REQUEST_PREFIX: prefix})
+        with httpx.Client(limits=httpx.Limits(max_connections=t.concurrency)) as client, \
+                ThreadPoolExecutor(t.concurrency) as pool, \
+                tqdm(total=len(images), desc=f"traffic {t.shift}@{t.severity:g} -> {url}", unit="req") as bar:
+            t0 = time.perf_counter()
+            results = []
+            for r in pool.map(one, range(len(images))):
+                results.append(r)
+                bar.update(1)
+            elapsed = time.perf_counter() - t0
+        metrics, summary = _summary(cfg, results, labels, elapsed, url)
+    fed, fb_failed = int(metrics["traffic/feedback"]), int(metrics["traffic/feedback_failed"])
+    print(f"traffic to {url} ({cfg.env.name}): {len(results)} requests, shift {t.shift} at severity "
+          f"{t.severity:g}, {metrics['traffic/rate']:.1f} req/s, {int(metrics['traffic/errors'])} errors, "
+          f"accuracy {metrics['traffic/accuracy']:.4f}, feedback {fed}" + (f" ({fb_failed} refused)" if fb_failed else ""))
+    print(f"  traffic run {active.info.run_id}: judge exactly these requests with "
+          f"stage=monitor monitor.traffic_run={active.info.run_id}")
+    return StageResult("traffic", run_id=active.info.run_id, metrics=metrics, endpoint_url=url,
+                       artifacts={"summary": str(summary)})
 
+
+def _summary(cfg: DictConfig, results: list, labels, elapsed: float, url: str):
+    """(metrics, traffic.json): the run's metrics, params and summary file (inside the open traffic run)."""
+    import mlflow
+
+    from mnistops import tracking
+
+    t = cfg.traffic
     ok = [i for i, r in enumerate(results) if r["status"] == 200]
     errors = len(results) - len(ok)
     accuracy = float(np.mean([results[i]["digit"] == labels[i] for i in ok])) if ok else 0.0
@@ -94,16 +115,11 @@ def run(cfg: DictConfig) -> StageResult:
                "traffic/accuracy": accuracy, "traffic/feedback": float(fed), "traffic/feedback_failed": float(fb_failed),
                "traffic/rate": len(results) / elapsed if elapsed > 0 else 0.0,
                "traffic/p50_ms": float(np.percentile([r["ms"] for r in results], 50))}
-    with tracking.start_run(cfg, "traffic") as active:
-        out = tracking.output_dir(cfg, "traffic")
-        summary = {"endpoint": url, "env": cfg.env.name, "shift": t.shift, "severity": float(t.severity),
-                   "metrics": metrics}
-        (out / "traffic.json").write_text(json.dumps(summary, indent=2))
-        mlflow.log_artifact(str(out / "traffic.json"))
-        mlflow.log_params({"traffic.shift": t.shift, "traffic.severity": t.severity})
-        tracking.log_metrics(metrics)
-    print(f"traffic to {url} ({cfg.env.name}): {len(results)} requests, shift {t.shift} at severity "
-          f"{t.severity:g}, {metrics['traffic/rate']:.1f} req/s, {errors} errors, accuracy {accuracy:.4f}, "
-          f"feedback {fed}" + (f" ({fb_failed} refused)" if fb_failed else ""))
-    return StageResult("traffic", run_id=active.info.run_id, metrics=metrics,
-                       artifacts={"summary": str(out / "traffic.json")})
+    out = tracking.output_dir(cfg, "traffic")
+    summary = {"endpoint": url, "env": cfg.env.name, "shift": t.shift, "severity": float(t.severity),
+               "metrics": metrics}
+    (out / "traffic.json").write_text(json.dumps(summary, indent=2))
+    mlflow.log_artifact(str(out / "traffic.json"))
+    mlflow.log_params({"traffic.shift": t.shift, "traffic.severity": t.severity})
+    tracking.log_metrics(metrics)
+    return metrics, out / "traffic.json"

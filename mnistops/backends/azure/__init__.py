@@ -103,11 +103,15 @@ class AzureBackend(Backend):
 
         return AzureProvisioner(self.connection)
 
-    def tracking_uri(self) -> Optional[str]:
+    def tracking_uri(self, env: Optional[str] = None) -> Optional[str]:
         """Runs go to the workspace's MLflow: inside a job the URI Azure ML sets (MLFLOW_TRACKING_URI),
         elsewhere the one the workspace reports; a dry run keeps the env's local store."""
         if self.dry_run:
             return None
+        if env is not None and env != self.cfg.env.name:  # another env's workspace (a hand-over)
+            from mnistops.backends.azure.workspace import Connection
+
+            return Connection(self.cfg, env).mlflow_tracking_uri()
         if self.cfg.azure.inside_job:
             uri = os.environ.get("MLFLOW_TRACKING_URI")
             if not uri:

@@ -26,6 +26,10 @@ class AzureMonitoringSchedule(MonitoringSchedule):
                                 "run stage=cd first, then stage=monitor")
         return live[0]
 
+    def collected(self, cfg: DictConfig, start: float, end: float, stats, id_prefix=None):
+        """The deployments' collected data stay in the workspace; stage=monitor applies the schedule."""
+        return None
+
     def apply(self, cfg: DictConfig) -> StageResult:
         from mnistops.backends.azure import monitor_specs, naming, render
 

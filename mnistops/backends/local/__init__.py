@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Optional
 
 from mnistops.backends.base import Backend, JobRunner, ModelRegistry, MonitoringSchedule
+from mnistops.errors import MnistopsError
 
 
 class HereRunner(JobRunner):
@@ -14,14 +15,22 @@ class HereRunner(JobRunner):
 
 
 class MonitorHere(MonitoringSchedule):
+    """The endpoint's data collector writes under <home>/<env>/monitoring/<endpoint>/ on this host."""
+
     remote = False
+
+    def collected(self, cfg, start: float, end: float, stats, id_prefix=None):
+        from mnistops import layout
+        from mnistops.monitoring import collected
+
+        return collected.load_window(layout.endpoint_monitoring_dir(cfg), start, end, stats, id_prefix)
 
 
 class LocalBackend(Backend):
     name = "local"
 
     def registry(self, env: Optional[str] = None) -> ModelRegistry:
-        from mnistops import tracking
+        from mnistops import layout, tracking
         from mnistops.backends.local.mlflow_registry import MlflowRegistry
         from mnistops.config import other_env
 
@@ -30,7 +39,11 @@ class LocalBackend(Backend):
             return MlflowRegistry(cfg.env.name, tracking.tracking_uri(cfg))
         if env == cfg.promote.source_env and cfg.promote.source_tracking_uri:
             return MlflowRegistry(env, cfg.promote.source_tracking_uri)
-        return MlflowRegistry(env, tracking.store_uri(cfg, other_env(cfg, env)))
+        uri = tracking.store_uri(cfg, other_env(cfg, env))
+        if uri.startswith("sqlite:") and not layout.tracking_db(cfg, env).is_file():
+            raise MnistopsError(f"env {env!r} has no store at {layout.tracking_db(cfg, env)} (set "
+                                f"MNISTOPS_{env.upper()}_TRACKING_URI to its tracking server)")
+        return MlflowRegistry(env, uri)
 
     def endpoint(self):
         from mnistops.backends.local.process_endpoint import ProcessEndpoint
