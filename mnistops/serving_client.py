@@ -36,9 +36,11 @@ def score(client: httpx.Client, url: str, key: str, images: np.ndarray, deployme
         return resp.status_code, {"error": resp.text[:200]}
 
 
-def feedback(client: httpx.Client, url: str, key: str, request_id: str, label: int, timeout: float = 10.0) -> int:
-    """Ground truth for a scored request: ``POST /feedback``; the status code (202 when recorded)."""
-    resp = client.post(f"{url}/feedback", json={"request_id": request_id, "label": int(label)},
+def feedback(client: httpx.Client, url: str, key: str, request_id: str, label: int, timeout: float = 10.0,
+             path: str = "/feedback") -> int:
+    """Ground truth for a scored request: ``POST {path}`` (the target's ``feedback_path``: the local
+    endpoint's /feedback, a managed endpoint's /score); the status code (202 when recorded)."""
+    resp = client.post(f"{url}{path}", json={"request_id": request_id, "label": int(label)},
                        headers=headers(key), timeout=timeout)
     return resp.status_code
 

@@ -139,12 +139,15 @@ class EndpointState:
 
 @dataclass(frozen=True)
 class ScoringTarget:
-    """Where clients send requests: a base URL (append /score, /predict, ...), a key and a name."""
+    """Where clients send requests: a base URL (append /score, /predict, ...), a key and a name.
+    `feedback_path` is the route that takes ground truth (`{"request_id", "label"}`): the local
+    endpoint's /feedback, the scoring route itself on a managed endpoint (it has only /score)."""
 
     url: str
     key: Optional[str]
     name: str
     key_file: Optional[str] = None  # where the key is kept on this machine, when it is a file
+    feedback_path: str = "/feedback"
 
 
 class Endpoint(abc.ABC):

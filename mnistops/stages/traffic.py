@@ -1,9 +1,10 @@
 """stage=traffic: a traffic simulator for demos and tests of monitoring.
 
 Real test-set images, optionally shifted (``traffic.shift`` at ``traffic.severity``), sent one per
-request to the env's endpoint at ``traffic.rate`` per second, with the true label sent to
-``/feedback`` for ``traffic.feedback_fraction`` of them (``traffic.label_noise`` of that feedback
-deliberately wrong). What the endpoint collects is what ``stage=monitor`` then judges.
+request to the env's endpoint at ``traffic.rate`` per second, with the true label sent to its
+feedback route (``/feedback``; a managed endpoint's ``/score``) for ``traffic.feedback_fraction`` of
+them (``traffic.label_noise`` of that feedback deliberately wrong). What the endpoint collects is
+what ``stage=monitor`` then judges.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ def run(cfg: DictConfig) -> StageResult:
                "feedback": None}
         if status == 200 and give_feedback[i]:
             try:
-                out["feedback"] = feedback(client, url, key, body["request_id"], int(told[i]))
+                out["feedback"] = feedback(client, url, key, body["request_id"], int(told[i]),
+                                           path=target.feedback_path)
             except httpx.HTTPError:
                 out["feedback"] = 0
         return out

@@ -168,7 +168,8 @@ class ManagedEndpoint(Endpoint):
         if ep is None or not ep.scoring_uri:
             raise MnistopsError(f"endpoint {self.name} ({self.env}) is not there: run stage=deploy first")
         key = self.ml.online_endpoints.get_keys(self.name).primary_key
-        return ScoringTarget(ep.scoring_uri.rsplit("/score", 1)[0], key, self.name)
+        # score.py takes feedback on its one route: a body of exactly {"request_id", "label"}
+        return ScoringTarget(ep.scoring_uri.rsplit("/score", 1)[0], key, self.name, feedback_path="/score")
 
     def stop(self) -> bool:
         print(f"endpoint {self.name} ({self.env}) is a managed online endpoint: it is not stopped but deleted, "
