@@ -20,8 +20,10 @@
                        408), ``throughput_rps`` (informational)
 =====================  ==========================================================================
 
-A signal that cannot be judged (too few images or labels, no suite, no model) has value None,
-is never breached, and says why in its note. Informational signals have a NaN threshold.
+A signal that cannot be judged (too few images or labels, no suite, no model; the request outcomes
+where the window's collector does not see them, ``window.OUTCOMES_UNSEEN``: system and malformed
+rate on Azure) has value None, is never breached, and says why in its note. Informational signals
+have a NaN threshold.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from mnistops.monitoring.drift import DRIFT_FEATURES, Reference, class_distribution, column_drift, js_distance
-from mnistops.monitoring.window import Window
+from mnistops.monitoring.window import OUTCOMES_UNSEEN, Window
 
 NAMES = ("data_drift", "embedding_drift", "prediction_drift", "data_quality", "model_performance", "system")
 MALFORMED_STATUS = (400, 415, 422)
@@ -194,7 +196,9 @@ def quality_signals(window: Window, monitor_cfg, suite=None) -> List[Signal]:
         out.append(signal("data_quality", "failed_expectations", len(checks), 0.0,
                           note=note or f"suite {report.suite_name} passed"))
     req = window.requests
-    if len(req) < min_n:
+    if window.meta.get(OUTCOMES_UNSEEN):
+        out.append(not_computed("data_quality", "malformed_rate", t.malformed_rate, window.meta[OUTCOMES_UNSEEN]))
+    elif len(req) < min_n:
         out.append(not_computed("data_quality", "malformed_rate", t.malformed_rate,
                                 f"{len(req)} requests < monitor.min_requests={min_n}"))
     else:
@@ -268,10 +272,11 @@ def system_signals(window: Window, monitor_cfg) -> List[Signal]:
         names = sorted(set(req["deployment"].astype(str)) - {""})
         groups += [(d, req[req["deployment"].astype(str) == d]) for d in names]
     out: List[Signal] = []
+    unseen = window.meta.get(OUTCOMES_UNSEEN)
     for dep, g in groups:
         n = len(g)
-        if n == 0:
-            why = "no requests in the window"
+        if n == 0 or unseen:
+            why = unseen or "no requests in the window"
             out += [not_computed("system", m, thr, why, deployment=dep) for m, thr in
                     (("p50_ms", INFO), ("p95_ms", INFO), ("p99_ms", t.max_p99_ms),
                      ("error_rate", t.max_error_rate), ("throughput_rps", INFO))]

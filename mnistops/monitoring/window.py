@@ -20,6 +20,11 @@ REQUEST_COLUMNS = ("time", "route", "status", "latency_ms", "deployment", "versi
 NO_LABEL = -1
 """``Window.labels`` value of an image without feedback."""
 
+OUTCOMES_UNSEEN = "outcomes_unseen"
+"""``Window.meta`` key: why the requests' outcomes (status, latency) are not what was collected
+(Azure's collector sees answered images only: latency and errors are Azure Monitor metrics there);
+the system signals and the malformed rate then say "not computed" with this reason."""
+
 
 @dataclass
 class Window:

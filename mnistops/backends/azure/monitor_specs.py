@@ -1,16 +1,20 @@
 """The Azure ML model-monitoring schedule with the local monitor's signals and thresholds
-(cfg.monitor.*), on cfg.monitor.schedule (cron), alerting by email or Azure Monitor.
+(cfg.monitor.*), on cfg.monitor.schedule (cron), alerting by email or Azure Monitor. Azure runs it
+on its own serverless Spark; `stage=monitor` computes the same signals and more from the same
+collected files (collected_data.py), and is the one that hands labelled data over for retraining.
 
-Signal mapping (local -> Azure):
-  data_drift        -> data_drift, normalized_wasserstein_distance on the image features that
-                       score.py collects as model_inputs, against the training features asset
+Signal mapping (local -> Azure), on the columns score.py collects (collection_format.py):
+  data_drift        -> data_drift, normalized_wasserstein_distance on the image features of
+                       model_inputs (monitoring.drift.DRIFT_FEATURES, never the pixels or ids),
+                       against the training features asset
   prediction_drift  -> prediction_drift, jensen_shannon_distance on the predicted `digit`
-  out_of_bounds_rate, malformed_rate -> data_quality: out_of_bounds_rate; data_type_error_rate and
-                       null_value_rate (what Azure can see of malformed inputs)
+  out_of_bounds_rate, malformed_rate -> data_quality on the image features: out_of_bounds_rate;
+                       data_type_error_rate and null_value_rate (what Azure can see of malformed inputs)
   min_accuracy, min_class_recall -> model_performance: accuracy; recall (Azure's is macro, not per
-                       class), joining model_outputs with the ground-truth asset on `correlation_id`
+                       class), joining model_outputs with the ground-truth asset on the rows'
+                       `correlation_id` column (the request id of a one-image request: feedback's key)
 embedding_drift, max_p99_ms and max_error_rate have no Azure ML monitoring signal: latency and
-errors are Azure Monitor metrics of the endpoint (alert rules), the embedding stays local.
+errors are Azure Monitor metrics of the endpoint (alert rules), the embedding is stage=monitor's.
 
 The production inputs are the live deployment's collections (`<endpoint>-<deployment>-<collection>`,
 registered by Azure when the deployment is created); `follow_deployment` repoints an existing
@@ -25,10 +29,12 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from mnistops import tags as T
+from mnistops.backends.azure.collection_format import CORRELATION as JOIN
+from mnistops.backends.azure.collection_format import DIGIT as PREDICTION
+from mnistops.backends.azure.collection_format import LABEL
 from mnistops.errors import MnistopsError
 
 NOT_ON_AZURE = ("embedding_drift", "max_p99_ms", "max_error_rate")
-PREDICTION, LABEL, JOIN = "digit", "label", "correlation_id"  # the columns score.py collects
 
 
 def iso_window(window: str) -> Optional[str]:
@@ -67,6 +73,8 @@ def schedule(cfg: DictConfig, endpoint: str, deployment: str, ground_truth: str)
 
     from mnistops.backends.azure import data_assets
     from mnistops.data import mirrors
+    from mnistops.monitoring.drift import DRIFT_FEATURES
+    from mnistops.quality.features import FEATURE_COLUMNS
 
     t, az = cfg.monitor.thresholds, cfg.azure.monitoring
     lookback = iso_window(cfg.monitor.window)
@@ -83,7 +91,7 @@ def schedule(cfg: DictConfig, endpoint: str, deployment: str, ground_truth: str)
                           data_context="ground_truth", data_column_names={"target_column": LABEL, "join_column": JOIN})
     signals = {
         "data_drift": DataDriftSignal(
-            production_data=production("model_inputs"), reference_data=reference, features="all_features",
+            production_data=production("model_inputs"), reference_data=reference, features=list(DRIFT_FEATURES),
             metric_thresholds=DataDriftMetricThreshold(numerical=NumericalDriftMetrics(
                 normalized_wasserstein_distance=t.data_drift)), alert_enabled=True),
         "prediction_drift": PredictionDriftSignal(
@@ -91,7 +99,7 @@ def schedule(cfg: DictConfig, endpoint: str, deployment: str, ground_truth: str)
             metric_thresholds=PredictionDriftMetricThreshold(categorical=CategoricalDriftMetrics(
                 jensen_shannon_distance=t.prediction_drift)), alert_enabled=True),
         "data_quality": DataQualitySignal(
-            production_data=production("model_inputs"), reference_data=reference, features="all_features",
+            production_data=production("model_inputs"), reference_data=reference, features=list(FEATURE_COLUMNS),
             metric_thresholds=DataQualityMetricThreshold(numerical=DataQualityMetricsNumerical(
                 out_of_bounds_rate=t.out_of_bounds_rate, data_type_error_rate=t.malformed_rate,
                 null_value_rate=t.malformed_rate)), alert_enabled=True),

@@ -2,10 +2,13 @@
 registered model, the pinned inference environment, score.py from the source snapshot, instance
 type/count, request settings, liveness/readiness probes and the data collector.
 
-The collector has three collections: `model_inputs` and `model_outputs` (per deployment, what the
-monitoring schedule compares) and `ground_truth`, the feedback score.py receives, which every
-deployment of the endpoint appends to one asset (azure.monitoring.ground_truth) so the true labels
-outlive a blue/green swap."""
+The collector has three collections (collection_format.py has their columns): `model_inputs` and
+`model_outputs` (per deployment, what the monitoring schedule compares and stage=monitor reads) and
+`ground_truth`, the feedback score.py receives, which every deployment of the endpoint appends to
+one asset (azure.monitoring.ground_truth) so the true labels outlive a blue/green swap. The files
+roll hourly (<collection>/YYYY/MM/DD/HH/*.jsonl), the layout stage=monitor reads a window from.
+The SDK gives every collection the one sampling rate (endpoint.collect.sampling_rate): feedback is
+sampled at that rate too."""
 
 from __future__ import annotations
 
@@ -13,9 +16,9 @@ from omegaconf import DictConfig
 
 from mnistops import tags as T
 from mnistops.backends.azure import data_assets
+from mnistops.backends.azure.collection_format import GROUND_TRUTH, INPUTS, OUTPUTS
 
-COLLECTIONS = ("model_inputs", "model_outputs")
-GROUND_TRUTH = "ground_truth"  # the collection score.py logs feedback to (Collector(name="ground_truth"))
+ROLLING_RATE = "Hour"  # the collector's folders: .../YYYY/MM/DD/HH/ (collected_data.py reads them)
 
 
 def endpoint(cfg: DictConfig, name: str):
@@ -39,11 +42,12 @@ def collector(cfg: DictConfig, endpoint_name: str, ground_truth: str):
 
     if not cfg.endpoint.collect.enabled:
         return None
-    collections = {c: DeploymentCollection(enabled="true") for c in COLLECTIONS}
+    collections = {c: DeploymentCollection(enabled="true") for c in (INPUTS, OUTPUTS)}
     collections[GROUND_TRUTH] = DeploymentCollection(enabled="true", data=DataAsset(
         name=ground_truth, version=data_assets.GROUND_TRUTH_VERSION,  # a string: the SDK registers it as a Data version
         path=data_assets.ground_truth_path(endpoint_name)))
-    return DataCollector(collections=collections, sampling_rate=cfg.endpoint.collect.sampling_rate)
+    return DataCollector(collections=collections, sampling_rate=cfg.endpoint.collect.sampling_rate,
+                         rolling_rate=ROLLING_RATE)
 
 
 def deployment(cfg: DictConfig, endpoint_name: str, slot: str, model_name: str, model_version: str, env_ref: str,
