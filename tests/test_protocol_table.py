@@ -257,8 +257,8 @@ def test_the_registered_model_decodes_with_its_own_copy_of_the_protocol(pyfunc, 
 
 
 def test_score_py_request_id_is_the_collectors_correlation_id(azmlinfsrv, images):
-    """The answer's request_id is the id the data collector keys the collected rows by (the
-    ``correlationid`` column): the client's x-request-id when it sends one."""
+    """The answer's request_id is the id the data collector keys the collected rows by (their
+    ``correlation_id`` column, tests/test_azure_monitoring.py): the client's x-request-id when it sends one."""
     from mnistops.backends.azure import score
 
     x, _ = images
@@ -266,7 +266,7 @@ def test_score_py_request_id_is_the_collectors_correlation_id(azmlinfsrv, images
     assert r.status_code == 200 and r.json()["request_id"] == "client-req-42"
     r = httpx.post(azmlinfsrv + "/score", json={"data": rows(x[:1])})
     assert r.status_code == 200 and len(r.json()["request_id"]) == 32
-    assert score.CORRELATION_COLUMN == "correlationid"
+    assert score.F.row_ids("client-req-42", 1) == ["client-req-42"]  # a one-image request's row: feedback's key
 
     import pandas as pd
     from azureml.ai.monitoring import Collector

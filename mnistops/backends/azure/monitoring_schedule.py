@@ -1,8 +1,13 @@
-"""Monitoring on Azure: the platform computes the signals on `monitor.schedule`, so `stage=monitor`
-creates or updates the model-monitoring schedule (monitor_specs.py) on the endpoint's live
-deployment, after making sure the ground-truth asset it joins feedback from exists. The endpoint
-calls `follow` after every traffic change, so a schedule keeps watching the deployment that takes
-the traffic after a blue/green swap or a rollback, with its thresholds unchanged."""
+"""Monitoring on Azure, in two places that read the same collected files:
+
+- the platform: `stage=monitor` creates or updates the model-monitoring schedule (monitor_specs.py)
+  on the endpoint's live deployment, after making sure the ground-truth asset it joins feedback
+  from exists; Azure then computes its signals on `monitor.schedule` on serverless Spark. The
+  endpoint calls `follow` after every traffic change, so the schedule keeps watching the deployment
+  that takes the traffic after a blue/green swap or a rollback, with its thresholds unchanged;
+- here: `collected` reads what the deployments' data collector wrote for the endpoint in a window
+  (collected_data.py: every deployment, ground truth joined), so `stage=monitor` computes every
+  signal the local monitor does, raises its alerts and hands the feedback-labelled images over."""
 
 from __future__ import annotations
 
@@ -27,8 +32,13 @@ class AzureMonitoringSchedule(MonitoringSchedule):
         return live[0]
 
     def collected(self, cfg: DictConfig, start: float, end: float, stats, id_prefix=None):
-        """The deployments' collected data stay in the workspace; stage=monitor applies the schedule."""
-        return None
+        """What every deployment of the endpoint collected in [start, end], from the workspace's blob
+        datastore; None in a dry run (nothing is read)."""
+        if cfg.azure.dry_run:
+            return None
+        from mnistops.backends.azure.collected_data import CollectorFiles, read_window
+
+        return read_window(CollectorFiles.of_workspace(self.connection), self.endpoint, start, end, stats, id_prefix)
 
     def apply(self, cfg: DictConfig) -> StageResult:
         from mnistops.backends.azure import monitor_specs, naming, render

@@ -8,8 +8,9 @@ ManagedIdentityCredential; DEFAULT_IDENTITY_CLIENT_ID picks a user-assigned one)
 own workspace's registry as the cluster's identity, which needs "AzureML Data Scientist" there.
 Each missing piece fails before any call, in one line naming the key or the credential chain.
 
-Tests route every SDK request through their own HTTP transport and a static token with
-`use_transport(transport, credential)`: the one seam between this flavour and the network.
+Tests route every SDK request (and the blob reads of collected_data.py) through their own HTTP
+transport and a static token with `use_transport(transport, credential)`: the one seam between this
+flavour and the network.
 """
 
 from __future__ import annotations
@@ -127,6 +128,12 @@ def client(ws: Workspace, inside_job: bool = False):
         _CLIENTS[key] = MLClient(credential(inside_job), ws.subscription_id, ws.resource_group, ws.workspace,
                                  show_progress=False, **extra)
     return _CLIENTS[key]
+
+
+def storage_options() -> dict:
+    """Keyword arguments for an Azure Storage client (azure-storage-blob): the test seam's transport,
+    so blob reads go where the SDK's requests go."""
+    return {"transport": _SEAM[0]} if _SEAM is not None else {}
 
 
 @contextlib.contextmanager
