@@ -12,17 +12,25 @@ tracking URI is a real MLflow store the test passes in (Azure's MLflow server ca
 
 Nothing here is a stand-in for a part that runs on this machine: the SDK, its serialisation and
 the stages run for real; only the remote service answers from this table.
+
+`BlobContainer` is the workspace's default blob datastore as Azure Storage answers azure-storage-blob
+(List Blobs XML, Get Blob with its range headers): tests put the files the deployments' data
+collector writes there (`put`), and the flavour reads them the way it reads the real one.
 """
 
 from __future__ import annotations
 
+import calendar
 import copy
 import json
 import re
 import time
+import uuid
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Any, Callable, Dict, List, Optional
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
+from xml.sax.saxutils import escape
 
 from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import HttpTransport
@@ -61,20 +69,125 @@ class _Closed:
         pass
 
 
-def json_response(request, status: int, body: Any = None):
+class _Stream:
+    """What azure.core's stream_download yields: the body, once (azure-storage-blob sets attributes on it)."""
+
+    def __init__(self, pipeline, response, content: bytes, **kwargs):
+        self.pipeline, self.response, self._chunks = pipeline, response, iter([content] if content else [])
+        self.request = getattr(response, "request", None)
+        self.content_length = len(content)
+
+    def __len__(self) -> int:
+        return self.content_length
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        pass
+
+
+def raw_response(request, status: int, content: bytes, headers: Dict[str, str]):
     """An azure.core response (the rest flavour, with the pipeline-transport back-compat methods)."""
     from azure.core.rest._http_response_impl import HttpResponseImpl
     from azure.core.utils import case_insensitive_dict
 
-    content = b"" if body is None else json.dumps(body).encode()
-    reason = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 404: "Not Found"}.get(status, "Error")
+    reason = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 206: "Partial Content",
+              404: "Not Found", 416: "Range Not Satisfiable"}.get(status, "Error")
     response = HttpResponseImpl(
         request=request, internal_response=_Closed(), status_code=status, reason=reason,
-        content_type="application/json", block_size=None,
-        headers=case_insensitive_dict({"Content-Type": "application/json", "x-ms-request-id": "test"}),
-        stream_download_generator=lambda **kwargs: iter([content]))
+        content_type=headers.get("Content-Type", "application/octet-stream"), block_size=None,
+        headers=case_insensitive_dict({"x-ms-request-id": "test", **headers}),
+        stream_download_generator=lambda pipeline=None, response=None, **kwargs: _Stream(pipeline, response, content))
     response._content = content
     return response
+
+
+def json_response(request, status: int, body: Any = None):
+    content = b"" if body is None else json.dumps(body).encode()
+    return raw_response(request, status, content, {"Content-Type": "application/json"})
+
+
+class BlobContainer:
+    """One blob container as Azure Storage's blob service answers azure-storage-blob: List Blobs
+    (with `prefix` and the `/` delimiter) and Get Blob (honouring x-ms-range), 404 for the rest.
+    `reads` is what was downloaded (blob names, in order)."""
+
+    def __init__(self, account: str, container: str):
+        self.account, self.container = account, container
+        self.host = f"{account}.blob.core.windows.net"
+        self.blobs: Dict[str, bytes] = {}
+        self.etags: Dict[str, str] = {}
+        self.reads: List[str] = []
+        self.clock = 0
+
+    def put(self, name: str, content: bytes) -> None:
+        self.clock += 1
+        self.blobs[name], self.etags[name] = content, f'"0x8DE{self.clock:013X}"'
+
+    def send(self, request):
+        url = urlparse(request.url)
+        path = unquote(url.path).lstrip("/")
+        query = {k: v[0] for k, v in parse_qs(url.query).items()}
+        container, _, name = path.partition("/")
+        if container != self.container:
+            return raw_response(request, 404, self._error("ContainerNotFound"), {"Content-Type": "application/xml"})
+        if request.method == "GET" and not name and query.get("comp") == "list":
+            return raw_response(request, 200, self._list(query), {"Content-Type": "application/xml"})
+        if request.method == "GET" and name in self.blobs:
+            return self._get(request, name)
+        return raw_response(request, 404, self._error("BlobNotFound"), {"Content-Type": "application/xml"})
+
+    def _get(self, request, name: str):
+        self.reads.append(name)
+        data = self.blobs[name]
+        headers = {"Content-Type": "application/octet-stream", "ETag": self.etags[name],
+                   "Last-Modified": formatdate(usegmt=True), "x-ms-blob-type": "BlockBlob",
+                   "x-ms-creation-time": formatdate(usegmt=True), "Accept-Ranges": "bytes"}
+        wanted = request.headers.get("x-ms-range") or request.headers.get("Range")
+        if not wanted:
+            return raw_response(request, 200, data, {**headers, "Content-Length": str(len(data))})
+        first, _, last = wanted.split("=", 1)[1].partition("-")
+        first, last = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
+        if first >= len(data):
+            return raw_response(request, 416, self._error("InvalidRange"), {"Content-Type": "application/xml",
+                                                                            "Content-Range": f"bytes */{len(data)}"})
+        part = data[first:last + 1]
+        return raw_response(request, 206, part, {**headers, "Content-Length": str(len(part)),
+                                                 "Content-Range": f"bytes {first}-{last}/{len(data)}"})
+
+    def _list(self, query: Dict[str, str]) -> bytes:
+        prefix, delimiter = query.get("prefix", ""), query.get("delimiter")
+        items, folders = [], set()
+        for name in sorted(self.blobs):
+            if not name.startswith(prefix):
+                continue
+            rest = name[len(prefix):]
+            if delimiter and delimiter in rest:
+                folders.add(prefix + rest.split(delimiter, 1)[0] + delimiter)
+                continue
+            items.append(
+                f"<Blob><Name>{escape(name)}</Name><Properties>"
+                f"<Creation-Time>{formatdate(usegmt=True)}</Creation-Time>"
+                f"<Last-Modified>{formatdate(usegmt=True)}</Last-Modified><Etag>{self.etags[name]}</Etag>"
+                f"<Content-Length>{len(self.blobs[name])}</Content-Length>"
+                "<Content-Type>application/octet-stream</Content-Type><BlobType>BlockBlob</BlobType>"
+                "<AccessTier>Hot</AccessTier><AccessTierInferred>true</AccessTierInferred>"
+                "<LeaseStatus>unlocked</LeaseStatus><LeaseState>available</LeaseState>"
+                "<ServerEncrypted>true</ServerEncrypted></Properties><OrMetadata /></Blob>")
+        items += [f"<BlobPrefix><Name>{escape(f)}</Name></BlobPrefix>" for f in sorted(folders)]
+        return ('<?xml version="1.0" encoding="utf-8"?>'
+                f'<EnumerationResults ServiceEndpoint="https://{self.host}/" ContainerName="{self.container}">'
+                f"<Prefix>{escape(prefix)}</Prefix>" + (f"<Delimiter>{escape(delimiter)}</Delimiter>" if delimiter else "")
+                + f"<Blobs>{''.join(items)}</Blobs><NextMarker /></EnumerationResults>").encode()
+
+    @staticmethod
+    def _error(code: str) -> bytes:
+        return (f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code>'
+                f"<Message>{code}</Message></Error>").encode()
 
 
 def not_found(what: str) -> dict:
@@ -99,6 +212,13 @@ class FakeWorkspace(HttpTransport):
         self.requests: List[Recorded] = []
         self.handlers: List[tuple] = []  # (method, path regex, fn(recorded) -> (status, body)) tried first
         self.clock = 0
+        # the workspace's default datastore, as Azure ML creates it: a blob container of its storage account
+        self.blobstore = BlobContainer(f"st{workspace.replace('-', '')[:20]}", "azureml-blobstore-11111111")
+        self.seed("datastores/workspaceblobstore", {
+            "datastoreType": "AzureBlob", "accountName": self.blobstore.account,
+            "containerName": self.blobstore.container, "endpoint": "core.windows.net", "protocol": "https",
+            "serviceDataAccessAuthIdentity": "WorkspaceSystemAssignedIdentity", "isDefault": True,
+            "credentials": {"credentialsType": "AccountKey"}})
 
     # ------------------------------------------------------------------ the transport protocol
     def __enter__(self):
@@ -127,6 +247,8 @@ class FakeWorkspace(HttpTransport):
         recorded = Recorded(request.method, url.path.rstrip("/").lower(),
                             {k: v[0] for k, v in parse_qs(url.query).items()}, body)
         self.requests.append(recorded)
+        if url.netloc == self.blobstore.host:
+            return self.blobstore.send(request)
         if url.netloc == f"{self.location}.api.azureml.ms":
             status, answer = self.data_plane(recorded)
             return json_response(request, status, answer)
@@ -308,9 +430,71 @@ class FakeAzure(HttpTransport):
     def send(self, request, **kwargs):
         url = urlparse(request.url)
         for ws in self.workspaces:
-            if ws.prefix in url.path.lower():
+            if ws.prefix in url.path.lower() or url.netloc == ws.blobstore.host:
                 return ws.send(request, **kwargs)
         for ws in self.workspaces:  # the discovery document: by the workspace's region
             if url.netloc == f"{ws.location}.api.azureml.ms":
                 return ws.send(request, **kwargs)
         return json_response(request, 404, not_found(request.url))
+
+
+# --------------------------------------------------------------------------- the data collector's files
+
+COLLECTOR_ROOT = "modelDataCollector"  # in the workspace's default blob datastore
+
+
+def collector_record(collection: str, rows: List[dict], t: float, correlation_id: str, endpoint: str,
+                     deployment: str, subscription: str = "00000000-0000-0000-0000-000000000000") -> dict:
+    """One line of a collector file, as Azure ML's docs show it ("Store collected data in Blob Storage")."""
+    data = json.dumps(rows, separators=(",", ":"))
+    return {"specversion": "1.0", "id": str(uuid.uuid4()),
+            "source": f"/subscriptions/{subscription}/resourceGroups/rg/providers/{PROVIDER}/workspaces/ws/"
+                      f"onlineEndpoints/{endpoint}/deployments/{deployment}",
+            "type": f"azureml.inference.{collection}", "datacontenttype": "application/json",
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)), "data": rows,
+            "correlationid": correlation_id, "xrequestid": correlation_id, "modelversion": "default",
+            "collectdatatype": "pandas.core.frame.DataFrame", "agent": "azureml-ai-monitoring/1.0.0",
+            "contentrange": f"bytes 0-{len(data) - 1}/{len(data)}"}
+
+
+def collector_folder(endpoint: str, deployment: str, collection: str) -> str:
+    """Where a deployment's collection goes: its own folder, except ground_truth, whose data path the
+    deployment spec sets to one folder per endpoint (data_assets.ground_truth_path)."""
+    if collection == "ground_truth":
+        return f"{COLLECTOR_ROOT}/{endpoint}/ground_truth"
+    return f"{COLLECTOR_ROOT}/{endpoint}/{deployment}/{collection}"
+
+
+def write_collector_files(store: BlobContainer, endpoint: str, deployment: str, records: List[dict],
+                          instance: str = "mdc-0") -> None:
+    """Append records to the hourly files of their collections (.../YYYY/MM/DD/HH/<instance>.jsonl)."""
+    for rec in records:
+        collection = rec["type"].rsplit(".", 1)[1]
+        hour = time.strftime("%Y/%m/%d/%H", time.gmtime(calendar_seconds(rec["time"])))
+        name = f"{collector_folder(endpoint, deployment, collection)}/{hour}/{instance}.jsonl"
+        store.put(name, store.blobs.get(name, b"") + json.dumps(rec, separators=(",", ":")).encode() + b"\n")
+
+
+def calendar_seconds(iso: str) -> float:
+    return float(calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ")))
+
+
+def sidecar_records(posts: List[dict], endpoint: str, deployment: str) -> List[dict]:
+    """What the collector sidecar makes of what azureml-ai-monitoring's Collector posted to it
+    (`{"headers": {...}, "body": bytes}`, headers lower-cased): one record per post, except that
+    posts of one collection within the same second are batched into one record under the first
+    post's correlation id, as Azure's docs say the collector does ("Data collector batching")."""
+    out: List[dict] = []
+    for post in posts:
+        h = post["headers"]
+        collection = h["ce-type"].rsplit(".", 1)[1]
+        t = float(h["ce-time"])
+        rows = json.loads(post["body"])
+        last = out[-1] if out else None
+        if last is not None and last["type"].endswith(f".{collection}") and calendar_seconds(last["time"]) == int(t):
+            last["data"].extend(rows)
+            size = len(json.dumps(last["data"], separators=(",", ":")))
+            last["contentrange"] = f"bytes 0-{size - 1}/{size}"
+            continue
+        out.append(collector_record(collection, rows, t, h.get("ce-x-request-id", ""), endpoint, deployment))
+    return out
