@@ -129,6 +129,7 @@ def test_deploy_renders_the_endpoint_its_unique_name_and_a_blue_green_deployment
     assert set(collections) == {"model_inputs", "model_outputs", "ground_truth"} and dep.data_collector.sampling_rate == 0.5
     assert collections["ground_truth"].data.name == f"{QA_ENDPOINT}-ground-truth"
     assert collections["ground_truth"].data.path.endswith(f"/modelDataCollector/{QA_ENDPOINT}/ground_truth")
+    assert dep.data_collector.rolling_rate == "Hour"  # the hour folders stage=monitor reads a window from
     assert (Path(dep.code_configuration.code) / dep.code_configuration.scoring_script).is_file()
     assert dep.environment.removeprefix("azureml:").startswith("mnistops-inference:")
 
@@ -187,6 +188,10 @@ def test_monitoring_schedule_carries_the_local_monitor_thresholds(tmp_path):
     assert signals["data_drift"].metric_thresholds.numerical.normalized_wasserstein_distance == 0.2
     assert signals["data_drift"].production_data.data_window.lookback_window_size == "P7D"
     assert signals["data_drift"].production_data.input_data.path.endswith("mnist-qa-x1-green-model_inputs:1")
+    # drift and quality on the image features score.py collects, never on its pixels or ids
+    assert signals["data_drift"].features == ["mean_intensity", "ink_coverage", "bbox_top", "bbox_left", "bbox_height",
+                                              "bbox_width", "centroid_row", "centroid_col", "stroke_width"]
+    assert "pixels" not in signals["data_quality"].features and "stroke_width" in signals["data_quality"].features
     assert signals["prediction_drift"].metric_thresholds.categorical.jensen_shannon_distance == 0.1
     assert signals["data_quality"].metric_thresholds.numerical.out_of_bounds_rate == 0.05
     performance = signals["model_performance"]
@@ -308,3 +313,6 @@ def test_scoring_script_refuses_bad_payloads_with_the_field(score):
     answer = score.run('{"data": [[1, 2, 3]]}')
     assert answer["field"] == "data" and "28x28" in answer["error"]
     assert score.run("not json")["field"] == "body"
+    assert score.run('{"request_id": "r-1", "label": "7"}')["field"] == "label"  # feedback, checked like /feedback
+    # feedback where no data collector takes ground truth (off Azure): said, not silently dropped
+    assert "does not collect ground truth" in score.run('{"request_id": "r-1", "label": 7}')["error"]

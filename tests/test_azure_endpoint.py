@@ -131,6 +131,7 @@ def test_deploy_is_blue_green_and_the_schedule_follows_the_live_deployment(qa, s
     collections = props["dataCollector"]["collections"]
     assert set(collections) == {"model_inputs", "model_outputs", "ground_truth"}
     assert {c["samplingRate"] for c in collections.values()} == {0.5}
+    assert props["dataCollector"]["rollingRate"] == "Hour"
     assert collections["ground_truth"]["dataId"].lower().endswith(f"/data/{ep}-ground-truth/versions/1")
     assert qa.resource(f"data/{ep}-ground-truth/versions/1")["properties"]["dataUri"].endswith(f"/{ep}/ground_truth")
     assert qa.sent("PUT", f"data/{ep}-blue-model_inputs/versions/1")  # the collections Azure monitors

@@ -130,10 +130,11 @@ def _traffic_window(cfg: DictConfig, backend, stats):
     if run.data.tags.get(T.STAGE) != "traffic" or not prefix:
         raise MnistopsError(f"monitor.traffic_run={cfg.monitor.traffic_run}: not a traffic run of env {cfg.env.name!r}")
     expected = int(run.data.metrics.get("traffic/requests", 0))
+    since = run.info.start_time / 1000.0 - 600  # its requests came after it began (the endpoint's clock may differ)
     deadline = time.monotonic() + cfg.monitor.collect_wait_s
     while True:
         stats.__init__()
-        window = backend.monitoring.collected(cfg, 0.0, time.time(), stats, prefix)
+        window = backend.monitoring.collected(cfg, since, time.time(), stats, prefix)
         if window is None or len(window.requests) >= expected or time.monotonic() >= deadline:
             break
         time.sleep(0.25)
@@ -141,6 +142,8 @@ def _traffic_window(cfg: DictConfig, backend, stats):
         print(f"  WARNING: {len(window.requests)} of the {expected} requests of traffic run {run.info.run_id} were "
               f"collected within monitor.collect_wait_s={cfg.monitor.collect_wait_s}")
     start = float(window.requests["time"].min()) if window is not None and len(window.requests) else 0.0
+    if start:
+        window.start = start  # it opens with the run's first request, not with the margin read before it
     return window, start, time.time(), f"traffic run {run.info.run_id}"
 
 
