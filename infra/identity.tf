@@ -2,8 +2,8 @@
 # - the env's CI/CD identity (a user-assigned managed identity, signed in by the pipelines through
 #   workload identity federation: no secret anywhere) works in this env's workspace only;
 # - identities of other envs (PROD's, in QA) get exactly two things here: read the models and runs
-#   QA approved (promotion), and write labelled production data into one handover container
-#   (the monitoring loop hands PROD's feedback to QA's CI);
+#   QA approved (promotion), and record labelled production data as a run in QA's workspace MLflow
+#   (the monitoring loop hands PROD's feedback to QA's CI: monitoring/production_data.py);
 # - the online endpoint pulls its image and reads its model.
 # The identity that runs Terraform itself (the IaC service connection) is not managed here: it needs
 # Contributor and Role Based Access Control Administrator on this env's subscription (see README).
@@ -38,15 +38,26 @@ resource "azurerm_role_assignment" "pipeline_workspace" {
   principal_type       = "ServicePrincipal"
 }
 
+# stage=monitor reads what the endpoint's data collector wrote (modelDataCollector/..., the workspace's
+# default datastore) with this identity's own token: read-only, on that one container. AzureML Data
+# Scientist reads the datastore's description but no blob, and no datastore secret is asked for.
+resource "azurerm_role_assignment" "pipeline_collected_read" {
+  scope                = "${azurerm_storage_account.this.id}/blobServices/default/containers/azureml-blobstore-${azurerm_machine_learning_workspace.this.workspace_id}"
+  role_definition_name = "Storage Blob Data Reader"
+  principal_id         = azurerm_user_assigned_identity.pipeline.principal_id
+  principal_type       = "ServicePrincipal"
+}
+
 # ----------------------------------------------------------------------- access from other envs
 
-# Promotion (read QA's approved versions, their runs and files) and the monitoring hand-over
-# (register PROD's labelled data as a data asset in QA). Nothing else: no jobs, no endpoints.
+# Promotion (read QA's approved versions, their runs and files) and the monitoring hand-over (a run
+# in QA's MLflow holding the labelled images: create it, tag it, upload its file through the
+# workspace's artifact service). Nothing else: no jobs, no endpoints, no models written, no data assets.
 resource "azurerm_role_definition" "cross_env" {
   count       = length(var.cross_env_principal_ids) > 0 ? 1 : 0
   name        = "mnistops cross-env access (${local.name}-${local.suffix})"
   scope       = azurerm_resource_group.this.id
-  description = "Read models and runs of ${local.name}; register data assets from another env's monitoring"
+  description = "Read models and runs of ${local.name}; record another env's labelled production data as a run"
 
   permissions {
     actions = [
@@ -56,8 +67,9 @@ resource "azurerm_role_definition" "cross_env" {
       "Microsoft.MachineLearningServices/workspaces/experiments/read",
       "Microsoft.MachineLearningServices/workspaces/experiments/runs/read",
       "Microsoft.MachineLearningServices/workspaces/datastores/read",
-      "Microsoft.MachineLearningServices/workspaces/data/read",
-      "Microsoft.MachineLearningServices/workspaces/data/versions/write",
+      "Microsoft.MachineLearningServices/workspaces/experiments/write",
+      "Microsoft.MachineLearningServices/workspaces/experiments/runs/write",
+      "Microsoft.MachineLearningServices/workspaces/metadata/artifacts/write",
     ]
   }
 
@@ -76,43 +88,6 @@ resource "azurerm_role_assignment" "cross_env_workspace" {
 resource "azurerm_role_assignment" "cross_env_storage_read" {
   for_each             = toset(var.cross_env_principal_ids)
   scope                = azurerm_storage_account.this.id
-  role_definition_name = "Storage Blob Data Reader"
-  principal_id         = each.value
-  principal_type       = "ServicePrincipal"
-}
-
-# The hand-over: one container, an identity-based datastore on it, write access for the other envs
-# on that container only, read access for this env's pipelines and training cluster.
-resource "azurerm_storage_container" "handover" {
-  #checkov:skip=CKV2_AZURE_21:Blob reads are logged by the diagnostic setting storage_blob (resource logs, main.tf); the check looks for the legacy Storage Insights, which needs the account key
-  name                  = "mnistops-handover"
-  storage_account_id    = azurerm_storage_account.this.id
-  container_access_type = "private"
-}
-
-resource "azurerm_machine_learning_datastore_blobstorage" "handover" {
-  name                       = "mnistops_handover"
-  workspace_id               = azurerm_machine_learning_workspace.this.id
-  storage_container_id       = azurerm_storage_container.handover.id
-  description                = "Labelled production data handed over by another env's monitoring (identity-based access)"
-  service_data_auth_identity = "WorkspaceSystemAssignedIdentity"
-}
-
-resource "azurerm_role_assignment" "cross_env_handover_write" {
-  for_each             = toset(var.cross_env_principal_ids)
-  scope                = azurerm_storage_container.handover.id
-  role_definition_name = "Storage Blob Data Contributor"
-  principal_id         = each.value
-  principal_type       = "ServicePrincipal"
-}
-
-resource "azurerm_role_assignment" "handover_read" {
-  for_each = {
-    pipeline  = azurerm_user_assigned_identity.pipeline.principal_id
-    cluster   = azurerm_machine_learning_compute_cluster.cpu.identity[0].principal_id
-    workspace = azurerm_machine_learning_workspace.this.identity[0].principal_id
-  }
-  scope                = azurerm_storage_container.handover.id
   role_definition_name = "Storage Blob Data Reader"
   principal_id         = each.value
   principal_type       = "ServicePrincipal"

@@ -37,11 +37,6 @@ output "pipeline_principal_id" {
   value       = azurerm_user_assigned_identity.pipeline.principal_id
 }
 
-output "handover_datastore" {
-  description = "Where other envs' monitoring hands over labelled data"
-  value       = azurerm_machine_learning_datastore_blobstorage.handover.name
-}
-
 output "application_insights_connection_string" {
   value     = azurerm_application_insights.this.connection_string
   sensitive = true

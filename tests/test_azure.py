@@ -129,7 +129,7 @@ def test_deploy_renders_the_endpoint_its_unique_name_and_a_blue_green_deployment
     assert set(collections) == {"model_inputs", "model_outputs", "ground_truth"} and dep.data_collector.sampling_rate == 0.5
     assert collections["ground_truth"].data.name == f"{QA_ENDPOINT}-ground-truth"
     assert collections["ground_truth"].data.path.endswith(f"/modelDataCollector/{QA_ENDPOINT}/ground_truth")
-    assert dep.data_collector.rolling_rate == "Hour"  # the hour folders stage=monitor reads a window from
+    assert dep.data_collector.rolling_rate.lower() == "hour"  # the hour folders stage=monitor reads a window from
     assert (Path(dep.code_configuration.code) / dep.code_configuration.scoring_script).is_file()
     assert dep.environment.removeprefix("azureml:").startswith("mnistops-inference:")
 

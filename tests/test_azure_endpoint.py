@@ -31,6 +31,7 @@ from mnistops.errors import MnistopsError  # noqa: E402
 pytestmark = pytest.mark.integration
 
 NAME = "mnist-classifier"
+SERVED: dict = {}  # the registered model's MLflow directory the scoring server serves
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +40,7 @@ def scoring_server(tmp_path_factory, data_cache):
     from serving_fixtures import registered_model
 
     root = tmp_path_factory.mktemp("azureml-model-dir")
+    SERVED["model"] = registered_model(tmp_path_factory, data_cache)
     shutil.copytree(registered_model(tmp_path_factory, data_cache), root / "model")
     port = free_port()
     env = {**os.environ, "AZUREML_MODEL_DIR": str(root), "MNISTOPS_MODEL_NAME": NAME, "MNISTOPS_MODEL_VERSION": "1",
@@ -65,20 +67,26 @@ def scoring_server(tmp_path_factory, data_cache):
         log.close()
 
 
-def version(ws: FakeWorkspace, number: str, **tags):
+def version(ws: FakeWorkspace, number: str, run_id: str, **tags):
     ws.seed(f"models/{NAME}/versions/{number}",
-            {"modelType": "mlflow_model", "modelUri": f"runs:/run{number}/model", "flavors": {},
-             "tags": {T.GATE_DECISION: T.APPROVED, **tags}, "properties": {T.FILES_RUN_ID: f"run{number}"}})
+            {"modelType": "mlflow_model", "modelUri": f"runs:/{run_id}/model", "flavors": {},
+             "tags": {T.GATE_DECISION: T.APPROVED, **tags}, "properties": {T.FILES_RUN_ID: run_id}})
 
 
 @pytest.fixture
 def qa(scoring_server, home, tmp_path):
-    """QA's workspace: versions 1 (@champion) and 2, the source snapshot, the scoring server."""
+    """QA's workspace: versions 1 (@champion) and 2 (their files in a run of its MLflow: stage=monitor
+    embeds with them), the source snapshot, the scoring server."""
+    from mlflow.tracking import MlflowClient
+
     from mnistops.backends.azure import code_snapshot
 
     ws = FakeWorkspace(scoring_base=scoring_server, mlflow_uri=f"sqlite:///{tmp_path / 'qa-mlflow.db'}")
-    version(ws, "1", **{T.alias("champion"): "2026-01-01T00:00:00.000000Z"})
-    version(ws, "2", **{T.alias("candidate"): "2026-01-02T00:00:00.000000Z"})
+    client = MlflowClient(ws.mlflow_uri)
+    run = client.create_run(client.create_experiment("registered", (tmp_path / "qa-artifacts").as_uri()))
+    client.log_artifacts(run.info.run_id, str(SERVED["model"]), "model")
+    version(ws, "1", run.info.run_id, **{T.alias("champion"): "2026-01-01T00:00:00.000000Z"})
+    version(ws, "2", run.info.run_id, **{T.alias("candidate"): "2026-01-02T00:00:00.000000Z"})
     ws.seed(f"codes/mnistops-code/versions/{code_snapshot.digest(code_snapshot.root())}", {"codeUri": "https://x/y"})
     return ws
 
@@ -131,7 +139,7 @@ def test_deploy_is_blue_green_and_the_schedule_follows_the_live_deployment(qa, s
     collections = props["dataCollector"]["collections"]
     assert set(collections) == {"model_inputs", "model_outputs", "ground_truth"}
     assert {c["samplingRate"] for c in collections.values()} == {0.5}
-    assert props["dataCollector"]["rollingRate"] == "Hour"
+    assert props["dataCollector"]["rollingRate"].lower() == "hour"
     assert collections["ground_truth"]["dataId"].lower().endswith(f"/data/{ep}-ground-truth/versions/1")
     assert qa.resource(f"data/{ep}-ground-truth/versions/1")["properties"]["dataUri"].endswith(f"/{ep}/ground_truth")
     assert qa.sent("PUT", f"data/{ep}-blue-model_inputs/versions/1")  # the collections Azure monitors
@@ -145,8 +153,10 @@ def test_deploy_is_blue_green_and_the_schedule_follows_the_live_deployment(qa, s
     assert not [r for r in qa.requests[before:] if r.method == "PUT"]
 
     # the monitoring schedule watches the live deployment ...
-    monitor = run("monitor", qa, "monitor.thresholds.data_drift=0.2", "monitor.schedule=*/30 * * * *")
+    monitor = run("monitor", qa, "monitor.thresholds.data_drift=0.2", "monitor.schedule=*/30 * * * *",
+                  "monitor.reference_size=500")
     assert monitor.artifacts["deployment"] == "blue"
+    assert monitor.metrics["monitor/requests"] == 0.0  # judged here too: this scoring server collects nothing
     (schedule,) = qa.sent("PUT", f"schedules/{ep}-monitor")
     definition = schedule.body["properties"]["action"]["monitorDefinition"]
     assert definition["monitoringTarget"]["deploymentId"].endswith(f"{ep}:blue") \

@@ -379,7 +379,14 @@ def test_pipeline_identity_gets_least_privilege():
     for body in by_name.values():  # nothing at subscription or resource-group scope, no Owner/Contributor
         assert "subscription" not in body["scope"] and "resource_group" not in body["scope"]
         assert body.get("role_definition_name") not in {"Owner", "Contributor", "User Access Administrator"}
-    assert by_name["cross_env_handover_write"]["scope"] == "${azurerm_storage_container.handover.id}"
+    # the monitor reads its own env's collected data, on the default datastore's container only
+    assert by_name["pipeline_collected_read"]["role_definition_name"] == "Storage Blob Data Reader"
+    assert by_name["pipeline_collected_read"]["scope"].endswith(
+        "/containers/azureml-blobstore-${azurerm_machine_learning_workspace.this.workspace_id}")
+    # another env's identity hands labelled data over as a run in this env's MLflow, and writes nothing else
+    actions = terraform()["resource"]["azurerm_role_definition"]["cross_env"]["permissions"][0]["actions"]
+    writes = {a.split("workspaces/", 1)[1] for a in actions if not a.endswith("/read")}
+    assert writes == {"experiments/write", "experiments/runs/write", "metadata/artifacts/write"}
 
 
 def test_terraform_owns_the_cluster_that_the_config_names():

@@ -115,7 +115,8 @@ def run(cfg: DictConfig) -> StageResult:
     if raised and cfg.monitor.fail_on_alert:
         raise MnistopsError(f"{len(raised)} monitoring alert(s) (monitor.fail_on_alert=true); first: {raised[0].message}")
     return StageResult("monitor", run_id=run_id, metrics=metrics, model_uri=model_uri,
-                       artifacts={"report": str(html), "signals": str(out / "signals.json"),
+                       artifacts={**(scheduled.artifacts if scheduled is not None else {}),  # the platform's schedule
+                                  "report": str(html), "signals": str(out / "signals.json"),
                                   "alerts": str(out / "alerts.json"), "alert_log": str(layout.alerts_file(cfg))})
 
 
