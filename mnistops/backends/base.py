@@ -10,8 +10,8 @@ these interfaces and never ask which flavour they run on; capabilities (``JobRun
     Endpoint            state, load a version into a slot, traffic + mirror, rollback, stop,
                         scoring URL + credentials
     JobRunner           run the steps here, or submit them where the compute is and follow them
-    MonitoringSchedule  the platform runs the monitor on a schedule (remote), or stage=monitor
-                        computes it here
+    MonitoringSchedule  what the endpoint collected, for stage=monitor to judge here; and where the
+                        platform also runs its own monitor on a schedule (remote), that schedule
     Provisioner         what an env needs before jobs run (None where nothing is needed)
 
 SDKs are imported inside the flavour's implementation only.

@@ -6,12 +6,14 @@ this package is free.
     registry     model_registry.py      model assets; aliases kept as tags; register from a run's files
     endpoint     managed_endpoint.py    a managed online endpoint, deployments = slots, traffic, rollback
     jobs         job_runner.py          compute steps as ONE command (or sweep) job running this entrypoint
-    monitoring   monitoring_schedule.py a model-monitoring schedule that follows the live deployment
+    monitoring   monitoring_schedule.py a model-monitoring schedule that follows the live deployment, and
+                 collected_data.py      what the deployments' data collector wrote, read back for stage=monitor
     provisioner  provisioner.py         environments and data assets (clusters are Terraform's)
     workspace.py (settings, credential, MLClient, the test seam), naming.py (unique names),
     render.py (azure.dry_run=true: every entity as `az ml ... create -f` YAML), the SDK entities
     (command_job, sweep_job, online_specs, monitor_specs, environments, data_assets, code_snapshot,
-    compute) and score.py (the online deployments' scoring script).
+    compute), score.py (the online deployments' scoring script) and collection_format.py (the rows it
+    hands the data collector, which collected_data.py reads back).
 
 Inside a job it submitted (`azure.inside_job=true`) the flavour is the same, except that its job
 runner is not remote: the steps run there, against the workspace's MLflow and registry.
