@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import calendar
+import json
 
 import numpy as np
 import pytest
@@ -123,16 +124,27 @@ def test_a_traffic_run_is_read_by_its_request_ids_whatever_the_collector_batched
     partial = collector_record("model_outputs", b_out, T0 + 20, "traffic-run7-1", ENDPOINT, "blue")
     partial["contentrange"] = "bytes 0-99/500"  # the first part of a payload only
     write_collector_files(ws.blobstore, ENDPOINT, "blue", [partial])
-    name = next(n for n in ws.blobstore.blobs if "/model_outputs/" in n)
+
+    # a payload too large to inline: the record holds the URL of a blob of its own
+    c_in, c_out = request_rows("traffic-run7-2", images[3:4], [2], "2")
+    for collection, rows in (("model_inputs", c_in), ("model_outputs", c_out)):
+        blob = f"modelDataCollector/{ENDPOINT}/blue/{collection}/2026/03/01/10/payload-{collection}"
+        ws.blobstore.put(blob, json.dumps(rows).encode())
+        big = collector_record(collection, [], T0 + 30, "traffic-run7-2", ENDPOINT, "blue")
+        big.update(data=f"https://{ws.blobstore.host}/{ws.blobstore.container}/{blob}", datainblob="true",
+                   datacontenttype="text/plain")
+        write_collector_files(ws.blobstore, ENDPOINT, "blue", [big])
+    name = next(n for n in ws.blobstore.blobs if "/model_outputs/" in n and n.endswith(".jsonl"))
     ws.blobstore.put(name, ws.blobstore.blobs[name] + b'{"specversion":"1.0","data":[{"corr')  # a torn last line
 
     window, stats, _ = read(ws, T0, T0 + 600, id_prefix="traffic-run7-")
-    assert sorted(window.request_ids) == ["traffic-run7-0", "traffic-run7-1"]
-    assert sorted(window.digits.tolist()) == [5, 7] and len(window.requests) == 2
+    assert sorted(window.request_ids) == ["traffic-run7-0", "traffic-run7-1", "traffic-run7-2"]
+    assert sorted(window.digits.tolist()) == [2, 5, 7] and len(window.requests) == 3
+    assert np.array_equal(window.images[list(window.request_ids).index("traffic-run7-2")], images[3])
     assert stats.torn == 2 and stats.files == 2
 
     everything, _, _ = read(ws, 0.0, T0 + 600)  # window "all": it starts with the first request
-    assert len(everything.requests) == 3 and everything.start == T0 + 10
+    assert len(everything.requests) == 4 and everything.start == T0 + 10
 
 
 def test_a_dry_run_reads_nothing():
