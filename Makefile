@@ -7,7 +7,7 @@ ENV ?= dev
 SHARED_MIRROR := $(abspath ..)/shared/datasets/mnist
 # the canonical MNIST files beside the repo (CI), else whatever MNISTOPS_DATA_MIRROR says, else the public mirrors
 MIRROR := $${MNISTOPS_DATA_MIRROR:-$$( [ -d $(SHARED_MIRROR) ] && echo file://$(SHARED_MIRROR) )}
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider --durations=30
 
 .PHONY: run ui test test-unit setup clean
 

@@ -106,7 +106,7 @@ def test_dev_qa_prod(flow, tmp_path):
     # ... and copies it once it passes
     run_cli(["stage=cd", *qa], home, check=True)
     promoted = run_cli(["env=prod", "stage=promote"], home, check=True)
-    assert "promoted qa mnist-classifier/3 -> prod mnist-classifier/1" in promoted.stdout
+    assert "promoted qa mnist-classifier/3 -> prod models:/mnist-classifier/1 (@champion)" in promoted.stdout
     again = run_cli(["env=prod", "stage=promote"], home, check=True)
     assert "no change" in again.stdout
     prod = mlflow_client(home, "prod")

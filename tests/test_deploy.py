@@ -163,7 +163,7 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving(endpoint_cfg, t
 def test_missing_model_is_one_clear_error(endpoint_cfg):
     proc = run_cli(["stage=deploy", "deploy.model=models:/mnist-classifier@nope", *endpoint_cfg[1:]],
                    Path(endpoint_cfg[0].split("=", 1)[1]), timeout=120)
-    assert proc.returncode == 2 and "models:/mnist-classifier@nope not found in the dev registry" in proc.stderr
+    assert proc.returncode == 2 and "no version of mnist-classifier has alias @nope in the dev registry" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 

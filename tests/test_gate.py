@@ -14,7 +14,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import compose, fresh_home, mlflow_client, mnist_split
-from mnistops import tags
+from mnistops import backends, layout, tags
 from mnistops.errors import MnistopsError
 from mnistops.quality import model_quality
 from mnistops.stages import run_stage
@@ -82,6 +82,13 @@ def registry_home(tmp_path_factory, data_cache):
     return home
 
 
+def _quality(cfg, uri):
+    """What the gate measures for a version: its registered files scored on the test set."""
+    registry = backends.get(cfg).registry()
+    version = registry.resolve(uri, "gate.candidate")
+    return model_quality.measure(cfg, registry.download(version, layout.models_cache(cfg)), version.uri)
+
+
 def _champion(client):
     try:
         return {"champion": str(client.get_model_version_by_alias("mnist-classifier", "champion").version)}
@@ -97,7 +104,7 @@ def test_stage_gate_decides_by_each_rule_on_real_versions(registry_home):
 
     # the first champion: refused below gate.min_accuracy, approved above it
     cfg = compose(["stage=gate", f"gate.candidate={v1}"], home)
-    q1 = model_quality.measure(cfg, v1)
+    q1 = _quality(cfg, v1)
     with pytest.raises(MnistopsError, match="gate.min_accuracy"):
         run_stage(compose(["stage=gate", f"gate.candidate={v1}", f"gate.min_accuracy={q1['accuracy'] + 0.01:.4f}"],
                           home))
@@ -107,7 +114,7 @@ def test_stage_gate_decides_by_each_rule_on_real_versions(registry_home):
     assert _champion(client) == {"champion": "1"}
 
     # a challenger: accuracy within gate.tolerance, but a class's recall drops more than gate.class_tolerance
-    q2 = model_quality.measure(cfg, v2)
+    q2 = _quality(cfg, v2)
     drops = {c: q1["recall"][c] - q2["recall"][c] for c in CLASSES}
     worst = max(drops, key=drops.get)
     assert drops[worst] > 0, "two different trainings: some class is recognised less often"

@@ -125,7 +125,7 @@ def test_quickstart_runs_top_to_bottom(tmp_path_factory, data_cache, tmp_path):
     assert any("text/html" in o.get("data", {}) for o in outputs_of(nb, "monitoring.artifacts"))
     azure = "".join(o.get("text", "") for o in outputs_of(nb, "show_specs(mnistops.run("))
     assert "no workspace set: dry run" in "".join(o.get("text", "") for o in outputs_of(nb, "DRY_RUN ="))
-    for kind in ("amlCompute", "commandJob", "managedOnlineEndpoint", "managedOnlineDeployment", "schedule"):
+    for kind in ("environment", "data", "commandJob", "managedOnlineEndpoint", "managedOnlineDeployment", "schedule"):
         assert f"{kind}.schema.json" in azure, f"the Azure section shows the {kind} spec"
     stopped = "".join(o.get("text", "") for o in outputs_of(nb, '"endpoint.action=stop"'))
     for env in ("dev", "qa", "prod"):

@@ -24,6 +24,9 @@ def packages_in_the_tree() -> set:
     for root in ("mnistops", "hydra_plugins"):
         for init in (REPO / root).rglob("__init__.py"):
             found.add(".".join(init.parent.relative_to(REPO).parts))
+    # data-only folders (no __init__.py) inside the package: setuptools ships them only when listed
+    found |= {".".join(d.relative_to(REPO).parts) for d in (REPO / "mnistops").rglob("*")
+              if d.is_dir() and d.name != "__pycache__" and not (d / "__init__.py").exists()}
     found.add("mnistops.conf")
     found |= {f"mnistops.conf.{d.name}" for d in CONF.iterdir() if d.is_dir() and any(d.glob("*.yaml"))}
     return found
@@ -35,7 +38,7 @@ def test_pyproject_lists_every_package_and_config_folder():
     assert declared - tree == set(), "these are listed in pyproject.toml but are not in the tree"
     data = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert {p for p in declared if p.startswith("mnistops.conf")} == {p for p in data if p.startswith("mnistops.conf")}
-    assert data["mnistops.serving"] == ["static/*.png"]  # the sample digit deploy hints at
+    assert data["mnistops.serving.static"] == ["*.png"]  # the sample digit deploy hints at
 
 
 @pytest.mark.integration

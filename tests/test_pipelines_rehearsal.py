@@ -191,7 +191,7 @@ class Agents:
         """What the env's endpoint answers it serves (Open Inference Protocol model metadata)."""
         import httpx
 
-        keys = sorted((self.hosts[env] / "home" / env / "endpoints").glob("*/key"))
+        keys = sorted((self.hosts[env] / "home" / env / "endpoints").glob("*/primary.key"))
         assert keys, f"no endpoint state on the {env} host"
         answer = httpx.get(f"http://127.0.0.1:{self.ports[env]}/v2/models/{MODEL}", timeout=30,
                            headers={"Authorization": f"Bearer {keys[0].read_text().strip()}"})

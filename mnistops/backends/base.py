@@ -127,6 +127,7 @@ class EndpointState:
     traffic: Dict[str, int] = field(default_factory=dict)
     mirror: Dict[str, int] = field(default_factory=dict)
     can_roll_back: bool = False
+    previews: List[str] = field(default_factory=list)  # a dry run: the spec files written instead of sent
 
     def live(self) -> List[str]:
         """Deployments taking live traffic, most first."""

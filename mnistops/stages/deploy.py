@@ -5,6 +5,7 @@ pinned to it there, and only then does traffic move (to `endpoint.traffic`, or 1
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, Optional
 
 from omegaconf import DictConfig
@@ -71,19 +72,20 @@ def run(cfg: DictConfig) -> StageResult:
         if status != 200:
             raise MnistopsError(f"deployment {slot} ({model.uri}) loaded but answered {status}: {body}; "
                                 "traffic unchanged")
-    endpoint.set_traffic(traffic, mirror)
+    moved = endpoint.set_traffic(traffic, mirror)
     print(f"deployed {model.uri} to {slot} on endpoint {endpoint.name} ({cfg.env.name})"
           f"{' [endpoint started]' if started else ''}")
     print(f"  traffic: {traffic}" + (f"  mirror: {mirror}" if mirror else ""))
-    return _result(cfg, endpoint, model, changed=True)
+    return _result(cfg, endpoint, model, changed=True, previews=moved.previews)
 
 
-def _result(cfg: DictConfig, endpoint, model, changed: bool) -> StageResult:
+def _result(cfg: DictConfig, endpoint, model, changed: bool, previews=()) -> StageResult:
     for line in endpoint.hints(model):
         print(line)
     target = endpoint.target()
     artifacts = {"scoring_url": f"{target.url}/score"} if target is not None else {}
     if target is not None and target.key_file:
         artifacts["key_file"] = target.key_file
+    artifacts.update({Path(p).stem: p for p in previews})  # a dry run's specs, e.g. online-endpoint-mnist-dev
     return StageResult("deploy", model_uri=model.uri, metrics={"deploy/changed": float(changed)},
                        artifacts=artifacts, endpoint_url=target.url if target is not None else None)

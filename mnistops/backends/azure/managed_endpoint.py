@@ -144,8 +144,9 @@ class ManagedEndpoint(Endpoint):
         if self.dry_run:
             ep = online_specs.endpoint(self.cfg, self.name)
             ep.traffic, ep.mirror_traffic = dict(traffic), dict(mirror) or None
-            render.emit(self.cfg, [*self._preview, ep])
-            return EndpointState(exists=False, traffic=dict(traffic), mirror=dict(mirror))
+            paths = render.emit(self.cfg, [*self._preview, ep])
+            return EndpointState(exists=False, traffic=dict(traffic), mirror=dict(mirror),
+                                 previews=[str(p) for p in paths])
         now = self.state()
         return self._move(traffic, mirror, {"traffic": now.traffic, "mirror_traffic": now.mirror})
 

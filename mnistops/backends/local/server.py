@@ -239,7 +239,11 @@ class LocalEndpoint:
                    restarts={"master": int(sup.get("master_restarts", 0)),
                              "workers": int(sup.get("worker_restarts", 0))
                              + max(0, int(master.get("forks", 0)) - int(master.get("workers", 0)))})
-        state = self.state()
+        try:
+            state = self.state()
+        except MnistopsError:  # answered /health, then went: a master being replaced right now
+            out["running"] = False
+            return out
         for key in ("traffic", "mirror_traffic", "deployments", "generation"):
             out[key] = state.get(key)
         out["workers_live"] = len(state.get("workers", []))
