@@ -33,8 +33,10 @@ ui: setup
 
 # Everything: the unit tier and the integration tier (real MLflow stores, real MNIST through a
 # file:// mirror when one is beside the repo, as in CI, small slices of training, real servers).
+# Two xdist workers, each taking whole test modules (module fixtures stay shared), longest first.
+TEST_WORKERS ?= 2
 test: setup
-	MNISTOPS_DATA_MIRROR=$(MIRROR) $(PYTEST) $(PYTEST_ARGS)
+	MNISTOPS_DATA_MIRROR=$(MIRROR) $(PYTEST) -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 # The unit tier (under 2 minutes): nothing trains, no server starts, no CLI subprocess.
 test-unit: setup

@@ -34,22 +34,16 @@ def test_dev_qa_prod(flow, tmp_path):
     home, ports = flow
     qa = ["env=qa", ports["qa"], "gate.min_accuracy=0.8", "smoke.min_accuracy=0.8", "smoke.samples=100"]
 
-    # dev: a data scientist's run; its store is not QA's
-    run_cli(QUICK, home, check=True)
-    assert (home / "dev" / "mlflow.db").is_file() and not (home / "qa").exists()
-
-    # CI in QA: a failing code-test step stops the pipeline before training, nothing registered
-    failed = run_cli(["stage=ci", *qa, *QUICK, "ci.pytest_args=[tests/no_such_test.py]"], home, timeout=600)
-    assert failed.returncode == 2 and "code tests failed" in failed.stderr
-    client = mlflow_client(home, "qa")
-    assert runs_of(client, "train") == [] and client.search_registered_models() == []
-
+    # (a failing code-test step, refused data and a worse candidate stopping CI: test_api.py,
+    # test_ci_steps.py and test_gate.py; here the whole chain across the envs' stores)
     # CI in QA: data -> validate -> tests -> train -> evaluate -> register -> baseline -> gate
     ci = run_cli(["stage=ci", *qa, *QUICK, FAST_TESTS], home, check=True, timeout=900)
+    assert not (home / "dev").exists(), "env=qa writes to QA's store only"
+    client = mlflow_client(home, "qa")
     assert "no baseline suite in env 'qa' yet" in ci.stdout and "1 passed" in ci.stdout
     assert "gate approved models:/mnist-classifier/1" in ci.stdout
-    failed_run, parent = sorted(runs_of(client, "ci"), key=lambda r: r.info.start_time)
-    assert failed_run.info.status == "FAILED" and parent.info.status == "FINISHED"
+    (parent,) = runs_of(client, "ci")
+    assert parent.info.status == "FINISHED"
     for stage in ("data", "train", "baseline", "gate"):
         assert runs_of(client, stage)[0].data.tags["mlflow.parentRunId"] == parent.info.run_id
     v1 = client.get_model_version_by_alias("mnist-classifier", "champion")
@@ -73,24 +67,12 @@ def test_dev_qa_prod(flow, tmp_path):
     refused = run_cli(["stage=validate", *qa, f"validate.batch={bad}"], home, timeout=300)
     assert refused.returncode == 2 and "validation of" in refused.stderr and "mean_intensity" in refused.stderr
     assert "FAILED" in refused.stdout
-    shuffled = tmp_path / "shuffled.npz"
-    np.savez(shuffled, images=images, labels=np.random.default_rng(0).permutation(labels))
-    refused = run_cli(["stage=validate", *qa, f"validate.batch={shuffled}"], home, timeout=300)
-    assert refused.returncode == 2 and "label_matches_template" in refused.stderr
-
-    # a deliberately worse candidate is refused by the gate; the champion stays
-    run_cli([*qa, "model=logreg", "trainer.max_epochs=1", "trainer.limit_train_batches=1",
-             "trainer.limit_val_batches=1"], home, check=True)
-    gate = run_cli(["stage=gate", *qa], home)
-    assert gate.returncode == 2 and "gate refused models:/mnist-classifier/2" in gate.stderr
-    assert str(client.get_model_version_by_alias("mnist-classifier", "champion").version) == "1"
-    assert client.get_model_version("mnist-classifier", "2").tags["mnistops.gate.decision"] == "rejected"
 
     # CD in QA: deploy the champion, smoke test
     cd = run_cli(["stage=cd", *qa], home, check=True)
     assert "deployed models:/mnist-classifier/1" in cd.stdout and "passed" in cd.stdout
 
-    # a new champion (same run re-registered: v3) whose smoke test fails is rolled back
+    # a new champion (same run re-registered: v2) whose smoke test fails is rolled back
     train_run = client.get_model_version("mnist-classifier", "1").run_id
     run_cli(["stage=register", *qa, f"register.run_id={train_run}"], home, check=True)
     run_cli(["stage=gate", *qa], home, check=True)
@@ -98,28 +80,28 @@ def test_dev_qa_prod(flow, tmp_path):
     assert bad_cd.returncode == 2 and "rolled back" in bad_cd.stderr
     status = run_cli(["stage=endpoint", *qa], home, check=True).stdout
     assert "traffic {'blue': 100}" in status
-    assert client.get_model_version("mnist-classifier", "3").tags["mnistops.smoke.qa"] == "failed"
+    assert client.get_model_version("mnist-classifier", "2").tags["mnistops.smoke.qa"] == "failed"
 
-    # promotion refuses what QA has not approved (v3 failed its smoke test) ...
+    # promotion refuses what QA has not approved (v2 failed its smoke test) ...
     refused = run_cli(["env=prod", "stage=promote"], home)
     assert refused.returncode == 2 and "has not passed a smoke test in qa" in refused.stderr
     # ... and copies it once it passes
     run_cli(["stage=cd", *qa], home, check=True)
     promoted = run_cli(["env=prod", "stage=promote"], home, check=True)
-    assert "promoted qa mnist-classifier/3 -> prod models:/mnist-classifier/1 (@champion)" in promoted.stdout
+    assert "promoted qa mnist-classifier/2 -> prod models:/mnist-classifier/1 (@champion)" in promoted.stdout
     again = run_cli(["env=prod", "stage=promote"], home, check=True)
     assert "no change" in again.stdout
     prod = mlflow_client(home, "prod")
     pv = prod.get_model_version_by_alias("mnist-classifier", "champion")
-    qv = mlflow_client(home, "qa").get_model_version("mnist-classifier", "3")
+    qv = mlflow_client(home, "qa").get_model_version("mnist-classifier", "2")
     for tag in ("mnistops.weights_sha256", "mnistops.dataset_digest", "mnistops.run_id"):
         assert pv.tags[tag] == qv.tags[tag]
-    assert pv.tags["mnistops.source_env"] == "qa" and pv.tags["mnistops.source_version"] == "3"
+    assert pv.tags["mnistops.source_env"] == "qa" and pv.tags["mnistops.source_version"] == "2"
     assert pv.tags["mnistops.gate.decision"] == "approved"
     assert runs_of(prod, "train") == [], "promotion never retrains"
 
     # CD in PROD serves exactly the QA-approved weights
     run_cli(["env=prod", "stage=cd", ports["prod"], "smoke.min_accuracy=0.8", "smoke.samples=100"], home, check=True)
     served = home / "prod" / "endpoints" / "mnist" / "models" / "mnist-classifier-v1" / "artifacts" / "model.onnx"
-    qa_served = home / "qa" / "endpoints" / "mnist" / "models" / "mnist-classifier-v3" / "artifacts" / "model.onnx"
+    qa_served = home / "qa" / "endpoints" / "mnist" / "models" / "mnist-classifier-v2" / "artifacts" / "model.onnx"
     assert sha256(served) == sha256(qa_served) == qv.tags["mnistops.weights_sha256"]
