@@ -4,6 +4,7 @@ module joins `paths.home` and an env name itself.
     <home>/data/<dataset>/              verified raw files, shared by every env
     <home>/<env>/mlflow.db              MLflow tracking + registry (unless env.tracking_uri is set)
     <home>/<env>/artifacts/             that store's artifacts
+    <home>/<env>/downloads/             the store's artifacts fetched here (baselines, hand-overs)
     <home>/<env>/endpoints/<name>/      a local endpoint's state, key, logs
     <home>/<env>/monitoring/            alerts.jsonl, and per endpoint what it collected
     <home>/<env>/monitoring/<endpoint>/ requests/*.jsonl, feedback.jsonl, labelled/*.npz
@@ -43,6 +44,12 @@ def artifacts_dir(cfg: DictConfig, env: Optional[str] = None) -> Path:
 def models_cache(cfg: DictConfig) -> Path:
     """Registered versions' files fetched to this machine (gate, baseline, monitor): a cache only."""
     return env_dir(cfg) / "models"
+
+
+def downloads_cache(cfg: DictConfig) -> Path:
+    """Run artifacts of the env's store fetched to this machine (baselines, handed-over datasets), one
+    folder per run: a cache only, the store keeps the originals."""
+    return env_dir(cfg) / "downloads"
 
 
 def outputs_dir(cfg: DictConfig) -> Path:

@@ -106,6 +106,15 @@ def test_deploy_serves_candidate_and_is_idempotent(endpoint_cfg, test_images, ca
     assert "no change" in capsys.readouterr().out
     assert state(endpoint_cfg) == st
 
+    # a running server keeps the worker count it started with, and deploy says so (no wait, no error)
+    from mnistops.backends.local.server import LocalEndpoint
+
+    running = len(LocalEndpoint(compose(endpoint_cfg)).worker_pids())
+    deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1", f"endpoint.workers={running + 1}")
+    out = capsys.readouterr().out
+    assert f"runs with {running} worker(s); endpoint.workers={running + 1} applies when it next starts" in out
+    assert "no change" in out
+
 
 def test_blue_green_switch_under_traffic_loses_no_request(endpoint_cfg, test_images):
     deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1")

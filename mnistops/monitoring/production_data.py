@@ -67,17 +67,20 @@ def handed_over(cfg: DictConfig) -> List[Path]:
     """Every production-feedback dataset in this env's store, oldest first, as local .npz files."""
     import mlflow
 
-    from mnistops import tracking
+    from mnistops import layout, tracking
 
     uri = tracking.tracking_uri(cfg)
     client, experiment = _store(cfg, cfg.env.name, uri)
     runs = client.search_runs([experiment], filter_string=f"tags.`{T.DATASET}` = '{KEYWORD}' and "
                                                           "attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time ASC"], max_results=1000)
-    into = Path(tempfile.mkdtemp(prefix="mnistops-feedback-"))
-    return [Path(mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path=ARTIFACT,
-                                                     dst_path=str(into / f"{KEYWORD}-{r.info.run_id}"), tracking_uri=uri))
-            for r in runs]
+    files = []
+    for r in runs:
+        into = layout.downloads_cache(cfg) / f"{KEYWORD}-{r.info.run_id}"
+        into.mkdir(parents=True, exist_ok=True)
+        files.append(Path(mlflow.artifacts.download_artifacts(run_id=r.info.run_id, artifact_path=ARTIFACT,
+                                                              dst_path=str(into), tracking_uri=uri)))
+    return files
 
 
 def extra_train_files(cfg: DictConfig) -> List[Path]:

@@ -7,7 +7,6 @@ local folder."""
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -26,13 +25,17 @@ def latest_baseline_run(cfg: DictConfig):
     return tracking.latest_run(cfg, "baseline", finished=True)
 
 
-def _artifact(run, path: str) -> Optional[Path]:
+def _artifact(cfg: DictConfig, run, path: str) -> Optional[Path]:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    from mnistops import layout
+
+    into = layout.downloads_cache(cfg) / f"baseline-{run.info.run_id}"
     try:
+        into.mkdir(parents=True, exist_ok=True)
         return Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=path,
-                                                        dst_path=tempfile.mkdtemp(prefix="mnistops-baseline-")))
+                                                        dst_path=str(into)))
     except (MlflowException, OSError):
         return None
 
@@ -44,14 +47,14 @@ def current_suite(cfg: DictConfig) -> Optional[Tuple[Any, str]]:
     run = latest_baseline_run(cfg)
     if run is None:
         return None
-    path = _artifact(run, SUITE_ARTIFACT)
+    path = _artifact(cfg, run, SUITE_ARTIFACT)
     return (load_suite(path), run.info.run_id) if path is not None else None
 
 
 def model_baseline(cfg: DictConfig) -> Optional[Dict[str, Any]]:
     """The model-quality baseline (accuracy, per-class recall of the champion), or None."""
     run = latest_baseline_run(cfg)
-    path = _artifact(run, MODEL_BASELINE_ARTIFACT) if run is not None else None
+    path = _artifact(cfg, run, MODEL_BASELINE_ARTIFACT) if run is not None else None
     return json.loads(path.read_text()) if path is not None else None
 
 

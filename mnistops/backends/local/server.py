@@ -141,7 +141,12 @@ class LocalEndpoint:
     def ensure_running(self) -> bool:
         """Start the server unless ours is already up; True when it had to start."""
         if self.pid():  # ours runs (perhaps restarting its master): wait until it serves
-            self._wait_serving(None)
+            workers = self._running_workers()
+            if workers != int(self.cfg.endpoint.workers):
+                print(f"note: endpoint {self.name} ({self.cfg.env.name}) runs with {workers} worker(s); "
+                      f"endpoint.workers={self.cfg.endpoint.workers} applies when it next starts "
+                      "(stage=endpoint endpoint.action=stop, then stage=deploy)")
+            self._wait_serving(None, workers)
             return False
         if self._port_taken():
             raise MnistopsError(f"endpoint.port={self.cfg.endpoint.port} is in use by another process "
@@ -156,10 +161,19 @@ class LocalEndpoint:
         self._wait_serving(proc)
         return True
 
-    def _wait_serving(self, proc: Optional[subprocess.Popen]) -> None:
+    def _running_workers(self) -> int:
+        """The worker count the running server was started with (its settings file)."""
+        from mnistops.serving.settings import ConfigError, load_settings
+
+        try:
+            return int(load_settings(self.dir).workers)
+        except ConfigError:
+            return int(self.cfg.endpoint.workers)
+
+    def _wait_serving(self, proc: Optional[subprocess.Popen], workers: Optional[int] = None) -> None:
         """Until /health answers and every worker has joined (each loaded the deployments)."""
         timeout = self.cfg.endpoint.startup_timeout_s
-        workers = int(self.cfg.endpoint.workers)
+        workers = int(self.cfg.endpoint.workers) if workers is None else workers
         deadline = time.time() + timeout
         while time.time() < deadline:
             if proc is not None and proc.poll() is not None:
