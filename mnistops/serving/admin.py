@@ -126,6 +126,7 @@ def plan_rollback(state: dict) -> dict:
 
 def merged_status(rt: Runtime, workers: List[dict]) -> dict:
     """Every worker's view in one: a deployment is loaded/healthy when it is so in every worker."""
+    workers = sorted(workers, key=lambda w: w["pid"])  # the same answer whichever worker is asked
     out = workers[0]["status"]
     for name, dep in out["deployments"].items():
         views = [w["status"]["deployments"].get(name, {}) for w in workers]
