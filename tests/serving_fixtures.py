@@ -8,6 +8,7 @@ module, so the model is trained once per session however many modules ask for it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional
 
 import httpx
 import numpy as np
@@ -66,6 +67,43 @@ def mnist(data_cache):
     images = read_idx(data_cache / "mnist" / "t10k-images-idx3-ubyte")[:300]
     labels = read_idx(data_cache / "mnist" / "t10k-labels-idx1-ubyte")[:300]
     return np.array(images), np.array(labels)
+
+
+@contextlib.contextmanager
+def azure_inference_server(model_dir: Path, log: Path, cwd: Path, startup_s: float = 180,
+                           **extra_env: str) -> Iterator[str]:
+    """Azure's inference server (azmlinfsrv, what managed online deployments run) serving
+    mnistops/backends/azure/score.py on `model_dir` (AZUREML_MODEL_DIR) as version 1 on deployment
+    blue; yields its URL once it answers, and stops it after."""
+    port = free_port()
+    env = {**os.environ, "AZUREML_MODEL_DIR": str(model_dir), "MNISTOPS_MODEL_NAME": "mnist-classifier",
+           "MNISTOPS_MODEL_VERSION": "1", "MNISTOPS_DEPLOYMENT": "blue", **extra_env}
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "azureml_inference_server_http.amlserver", "--entry_script",
+                                 str(REPO / "mnistops/backends/azure/score.py"), "--port", str(port),
+                                 "--worker_count", "1"],
+                                cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + startup_s
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"azmlinfsrv exited {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"azmlinfsrv did not start:\n{log.read_text()[-3000:]}"
+            time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def server_settings(name: str = "mnist", port: Optional[int] = None, **overrides):

@@ -9,21 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
-import httpx
 import pytest
 
 pytest.importorskip("azure.ai.ml")
 pytest.importorskip("azureml_inference_server_http")
 
 from azure_workspace import FakeWorkspace, StaticToken  # noqa: E402
-from conftest import REPO, free_port  # noqa: E402
 
 from mnistops import tags as T  # noqa: E402
 from mnistops.errors import MnistopsError  # noqa: E402
@@ -37,35 +30,13 @@ SERVED: dict = {}  # the registered model's MLflow directory the scoring server 
 @pytest.fixture(scope="module")
 def scoring_server(tmp_path_factory, data_cache):
     """azmlinfsrv (the server managed online deployments run) serving score.py on a registered model."""
-    from serving_fixtures import registered_model
+    from serving_fixtures import azure_inference_server, registered_model
 
     root = tmp_path_factory.mktemp("azureml-model-dir")
     SERVED["model"] = registered_model(tmp_path_factory, data_cache)
     shutil.copytree(registered_model(tmp_path_factory, data_cache), root / "model")
-    port = free_port()
-    env = {**os.environ, "AZUREML_MODEL_DIR": str(root), "MNISTOPS_MODEL_NAME": NAME, "MNISTOPS_MODEL_VERSION": "1",
-           "MNISTOPS_DEPLOYMENT": "blue"}
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "azureml_inference_server_http.amlserver", "--entry_script",
-                             str(REPO / "mnistops/backends/azure/score.py"), "--port", str(port), "--worker_count", "1"],
-                            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (root / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
+    with azure_inference_server(root, root / "server.log", cwd=root) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
-        log.close()
-
 
 def version(ws: FakeWorkspace, number: str, run_id: str, **tags):
     ws.seed(f"models/{NAME}/versions/{number}",

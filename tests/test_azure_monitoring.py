@@ -13,11 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,7 +28,7 @@ pytest.importorskip("azureml_inference_server_http")
 pytest.importorskip("azureml.ai.monitoring")
 
 from azure_workspace import FakeAzure, FakeWorkspace, StaticToken, sidecar_records, write_collector_files  # noqa: E402
-from conftest import REPO, free_port  # noqa: E402
+from conftest import free_port  # noqa: E402
 from serving_fixtures import mnist  # noqa: E402,F401  (fixture)
 
 from mnistops import tags as T  # noqa: E402
@@ -100,41 +96,16 @@ def sink():
 def scoring(tmp_path_factory, data_cache, sink):
     """azmlinfsrv serving score.py on a registered model (version 1, deployment blue), its data
     collector configured with the three collections and pointed at the sink."""
-    from serving_fixtures import registered_model
+    from serving_fixtures import azure_inference_server, registered_model
 
     root = tmp_path_factory.mktemp("azureml-deployment")
     shutil.copytree(registered_model(tmp_path_factory, data_cache), root / "model" / "model")
     config = root / "mdc.json"
     config.write_text(json.dumps({"runMode": "cloud", "collections": {
         c: {"enabled": True, "sampleRatePercentage": 100} for c in ("model_inputs", "model_outputs", "ground_truth")}}))
-    port = free_port()
-    env = {**os.environ, "AZUREML_MODEL_DIR": str(root / "model"), "MNISTOPS_MODEL_NAME": NAME,
-           "MNISTOPS_MODEL_VERSION": "1", "MNISTOPS_DEPLOYMENT": "blue", "AZUREML_MDC_CONFIG_PATH": str(config),
-           "AZUREML_MDC_HOST": "127.0.0.1", "AZUREML_MDC_PORT": str(sink.port)}
-    log = open(root / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "azureml_inference_server_http.amlserver", "--entry_script",
-                             str(REPO / "mnistops/backends/azure/score.py"), "--port", str(port), "--worker_count", "1"],
-                            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{url}/", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (root / "server.log").read_text()[-3000:]
-            time.sleep(0.3)
+    with azure_inference_server(root / "model", root / "server.log", cwd=root, AZUREML_MDC_CONFIG_PATH=str(config),
+                                AZUREML_MDC_HOST="127.0.0.1", AZUREML_MDC_PORT=str(sink.port)) as url:
         yield {"url": url, "model_dir": root / "model" / "model", "log": root / "server.log"}
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 def pixels(row: dict) -> np.ndarray:

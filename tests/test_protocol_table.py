@@ -16,11 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
@@ -28,8 +24,8 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import REPO, free_port
-from serving_fixtures import AUTH, ServerProcess, make_endpoint, mnist, model_dir  # noqa: F401  (fixtures)
+from conftest import REPO
+from serving_fixtures import AUTH, ServerProcess, azure_inference_server, make_endpoint, mnist, model_dir  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -126,35 +122,9 @@ def azmlinfsrv(model_dir, tmp_path_factory):
 
     if importlib.util.find_spec("azureml_inference_server_http") is None:
         pytest.fail("azmlinfsrv not installed: pip install -e '.[test]' (azureml-inference-server-http)")
-    port = free_port()
     log = tmp_path_factory.mktemp("azmlinfsrv") / "server.log"
-    env = {**os.environ, "AZUREML_MODEL_DIR": str(model_dir), "MNISTOPS_MODEL_NAME": "mnist-classifier",
-           "MNISTOPS_MODEL_VERSION": "1", "MNISTOPS_DEPLOYMENT": "blue"}
-    with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "azureml_inference_server_http", "--entry_script", str(REPO / "mnistops/backends/azure/score.py"),
-                                 "--port", str(port)], cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"azmlinfsrv exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"azmlinfsrv did not start:\n{log.read_text()[-3000:]}"
-            time.sleep(0.2)
+    with azure_inference_server(model_dir, log, cwd=REPO, startup_s=120) as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture(scope="module")
