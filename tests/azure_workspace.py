@@ -195,7 +195,23 @@ def not_found(what: str) -> dict:
                       "details": [], "innerError": {"code": "NotFound"}}}
 
 
-class FakeWorkspace(HttpTransport):
+class _InMemoryTransport(HttpTransport):
+    """azure-core's transport protocol with nothing to open or close: the subclasses answer `send`."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        pass
+
+    def open(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class FakeWorkspace(_InMemoryTransport):
     """One workspace's resource provider. `seed(path, properties)` puts a resource there first
     (a cluster Terraform made, an environment provision made); `requests` is what was sent."""
 
@@ -221,18 +237,6 @@ class FakeWorkspace(HttpTransport):
             "credentials": {"credentialsType": "AccountKey"}})
 
     # ------------------------------------------------------------------ the transport protocol
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        pass
-
-    def open(self):
-        pass
-
-    def close(self):
-        pass
-
     def send(self, request, **kwargs):
         url = urlparse(request.url)
         body = None
@@ -408,24 +412,12 @@ class FakeWorkspace(HttpTransport):
                                     "provisioningState": "Succeeded"}}
 
 
-class FakeAzure(HttpTransport):
+class FakeAzure(_InMemoryTransport):
     """Several workspaces (e.g. QA's and PROD's, in other subscriptions) behind one transport: each
     request goes to the workspace its path names."""
 
     def __init__(self, *workspaces: FakeWorkspace):
         self.workspaces = workspaces
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        pass
-
-    def open(self):
-        pass
-
-    def close(self):
-        pass
 
     def send(self, request, **kwargs):
         url = urlparse(request.url)
