@@ -40,7 +40,7 @@ test: setup
 
 # The unit tier (under 2 minutes): nothing trains, no server starts, no CLI subprocess.
 test-unit: setup
-	MNISTOPS_DATA_MIRROR=$(MIRROR) $(PYTEST) -m "not integration" $(PYTEST_ARGS)
+	MNISTOPS_DATA_MIRROR=$(MIRROR) $(PYTEST) -m unit $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .mnistops build *.egg-info

@@ -304,7 +304,7 @@ class GateStageConfig:
 @dataclass
 class CiStageConfig:
     # the tests step: the unit tier (nothing trains, no server starts: about 2 minutes on 2 cores)
-    pytest_args: List[str] = field(default_factory=lambda: ["-m", "not integration", "-x", "-q", "-p", "no:cacheprovider"])
+    pytest_args: List[str] = field(default_factory=lambda: ["-m", "unit", "-x", "-q", "-p", "no:cacheprovider"])
 
 
 @dataclass

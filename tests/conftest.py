@@ -2,7 +2,7 @@
 per session, fresh per-test stores (MNISTOPS_HOME) and helpers to compose configs and run the CLI.
 
 Test tiers: a test that trains, starts a server or runs the CLI is marked `integration`; the rest
-is the unit tier (`pytest -m "not integration"`, `make test-unit`). The unit tier guard below keeps
+is the unit tier (`pytest -m unit`, `make test-unit`; marked `unit` by the collection hook below). The guard keeps
 the marks honest: while an unmarked test (or a fixture it sets up) runs, starting `python -m
 mnistops...`, listening on a socket or calling Lightning's `Trainer.fit` fails it, saying so.
 """
@@ -36,6 +36,33 @@ def mirror_url() -> str:
 
 
 os.environ.setdefault("MNISTOPS_DATA_MIRROR", mirror_url())  # tests never reach for the public mirrors
+
+# --- "in CI": the one rule every skip in tests/ follows ----------------------------------------
+# GitHub Actions sets CI=true, Azure DevOps and most others CI=True/1. In CI a missing tool or extra is
+# an error (the agent was meant to have it: .ci/run installs it), never a silent skip.
+IN_CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def needs_tool(reason: str) -> None:
+    """A tool or package this test needs is missing: fail in CI, skip elsewhere, saying `reason`."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI={os.environ.get('CI')}: in CI every tool the tests use must be there; "
+                    f"bash .ci/run installs them)", pytrace=False)
+    pytest.skip(reason)
+
+
+def needs_module(name: str, install: str = "pip install -e '.[test]'"):
+    """`import name`, or needs_tool(): the importorskip of tests/ that fails instead of skipping in CI.
+    At module level it turns a broken extra into one failure per module in CI, not silent skips."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as err:
+        if IN_CI:  # pytest.fail at collection would be a collection error: raise the real ImportError
+            raise ImportError(f"{name} cannot be imported ({err}); CI={os.environ.get('CI')}: "
+                              f"the test extra must be installed ({install})") from err
+        pytest.skip(f"{name} is not installed ({install})", allow_module_level=True)
 
 
 # --- the unit tier guard -----------------------------------------------------------------------
@@ -129,9 +156,19 @@ else:
 LONGEST_FIRST = ("test_cicd.py", "test_pipelines_rehearsal.py", "test_monitoring.py", "test_notebook.py")
 
 
+# The tiers, selected by what a test is (this hook runs before pytest's own -m selection): an
+# `azure_live` test is an integration test too, so `-m "not integration"` never picks it up; every test
+# marked neither gets `unit`, the tier `-m unit` selects (make test-unit, stage=ci's tests step).
+
+
 def pytest_collection_modifyitems(items) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keeps its order
+    for item in items:
+        if item.get_closest_marker("azure_live") and not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.integration)
+        if not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.unit)
 
 
 def _guarded_phase(item):

@@ -13,8 +13,9 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("azure.ai.ml")
-pytest.importorskip("azure.storage.blob")
+from conftest import needs_module  # a missing extra fails in CI, skips elsewhere
+needs_module("azure.ai.ml", "pip install -e '.[azure]'")
+needs_module("azure.storage.blob", "pip install -e '.[azure]'")
 
 from azure_workspace import FakeWorkspace, StaticToken, collector_record, write_collector_files  # noqa: E402
 from conftest import compose  # noqa: E402

@@ -13,8 +13,9 @@ import shutil
 
 import pytest
 
-pytest.importorskip("azure.ai.ml")
-pytest.importorskip("azureml_inference_server_http")
+from conftest import needs_module  # a missing extra fails in CI, skips elsewhere
+needs_module("azure.ai.ml", "pip install -e '.[azure]'")
+needs_module("azureml_inference_server_http", "pip install -e '.[test]'")
 
 from azure_workspace import FakeWorkspace, StaticToken  # noqa: E402
 

@@ -23,9 +23,10 @@ import httpx
 import numpy as np
 import pytest
 
-pytest.importorskip("azure.ai.ml")
-pytest.importorskip("azureml_inference_server_http")
-pytest.importorskip("azureml.ai.monitoring")
+from conftest import needs_module  # a missing extra fails in CI, skips elsewhere
+needs_module("azure.ai.ml", "pip install -e '.[azure]'")
+needs_module("azureml_inference_server_http", "pip install -e '.[test]'")
+needs_module("azureml.ai.monitoring", "pip install -e '.[azure]'")
 
 from azure_workspace import FakeAzure, FakeWorkspace, StaticToken, sidecar_records, write_collector_files  # noqa: E402
 from conftest import free_port  # noqa: E402

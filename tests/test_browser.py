@@ -18,20 +18,18 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs_tool
 from serving_fixtures import KEY, ServerProcess, make_endpoint, registered_model
 
 pytestmark = pytest.mark.integration
 
 CHROMIUM = os.environ.get("MNISTOPS_CHROMIUM", "/usr/bin/chromium")
-IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 SIDE = 280  # the canvas' CSS size
 ANSWERED = re.compile(r"^(answered in \d+ ms|\d{3}: .*|request failed: .*)$")
 
 
 def _unavailable(reason: str):
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: the browser tests must run in CI; .ci/run installs it)")
-    pytest.skip(reason)
+    needs_tool(f"{reason}: the browser tests need it")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import pipeline_files as pf
-from conftest import REPO, compose
+from conftest import REPO, compose, needs_module
 
 PIPELINES = pf.pipelines()
 NEUTRAL = pf.Neutral().values
@@ -306,7 +306,7 @@ def unquote(node):
 
 
 def hcl(path):
-    hcl2 = pytest.importorskip("hcl2")
+    hcl2 = needs_module("hcl2")
     with path.open() as f:
         return unquote(hcl2.load(f))
 

@@ -31,14 +31,11 @@ the lazy-fixture plugin of schemathesis 4.32 touches a private pytest attribute 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-    import schemathesis  # in CI the test extra is installed: a missing package is an error, not a skip
-else:
-    schemathesis = pytest.importorskip("schemathesis", reason="pip install -e '.[test]'")
+from conftest import needs_module
+
+schemathesis = needs_module("schemathesis")  # in CI a missing test extra is an error, not a skip
 import hypothesis  # noqa: E402  (a dependency of schemathesis)
 from hypothesis import strategies as st  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402

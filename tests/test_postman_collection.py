@@ -11,7 +11,6 @@ the collection run by newman itself, test scripts included.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, needs_tool
 from serving_fixtures import ADMIN_KEY, KEY, KEY2, ServerProcess, make_endpoint, registered_model
 
 pytestmark = pytest.mark.integration
@@ -255,9 +254,7 @@ def newman(collection_path: Path, base_url: str, api_key: str, report: Path,
 
 def test_newman_runs_the_collection(collection, server, tmp_path):
     if shutil.which("newman") is None:
-        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-            pytest.fail("newman is not installed (CI=true: .ci/run installs it with npm install -g newman)")
-        pytest.skip("newman is not installed (npm install -g newman)")
+        needs_tool("newman is not installed (npm install -g newman)")
     proc = newman(COLLECTION, server.url, KEY, tmp_path / "run.json")
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
     run = json.loads((tmp_path / "run.json").read_text())["run"]

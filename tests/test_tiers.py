@@ -54,3 +54,65 @@ def test_an_integration_test_may_listen():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen()
+
+
+# --- one rule for "in CI", and tiers selected by what a test is ----------------------------------
+
+@pytest.mark.parametrize("value, in_ci", [("true", True), ("True", True), ("1", True), ("yes", True),
+                                          ("", False), ("false", False), ("0", False)])
+def test_one_rule_says_what_in_ci_is(value, in_ci):
+    proc = subprocess.run([sys.executable, "-c", "import conftest; print(conftest.IN_CI)"], cwd=conftest.REPO / "tests",
+                          env={"CI": value, "PATH": ""}, capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == str(in_ci), proc.stderr[-2000:]
+
+
+def test_a_missing_tool_fails_in_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setattr(conftest, "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="no-such-tool is not installed.*in CI every tool"):
+        conftest.needs_tool("no-such-tool is not installed")
+    with pytest.raises(ImportError, match="no_such_extra_pkg cannot be imported.*the test extra must be installed"):
+        conftest.needs_module("no_such_extra_pkg")
+    monkeypatch.setattr(conftest, "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception, match="no-such-tool is not installed"):
+        conftest.needs_tool("no-such-tool is not installed")
+    with pytest.raises(pytest.skip.Exception, match="no_such_extra_pkg is not installed"):
+        conftest.needs_module("no_such_extra_pkg")
+    assert conftest.needs_module("json").dumps([1]) == "[1]"  # present: the module itself
+
+
+def test_no_skip_in_tests_decides_for_itself_what_ci_is():
+    """Every skip goes through conftest.needs_tool/needs_module (or is a reason that is not a missing tool)."""
+    offenders = []
+    for path in sorted((conftest.REPO / "tests").glob("*.py")):
+        text = path.read_text()
+        if path.name in ("conftest.py", "test_tiers.py"):  # the rule itself, and this check
+            continue
+        if ('environ.get("CI"' in text or "environ['CI']" in text or "IN_CI =" in text):
+            offenders.append(f"{path.name}: reads CI itself")
+        if "pytest.importorskip(" in text:
+            offenders.append(f"{path.name}: pytest.importorskip (a skip in CI too: use conftest.needs_module)")
+    assert not offenders, offenders
+
+
+def collected(*args) -> set:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+                          cwd=conftest.REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode in (0, 5), proc.stdout[-3000:] + proc.stderr[-3000:]
+    return {line.split("::")[1].split("[")[0] for line in proc.stdout.splitlines() if "::" in line}
+
+
+def test_the_unit_tier_is_what_is_marked_neither_integration_nor_live(request):
+    assert request.node.get_closest_marker("unit") is not None  # given by conftest: this test is unmarked
+    # `-m "not integration"`, the old way to ask for the unit tier, leaves the live Azure test out too
+    selected = collected("-m", "not integration", "tests/test_azure_live.py", "tests/test_tiers.py")
+    assert "test_fitting_is_refused" in selected
+    assert "test_an_integration_test_may_listen" not in selected
+    assert "test_the_qa_quickstart_runs_on_a_real_workspace" not in selected
+
+
+def test_an_unknown_mark_is_an_error(tmp_path):
+    (tmp_path / "test_typo.py").write_text("import pytest\n\n@pytest.mark.integraton\ndef test_x():\n    pass\n")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "-c", str(conftest.REPO / "pyproject.toml"), "--rootdir", str(tmp_path), str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "'integraton' not found in `markers`" in proc.stdout + proc.stderr, proc.stdout[-2000:]

@@ -19,12 +19,11 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO, TINY, compose, free_port, fresh_home, mirror_url, mlflow_client, runs_of
+from conftest import REPO, TINY, compose, free_port, fresh_home, mirror_url, mlflow_client, needs_tool, runs_of
 from mnistops.errors import MnistopsError
 from mnistops.stages import run_stage
 
 CHROMIUM = os.environ.get("MNISTOPS_CHROMIUM", "/usr/bin/chromium")
-IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 WAIT_MS = 60_000  # the UI is a single-page app: generous waits for a loaded machine
 
 
@@ -40,9 +39,7 @@ def test_a_tracking_server_is_its_own_ui(tmp_path, capsys):
 
 
 def _unavailable(reason: str):
-    if IN_CI:
-        pytest.fail(f"{reason} (CI=true: the browser tests must run in CI; .ci/run installs it)")
-    pytest.skip(reason)
+    needs_tool(f"{reason}: the browser tests need it")
 
 
 def listening(port: int) -> bool:

@@ -1,5 +1,5 @@
 """The `tests` step of stage=ci: the project's unit tier of tests by default (`ci.pytest_args`:
-`-m "not integration"`: nothing trains, no server starts), run from the source checkout. A failing
+`-m unit`, the tests marked neither integration nor azure_live: nothing trains, no server starts), run from the source checkout. A failing
 test stops the pipeline before anything is trained. A test run by this step may not run stage=ci's
 tests step again (it would test itself without end): that is refused."""
 
