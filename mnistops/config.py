@@ -338,6 +338,7 @@ class MonitorThresholds:
     min_class_precision: float = 0.8  # per class, on requests with feedback
     max_p99_ms: float = 500.0  # per deployment
     max_error_rate: float = 0.01  # 5xx, 408 and 503 answers per deployment
+    max_ood_rate: float = 0.05  # share of answers flagged "not a digit" (the model's threshold flags ~1 % of MNIST)
 
 
 @dataclass
@@ -379,6 +380,9 @@ class MonitorConfig:
     # of the same size drawn from the reference itself show (sampling noise); None: raw distances
     drift_noise_quantile: Optional[float] = 0.95
     min_class_support: int = 10  # labelled (recall) or predicted (precision) images to judge a class
+    # how estimated_performance estimates accuracy without labels: atc | atc_ne | ac | doc
+    # (mnistops/monitoring/estimate.py; chosen by benchmarks/estimated_accuracy.py)
+    estimator: str = "atc"
     model: Optional[str] = None  # whose embedding; None: the version that served most of the window
     thresholds: MonitorThresholds = field(default_factory=MonitorThresholds)
     alerts: AlertSinksConfig = field(default_factory=AlertSinksConfig)

@@ -1,5 +1,6 @@
-"""Monitoring signals on real MNIST images: drift, data quality, model performance and system
-signals of a window, the noise-aware distances, the synthetic shifts and the HTML report.
+"""Monitoring signals on real MNIST images: drift, data quality, model performance (measured and
+estimated without labels) and system signals of a window, the noise-aware distances, the synthetic
+shifts, the signal table, the drift-reference cache and the HTML report.
 
 The model is a real ONNX graph written by the real exporter (``mnistops.models.export``): the
 ``logreg`` network with weights fitted in closed form (ridge regression on 20,000 training images,
@@ -20,7 +21,7 @@ from conftest import compose
 from mnistops.monitoring.drift import (DRIFT_FEATURES, build_reference, class_distribution, js_distance,
                                        load_reference, noise_floor, normalised_wasserstein, save_reference)
 from mnistops.monitoring.shifts import SHIFTS, apply_shift
-from mnistops.monitoring.signals import evaluate_window, metrics, summary
+from mnistops.monitoring.signals import NAMES, evaluate_window, metrics, summary
 from mnistops.monitoring.window import make_window, requests_frame
 
 # an embedder, a drift reference and a suite built over 60,000 real images: ~40 s before the first test
@@ -74,7 +75,9 @@ def embedder(model_dir):
 
 @pytest.fixture(scope="module")
 def reference(mnist, embedder):
-    return build_reference(mnist["train_x"], embedder, 8, size=10000, seed=0)
+    # the ridge model was fitted on the first 20,000 training images: the last 5,000 are its hold-out
+    return build_reference(mnist["train_x"], embedder, 8, size=10000, seed=0,
+                           holdout=(mnist["train_x"][-5000:], mnist["train_y"][-5000:]))
 
 
 @pytest.fixture(scope="module")
@@ -143,10 +146,12 @@ def test_clean_window_has_no_drift_or_quality_breach(mnist, embedder, reference,
     x, y = mnist["test_x"][idx], mnist["test_y"][idx]
     signals = evaluate_window(window_of(x, embedder, labels=y), reference, embedder, mcfg, suite)
     names = {s.name for s in signals}
-    assert names == {"data_drift", "embedding_drift", "prediction_drift", "data_quality", "model_performance", "system"}
+    assert names == set(NAMES) >= {"data_drift", "embedding_drift", "prediction_drift", "data_quality",
+                                   "model_performance", "estimated_performance", "ood", "system"}
     assert len([s for s in signals if s.name == "data_drift"]) == len(DRIFT_FEATURES)
     assert len([s for s in signals if s.name == "embedding_drift"]) == mcfg.embedding_components
-    breached = [s.key for s in signals if s.breached and s.name != "model_performance"]
+    # the ridge model (~85 %) is below production's min_accuracy, measured or estimated
+    breached = [s.key for s in signals if s.breached and s.name not in ("model_performance", "estimated_performance")]
     assert breached == [], summary(signals)
     oob = next(s for s in signals if s.metric == "out_of_bounds_rate")
     assert oob.value < 0.05
@@ -293,3 +298,166 @@ def test_bad_monitoring_knobs_fail_with_one_clear_message(tmp_path):
         traffic.check(compose(["stage=traffic", "traffic.severity=1.5"], tmp_path))
     with pytest.raises(MnistopsError, match=r"monitor.on_alert='retrian'.*retrain"):
         monitor.run(compose(["stage=monitor", "monitor.on_alert=retrian"], tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------
+# accuracy estimated without labels, the signal table, the reference cache
+
+
+@pytest.fixture(scope="module")
+def softmax_embedder(mnist, tmp_path_factory):
+    """A logistic regression fitted by cross-entropy (L-BFGS, 10,000 training images, ~90 % test
+    accuracy): unlike the ridge model its probabilities mean something, which the estimator reads."""
+    import torch
+
+    from mnistops.models.nets import LogisticRegression
+    from mnistops.monitoring.embedding import Embedder
+
+    torch.manual_seed(0)
+    net = LogisticRegression()
+    x = torch.tensor(mnist["train_x"][:10000], dtype=torch.float32)[:, None] / 255.0
+    y = torch.tensor(mnist["train_y"][:10000])
+    opt = torch.optim.LBFGS(net.parameters(), max_iter=40, history_size=10)
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(net(x), y) + 1e-4 * sum((p ** 2).sum() for p in net.parameters())
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return Embedder(export_model(net.eval(), tmp_path_factory.mktemp("softmax-model")))
+
+
+@pytest.fixture(scope="module")
+def softmax_reference(mnist, softmax_embedder):
+    return build_reference(mnist["train_x"], softmax_embedder, 8, size=2000, seed=0,
+                           holdout=(mnist["train_x"][-5000:], mnist["train_y"][-5000:]))
+
+
+def _estimate_of(signals):
+    return {s.key: s for s in signals if s.name == "estimated_performance"}
+
+
+def test_estimate_follows_a_shifted_windows_true_accuracy(mnist, softmax_embedder, softmax_reference):
+    """Clean and strongly noised windows of 1,000 test images, no labels: each estimate is within 5
+    points of the accuracy measured on the same window; a noised and a rotated window read lower
+    than the clean one."""
+    mcfg = compose(["monitor.thresholds.min_accuracy=0.85"]).monitor
+    rng = np.random.default_rng(5)
+    got = {}
+    for shift in ("none", "noise", "rotate"):
+        idx = rng.choice(10000, 1000, replace=False)
+        x, y = apply_shift(mnist["test_x"][idx], mnist["test_y"][idx], shift, 1.0, rng)
+        w = window_of(x, softmax_embedder)
+        est = _estimate_of(evaluate_window(w, softmax_reference, None, mcfg))
+        truth = float((w.digits == y).mean())
+        got[shift] = (est["estimated_performance/accuracy"], truth)
+        low, high = est["estimated_performance/accuracy_low"].value, est["estimated_performance/accuracy_high"].value
+        assert low <= est["estimated_performance/accuracy"].value <= high
+    for shift in ("none", "noise"):
+        s, truth = got[shift]
+        assert s.value == pytest.approx(truth, abs=0.05), (shift, s.note)
+    assert got["noise"][0].value < got["none"][0].value - 0.03 and got["rotate"][0].value < got["none"][0].value - 0.03
+    # the clean window's interval holds its truth; no label was read
+    clean, truth = got["none"]
+    assert "no labels" in clean.note and clean.value > 0.85 and not clean.breached
+
+
+def test_estimated_accuracy_alerts_before_any_label(mnist, softmax_embedder, softmax_reference):
+    from mnistops.monitoring.alerts import alerts_from
+
+    mcfg = compose(["monitor.thresholds.min_accuracy=0.85"]).monitor
+    rng = np.random.default_rng(6)
+    idx = rng.choice(10000, 600, replace=False)
+    x, y = apply_shift(mnist["test_x"][idx], mnist["test_y"][idx], "rotate", 1.0, rng)
+    w = window_of(x, softmax_embedder)
+    assert w.n_labelled == 0
+    signals = evaluate_window(w, softmax_reference, None, mcfg)
+    s = {s.key: s for s in signals}
+    assert s["model_performance/accuracy"].value is None  # nothing measured: no feedback yet
+    est = s["estimated_performance/accuracy"]
+    assert est.breached and est.value < 0.85 and est.direction == "below"
+    raised = alerts_from(signals, window={"spec": "test"}, env="dev", endpoint="mnist")
+    assert any(a.signal == "estimated_performance" and a.metric == "accuracy" for a in raised)
+    assert "monitor/estimated_performance/accuracy" in metrics(signals)
+    # per predicted class estimates are informational, never alerts
+    per_class = [v for k, v in s.items() if k.startswith("estimated_performance/precision/") and v.computed]
+    assert per_class and not any(v.breached for v in per_class)
+
+
+def test_estimate_next_to_actual_where_feedback_exists(mnist, softmax_embedder, softmax_reference, tmp_path):
+    from mnistops.monitoring.report import write_report
+
+    mcfg = compose([]).monitor
+    x, y = mnist["test_x"][:800], mnist["test_y"][:800]
+    labels = np.where(np.arange(800) % 2 == 0, y, -1)  # feedback on half the requests
+    w = window_of(x, softmax_embedder, labels=labels)
+    signals = evaluate_window(w, softmax_reference, None, mcfg)
+    s = {s.key: s for s in signals}
+    has = labels >= 0
+    actual = float((w.digits[has] == y[has]).mean())
+    on_labelled = softmax_reference.estimator("atc").estimate(w.probabilities[has]).accuracy
+    assert s["estimated_performance/abs_error"].value == pytest.approx(abs(on_labelled - actual))
+    assert s["estimated_performance/abs_error"].value < 0.05
+    text = write_report(tmp_path / "r.html", w, softmax_reference, signals, [], {"env": "dev"}).read_text()
+    assert "Model performance estimated without labels" in text and "measured on feedback" in text
+    assert f"{s['model_performance/accuracy'].value:.4f}" in text and f"{s['estimated_performance/accuracy'].value:.4f}" in text
+
+
+def test_the_signal_table_drives_evaluation_summary_and_report(mnist, embedder, reference, mcfg, tmp_path):
+    """A new signal family is one row (with its compute function): it is evaluated, summarised,
+    alerted on and gets its own report section without touching the monitor or the report."""
+    from mnistops.monitoring.report import write_report
+    from mnistops.monitoring.signals import SIGNALS, SignalKind, signal
+
+    ink = SignalKind("ink", "mean pixel value", "none", ("ink",), "Ink", "here",
+                     lambda i: [signal("ink", "mean", float(i.window.images.mean()), 1.0)])
+    kinds = (*SIGNALS, ink)
+    assert len({k.name for k in SIGNALS}) == len(SIGNALS) and all(k.section and k.azure for k in SIGNALS)
+    w = window_of(mnist["test_x"][:200], embedder)
+    signals = evaluate_window(w, reference, None, mcfg, kinds=kinds)
+    assert signals[-1].key == "ink/mean" and signals[-1].breached  # mean pixel ~33 > 1
+    assert "ink: 1/1 breached" in summary(signals, kinds)
+    text = write_report(tmp_path / "r.html", w, reference, signals, [], {"env": "dev"}, kinds=kinds).read_text()
+    assert "<h2>Ink</h2>" in text and "ink/mean = " in text
+    order = [text.index(f"<h2>{k.section}</h2>") for k in kinds if k.section not in ("Ink",)]
+    assert order == sorted(order)  # the sections follow the table
+    without = write_report(tmp_path / "r2.html", w, reference, signals, [], {"env": "dev"}).read_text()
+    assert "<h2>Ink</h2>" not in without
+
+
+def test_ood_rate_from_the_collected_flags(mnist, embedder, reference, mcfg):
+    x = mnist["test_x"][:300]
+    flags = np.zeros(300, bool)
+    flags[:45] = True  # 15 % answered "not a digit"
+    s = {s.key: s for s in evaluate_window(window_of(x, embedder, ood=flags), reference, None, mcfg)}
+    assert s["ood/rate"].value == pytest.approx(0.15) and s["ood/rate"].breached
+    none = {s.key: s for s in evaluate_window(window_of(x, embedder), reference, None, mcfg)}
+    assert none["ood/rate"].value is None and "no `ood` flag" in none["ood/rate"].note
+
+
+def test_reference_cache_rebuilds_on_a_format_change(home, mnist, embedder):
+    """The cache key carries the reference format; a file of another format under the key is
+    rebuilt, never an error; an unchanged one is read back, not rebuilt."""
+    import json
+
+    from mnistops.monitoring import drift, reference_cache
+
+    cfg = compose(["stage=monitor", "monitor.reference_size=300"], home)
+    uri = "models:/mnist-classifier/7"
+    assert reference_cache.key(cfg, uri).endswith(f"-f{drift.REFERENCE_FORMAT}")
+    ref, built = reference_cache.load_or_build(cfg, embedder, uri)
+    path = built[0]
+    assert path.is_file() and ref.n_images == 300 and len(ref.holdout_labels) == cfg.data.val_size
+    again, built_again = reference_cache.load_or_build(cfg, embedder, uri)
+    assert built_again is None and np.allclose(again.projected, ref.projected)
+    with np.load(path) as z:  # the same file as an older release wrote it
+        old = {k: z[k] for k in z.files if not k.startswith("holdout")}
+    meta = json.loads(str(old["meta"]))
+    old["meta"] = np.array(json.dumps({**meta, "format": 1}))
+    np.savez(path, **old)
+    with pytest.raises(drift.ReferenceFormatError):
+        load_reference(path)
+    rebuilt, built = reference_cache.load_or_build(cfg, embedder, uri)
+    assert built is not None and rebuilt.holdout_labels is not None and load_reference(path).n_images == 300

@@ -96,6 +96,8 @@ def load_window(monitor_dir: Path, start: float, end: float, stats: Optional[Rea
     images: List[np.ndarray] = []
     digits: List[np.ndarray] = []
     probs: List[np.ndarray] = []
+    ood: List[np.ndarray] = []  # per answered record, while every one carries the flag
+    all_ood = True
     meta: List[Tuple[str, str, str, int]] = []  # per image: request id, deployment, version, images in request
     for rec in iter_records(monitor_dir, start, end, stats, id_prefix):
         n = rec.get("n", 0)
@@ -105,6 +107,9 @@ def load_window(monitor_dir: Path, start: float, end: float, stats: Optional[Rea
             images.append(decode_images(rec["inputs"], n))
             digits.append(np.asarray(rec["digits"], dtype=np.int64))
             probs.append(np.asarray(rec["probabilities"], dtype=np.float32).reshape(n, 10))
+            all_ood = all_ood and "ood" in rec
+            if all_ood:
+                ood.append(np.asarray(rec["ood"], dtype=bool).reshape(n))
             meta.extend([(rec["id"], rec.get("deployment", ""), rec.get("version", ""), n)] * n)
     feedback = read_feedback(monitor_dir)
     labels = np.array([feedback.get(rid, -1) if n == 1 else -1 for rid, _, _, n in meta], dtype=np.int64)
@@ -121,4 +126,5 @@ def load_window(monitor_dir: Path, start: float, end: float, stats: Optional[Rea
         versions=np.array([m[2] for m in meta], dtype=object),
         labels=labels,
         requests=frame,
+        ood=(np.concatenate(ood) if ood else np.zeros(0, bool)) if all_ood and len(ood) == len(images) else None,
     )

@@ -45,7 +45,9 @@ near-constant on MNIST: the data-quality signal watches them)."""
 
 MIN_STD = 1e-3
 NUM_CLASSES = 10
-REFERENCE_FORMAT = 1
+REFERENCE_FORMAT = 2
+"""Bumped whenever the saved reference changes shape (2: the labelled hold-out the accuracy
+estimator is fitted on); the cache key carries it, so a format change rebuilds."""
 
 
 def normalised_wasserstein(reference, current, min_std: float = MIN_STD) -> float:
@@ -136,6 +138,10 @@ class Reference:
     projected: np.ndarray  # (N, k) reference embeddings on the components
     class_distribution: np.ndarray  # (10,) share the model predicts of each class on the reference
     meta: Dict[str, Any] = field(default_factory=dict)  # model version, n_images, seed, ...
+    # a labelled hold-out (the `val` split) through the same model: what the accuracy estimator of
+    # the estimated_performance signal is fitted on; None: that signal is not computed
+    holdout_probabilities: Optional[np.ndarray] = None  # (M, 10) float32
+    holdout_labels: Optional[np.ndarray] = None  # (M,) int64
     _floors: Dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def floors(self, n: int, quantile: float = 0.95):
@@ -146,6 +152,15 @@ class Reference:
             self._floors[key] = (noise_floor(self.features.to_numpy(np.float64), n, quantile),
                                  noise_floor(self.projected, n, quantile),
                                  js_noise_floor(self.class_distribution, n, self.n_images, quantile))
+        return self._floors[key]
+
+    def estimator(self, method: str):
+        """The :class:`~mnistops.monitoring.estimate.AccuracyEstimator` fitted on the hold-out (None without one)."""
+        from mnistops.monitoring.estimate import fit_or_none
+
+        key = ("estimator", method)
+        if key not in self._floors:
+            self._floors[key] = fit_or_none(self.holdout_probabilities, self.holdout_labels, method)
         return self._floors[key]
 
     @property
@@ -166,9 +181,10 @@ class Reference:
 
 
 def build_reference(images: np.ndarray, embedder, components: int, *, size: Optional[int] = None,
-                    seed: int = 0, meta: Optional[Dict[str, Any]] = None) -> Reference:
+                    seed: int = 0, meta: Optional[Dict[str, Any]] = None, holdout=None) -> Reference:
     """The reference from (training) images: a seeded sample of ``size`` of them (all if None),
-    seen through ``embedder`` (an :class:`~mnistops.monitoring.embedding.Embedder`)."""
+    seen through ``embedder`` (an :class:`~mnistops.monitoring.embedding.Embedder`); ``holdout``
+    ``(images, labels)`` of data the model did not train on, for the accuracy estimator."""
     from mnistops.quality.features import image_features
 
     images = np.asarray(images)
@@ -185,6 +201,11 @@ def build_reference(images: np.ndarray, embedder, components: int, *, size: Opti
                           "model_name": getattr(embedder, "model_name", None),
                           "model_version": getattr(embedder, "version", None), **(meta or {})})
     ref.projected = ref.project(emb)
+    if holdout is not None:
+        h_images, h_labels = holdout
+        ref.holdout_probabilities = embedder(np.asarray(h_images))[0].astype(np.float32)
+        ref.holdout_labels = np.asarray(h_labels, dtype=np.int64)
+        ref.meta["holdout_images"] = int(len(h_labels))
     return ref
 
 
@@ -195,8 +216,14 @@ def save_reference(ref: Reference, path) -> Path:
              feature_columns=np.array([str(c) for c in ref.features.columns], dtype=str),
              pca_mean=ref.pca_mean, pca_components=ref.pca_components, projected=ref.projected,
              class_distribution=ref.class_distribution,
+             **({} if ref.holdout_labels is None else {"holdout_probabilities": ref.holdout_probabilities,
+                                                         "holdout_labels": ref.holdout_labels}),
              meta=np.array(json.dumps({"format": REFERENCE_FORMAT, **ref.meta}, default=str)))
     return write_atomic(path, buf.getvalue())
+
+
+class ReferenceFormatError(MnistopsError):
+    """A reference file written in another format: the cache rebuilds it."""
 
 
 def load_reference(path) -> Reference:
@@ -206,12 +233,15 @@ def load_reference(path) -> Reference:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             if meta.get("format") != REFERENCE_FORMAT:
-                raise MnistopsError(f"drift reference {path} has format {meta.get('format')}, "
+                raise ReferenceFormatError(f"drift reference {path} has format {meta.get('format')}, "
                                     f"expected {REFERENCE_FORMAT}: rebuild it")
             meta.pop("format")
+            held = "holdout_labels" in z.files
             return Reference(features=pd.DataFrame(z["features"], columns=[str(c) for c in z["feature_columns"]]),
                              pca_mean=z["pca_mean"], pca_components=z["pca_components"],
-                             projected=z["projected"], class_distribution=z["class_distribution"], meta=meta)
+                             projected=z["projected"], class_distribution=z["class_distribution"], meta=meta,
+                             holdout_probabilities=z["holdout_probabilities"] if held else None,
+                             holdout_labels=z["holdout_labels"] if held else None)
     except FileNotFoundError:
         raise MnistopsError(f"drift reference {path} does not exist") from None
     except (OSError, KeyError, ValueError) as exc:

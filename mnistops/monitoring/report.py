@@ -2,8 +2,11 @@
 base64 data URIs, no external fetches), so it can be attached to a run, mailed or opened offline.
 
 Sections: header (env, endpoint, window, model, counts), alerts, signals table (breaches
-highlighted), feature distributions reference vs current, predicted-class shares, embedding
-principal components, confusion matrix on feedback, latency and throughput per deployment.
+highlighted), then one section per report section of the signal table
+(:data:`~mnistops.monitoring.signals.SIGNALS`), in its order: feature distributions reference vs
+current, embedding principal components, predicted-class shares, data quality, confusion matrix on
+feedback, accuracy estimated without labels next to the measured one, "not a digit", latency and
+throughput per deployment.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 from mnistops import plots
 from mnistops.monitoring.drift import DRIFT_FEATURES, Reference, class_distribution, write_atomic
-from mnistops.monitoring.signals import Signal, describe
+from mnistops.monitoring.signals import SIGNALS, Signal, SignalKind, describe
 from mnistops.monitoring.window import Window
 
 REF_COLOR, CUR_COLOR, BAD_COLOR = "#7f8c8d", "#1f77b4", "#c0392b"
@@ -198,34 +201,88 @@ def _header(window: Window, reference: Reference, signals: Sequence[Signal], met
     return f"<h1>{title}</h1><p>{verdict}</p><table class=\"meta\">{rows}</table>"
 
 
+def _feature_plot(window: Window, reference: Reference, keyed: Dict[str, Signal]) -> str:
+    from mnistops.quality.features import image_features
+
+    cur = (image_features(window.images)[list(DRIFT_FEATURES)].to_numpy(np.float64)
+           if window.n_images else np.zeros((0, len(DRIFT_FEATURES))))
+    return _img(_hist_grid(reference.features.to_numpy(np.float64), cur, DRIFT_FEATURES, keyed, "data_drift", 3),
+                "feature distributions")
+
+
+def _embedding_plot(window: Window, reference: Reference, keyed: Dict[str, Signal]) -> str:
+    pcs = [f"pc{i + 1}" for i in range(reference.components)]
+    proj = None if window.embedding is None else reference.project(window.embedding)
+    return _img(None if proj is None else _hist_grid(reference.projected, np.asarray(proj), pcs, keyed,
+                                                     "embedding_drift", 4), "embedding components")
+
+
+def _estimate_table(window: Window, reference: Reference, keyed: Dict[str, Signal]) -> str:
+    """Estimated (no labels) next to measured (feedback): overall and per predicted class."""
+    def v(key: str, fmt: str = "{:.4f}") -> str:
+        s = keyed.get(key)
+        return "n/a" if s is None or s.value is None else fmt.format(s.value)
+
+    acc = keyed.get("estimated_performance/accuracy")
+    if acc is None or acc.value is None:
+        return f'<p class="muted">{html.escape(acc.note if acc is not None else "not computed")}</p>'
+    rows = [("all answers", f"{v('estimated_performance/accuracy')} [{v('estimated_performance/accuracy_low')}, "
+                            f"{v('estimated_performance/accuracy_high')}]", v("model_performance/accuracy"))]
+    rows += [(f"predicted {k}", v(f"estimated_performance/precision/{k}"), v(f"model_performance/precision/{k}"))
+             for k in range(10)]
+    body = "".join(f"<tr><td>{a}</td><td class=\"num\">{b}</td><td class=\"num\">{c}</td></tr>" for a, b, c in rows)
+    err = keyed.get("estimated_performance/abs_error")
+    foot = (f"<p>on the labelled images: {html.escape(err.note)}; absolute error {err.value:.4f}</p>"
+            if err is not None and err.value is not None else
+            '<p class="muted">no feedback yet: the estimate is all there is</p>')
+    return (f"<p>{html.escape(acc.note)}</p><table><tr><th></th><th>estimated, no labels</th>"
+            f"<th>measured on feedback</th></tr>{body}</table>{foot}")
+
+
+PLOTS = {
+    "data_drift": _feature_plot,
+    "embedding_drift": _embedding_plot,
+    "prediction_drift": lambda w, r, k: _img(_class_plot(r, w), "predicted-class shares"),
+    "model_performance": lambda w, r, k: _img(_confusion(w), "confusion matrix"),
+    "estimated_performance": _estimate_table,
+    "system": lambda w, r, k: _img(_system_plot(w), "latency over time"),
+}
+"""Signal family -> its section body (window, reference, signals by key) -> HTML; a family without
+one gets its signals listed."""
+
+
+def _section_body(kind: SignalKind, window: Window, reference: Reference, signals: Sequence[Signal],
+                  keyed: Dict[str, Signal]) -> str:
+    render = PLOTS.get(kind.name)
+    if render is not None:
+        return render(window, reference, keyed)
+    lines = "".join(f"<li>{html.escape(describe(s))}</li>" for s in signals if s.name == kind.name)
+    return f"<ul>{lines}</ul>" if lines else f'<p class="muted">{html.escape(kind.name)}: no signals</p>'
+
+
 def write_report(path, window: Window, reference: Reference, signals: List[Signal],
-                 alerts: List[Dict[str, Any]], meta: Dict[str, Any]) -> Path:
+                 alerts: List[Dict[str, Any]], meta: Dict[str, Any], kinds: Sequence[SignalKind] = SIGNALS) -> Path:
     """Write the HTML report of ``window`` to ``path`` (atomically) and return the path.
 
     ``meta``: shown in the header (``env``, ``endpoint``, ``window``, ``model`` first, then any
-    other key; ``title`` replaces the page title). ``alerts``: dicts, shown as a table.
+    other key; ``title`` replaces the page title). ``alerts``: dicts, shown as a table. After the
+    signal table, one section per ``section`` of ``kinds`` (the signal table), in its order: the
+    family's plot where :data:`PLOTS` has one, else its signals as lines.
     """
-    from mnistops.quality.features import image_features
-
     keyed = _by_key(signals)
-    cur_feats = (image_features(window.images)[list(DRIFT_FEATURES)].to_numpy(np.float64)
-                 if window.n_images else np.zeros((0, len(DRIFT_FEATURES))))
-    pcs = [f"pc{i + 1}" for i in range(reference.components)]
-    proj = None if window.embedding is None else reference.project(window.embedding)
     sections = [
         _header(window, reference, signals, meta),
         "<h2>Alerts</h2>" + _alerts_table(alerts),
         "<h2>Signals</h2>" + _signals_table(signals),
-        "<h2>Image features: reference vs current</h2>"
-        + _img(_hist_grid(reference.features.to_numpy(np.float64), cur_feats, DRIFT_FEATURES, keyed,
-                          "data_drift", 3), "feature distributions"),
-        "<h2>Predicted classes</h2>" + _img(_class_plot(reference, window), "predicted-class shares"),
-        "<h2>Embedding principal components</h2>"
-        + _img(None if proj is None else _hist_grid(reference.projected, np.asarray(proj), pcs, keyed,
-                                                     "embedding_drift", 4), "embedding components"),
-        "<h2>Model performance on feedback</h2>" + _img(_confusion(window), "confusion matrix"),
-        "<h2>Latency and throughput</h2>" + _img(_system_plot(window), "latency over time"),
     ]
+    done = set()
+    for kind in kinds:  # one section per report section of the signal table, in its order
+        if kind.section in done:
+            continue
+        done.add(kind.section)
+        mine = [k for k in kinds if k.section == kind.section]
+        body = "".join(_section_body(k, window, reference, signals, keyed) for k in mine)
+        sections.append(f"<h2>{html.escape(kind.section)}</h2>" + body)
     lines = [f"<li>{html.escape(describe(s))}</li>" for s in signals if s.breached]
     if lines:
         sections.insert(2, "<h2>Breaches</h2><ul>" + "".join(lines) + "</ul>")

@@ -15,10 +15,18 @@
                        ``malformed_rate``: share of scoring requests refused 400/415/422
 ``model_performance``  on images with feedback: ``accuracy``, ``recall/<k>``, ``precision/<k>``
                        (and ``accuracy`` per deployment when several answered); below threshold
+``estimated_performance``  ``accuracy`` estimated from the answered probabilities with no labels
+                       (:mod:`mnistops.monitoring.estimate`), below ``min_accuracy``; its interval
+                       ``accuracy_low``/``accuracy_high``, ``precision/<k>`` per predicted class,
+                       and where feedback exists ``abs_error`` against the measured accuracy
+``ood``                ``rate``: share of answers flagged "not a digit"; above ``max_ood_rate``
 ``system``             per deployment and for the whole endpoint (deployment None):
                        ``p50_ms``/``p95_ms`` (informational), ``p99_ms``, ``error_rate`` (5xx,
                        408), ``throughput_rps`` (informational)
 =====================  ==========================================================================
+
+:data:`SIGNALS` is the one table of these families (statistic, noise floor, threshold keys, report
+section, Azure counterpart, compute function): the monitor, the report and the summary iterate it.
 
 A signal that cannot be judged (too few images or labels, no suite, no model; the request outcomes
 where the window's collector does not see them, ``window.OUTCOMES_UNSEEN``: system and malformed
@@ -30,19 +38,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from mnistops.monitoring.drift import DRIFT_FEATURES, Reference, class_distribution, column_drift, js_distance
 from mnistops.monitoring.window import OUTCOMES_UNSEEN, Window
 
-NAMES = ("data_drift", "embedding_drift", "prediction_drift", "data_quality", "model_performance", "system")
 MALFORMED_STATUS = (400, 415, 422)
 ERROR_STATUS = (408,)  # and every 5xx
 MIN_CLASS_SUPPORT = 10
 """Per-class precision / recall need this many labelled images of (predicted as) the class."""
 NOISE_QUANTILE = 0.95
+MAX_OOD_RATE = 0.05
 INFO = float("nan")
 
 
@@ -99,39 +107,57 @@ def _bounded(name: str, metrics, raw: np.ndarray, floor: np.ndarray, threshold: 
             for m, r, f in zip(metrics, raw, floor)]
 
 
-def drift_signals(window: Window, reference: Reference, embedder, monitor_cfg) -> List[Signal]:
-    """data_drift per feature, embedding_drift per component, prediction_drift (see module doc)."""
-    from mnistops.quality.features import image_features
-
-    t = monitor_cfg.thresholds
+def _drift_inputs(window: Window, reference: Reference, monitor_cfg):
+    """(n, min_n, floors or None, why-not-computed or None) shared by the three drift families."""
     n, min_n = window.n_images, int(monitor_cfg.min_requests)
-    pcs = [f"pc{i + 1}" for i in range(reference.components)]
     if n < min_n:
-        why = f"{n} images < monitor.min_requests={min_n}"
-        return ([not_computed("data_drift", f, t.data_drift, why) for f in DRIFT_FEATURES]
-                + [not_computed("embedding_drift", p, t.embedding_drift, why) for p in pcs]
-                + [not_computed("prediction_drift", "js_distance", t.prediction_drift, why)])
+        return n, None, f"{n} images < monitor.min_requests={min_n}"
     q = _cfg(monitor_cfg, "drift_noise_quantile", NOISE_QUANTILE)  # None: raw distances (Evidently's)
     if q is None:
-        f_floor, pc_floor, js_floor = np.zeros(len(DRIFT_FEATURES)), np.zeros(len(pcs)), 0.0
-    else:
-        f_floor, pc_floor, js_floor = reference.floors(n, float(q))
+        return n, (np.zeros(len(DRIFT_FEATURES)), np.zeros(reference.components), 0.0), None
+    return n, reference.floors(n, float(q)), None
+
+
+def data_drift_signals(window: Window, reference: Reference, embedder, monitor_cfg) -> List[Signal]:
+    t = monitor_cfg.thresholds
+    n, floors, why = _drift_inputs(window, reference, monitor_cfg)
+    if why:
+        return [not_computed("data_drift", f, t.data_drift, why) for f in DRIFT_FEATURES]
+    from mnistops.quality.features import image_features
+
     current = image_features(window.images)[list(DRIFT_FEATURES)].to_numpy(np.float64)
-    out = _bounded("data_drift", DRIFT_FEATURES, column_drift(reference.features.to_numpy(np.float64), current),
-                   f_floor, t.data_drift, n)
-    if embedder is None:
-        out += [not_computed("embedding_drift", p, t.embedding_drift, "no model to embed the images with")
-                for p in pcs]
-    else:
-        if window.embedding is None or len(window.embedding) != n:
-            window.embedding = embedder(window.images)[1]
-        out += _bounded("embedding_drift", pcs,
-                        column_drift(reference.projected, reference.project(window.embedding)),
-                        pc_floor, t.embedding_drift, n)
+    return _bounded("data_drift", DRIFT_FEATURES, column_drift(reference.features.to_numpy(np.float64), current),
+                    floors[0], t.data_drift, n)
+
+
+def embedding_drift_signals(window: Window, reference: Reference, embedder, monitor_cfg) -> List[Signal]:
+    t = monitor_cfg.thresholds
+    pcs = [f"pc{i + 1}" for i in range(reference.components)]
+    n, floors, why = _drift_inputs(window, reference, monitor_cfg)
+    if why or embedder is None:
+        why = why or "no model to embed the images with"
+        return [not_computed("embedding_drift", p, t.embedding_drift, why) for p in pcs]
+    if window.embedding is None or len(window.embedding) != n:
+        window.embedding = embedder(window.images)[1]
+    return _bounded("embedding_drift", pcs, column_drift(reference.projected, reference.project(window.embedding)),
+                    floors[1], t.embedding_drift, n)
+
+
+def prediction_drift_signals(window: Window, reference: Reference, embedder, monitor_cfg) -> List[Signal]:
+    t = monitor_cfg.thresholds
+    n, floors, why = _drift_inputs(window, reference, monitor_cfg)
+    if why:
+        return [not_computed("prediction_drift", "js_distance", t.prediction_drift, why)]
     js = js_distance(reference.class_distribution, class_distribution(window.digits))
-    out += _bounded("prediction_drift", ["js_distance"], np.array([js]), np.array([js_floor]),
+    return _bounded("prediction_drift", ["js_distance"], np.array([js]), np.array([floors[2]]),
                     t.prediction_drift, n)
-    return out
+
+
+def drift_signals(window: Window, reference: Reference, embedder, monitor_cfg) -> List[Signal]:
+    """data_drift per feature, embedding_drift per component, prediction_drift (see module doc)."""
+    return (data_drift_signals(window, reference, embedder, monitor_cfg)
+            + embedding_drift_signals(window, reference, embedder, monitor_cfg)
+            + prediction_drift_signals(window, reference, embedder, monitor_cfg))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,6 +286,80 @@ def performance_signals(window: Window, monitor_cfg) -> List[Signal]:
 
 
 # ---------------------------------------------------------------------------------------------
+# model performance estimated without labels
+
+
+def estimated_performance_signals(window: Window, reference: Reference, monitor_cfg) -> List[Signal]:
+    """The window's accuracy estimated from the answered probabilities alone (see
+    :mod:`mnistops.monitoring.estimate`): ``accuracy`` (judged against ``min_accuracy`` before any
+    label arrives), its interval ``accuracy_low``/``accuracy_high`` and, per predicted class,
+    ``precision/<k>`` (informational); where feedback labelled enough of the same images, the
+    estimate on exactly those images and its ``abs_error`` against their measured accuracy."""
+    from mnistops.monitoring.estimate import DEFAULT_METHOD
+
+    t = monitor_cfg.thresholds
+    method = str(_cfg(monitor_cfg, "estimator", DEFAULT_METHOD))
+    n, min_n = window.n_images, int(monitor_cfg.min_requests)
+    min_support = int(_cfg(monitor_cfg, "min_class_support", MIN_CLASS_SUPPORT))
+    est = reference.estimator(method) if reference is not None else None
+    heads = (("accuracy", t.min_accuracy, "below"), ("accuracy_low", INFO, "below"), ("accuracy_high", INFO, "below"))
+    why = ("the drift reference has no labelled hold-out to fit the estimator on" if est is None
+           else f"{n} images < monitor.min_requests={min_n}" if n < min_n else None)
+    if why:
+        return [not_computed("estimated_performance", m, thr, why, d) for m, thr, d in heads]
+    e = est.per_image(window.probabilities)
+    whole = est.from_per_image(e)
+    interval = f"95 % interval [{whole.low:.4f}, {whole.high:.4f}]"
+    out = [signal("estimated_performance", "accuracy", whole.accuracy, t.min_accuracy, "below",
+                  note=f"{interval} from {n} answers, no labels; {est.describe()}"),
+           signal("estimated_performance", "accuracy_low", whole.low, INFO, "below", note=interval),
+           signal("estimated_performance", "accuracy_high", whole.high, INFO, "below", note=interval)]
+    digits = np.asarray(window.digits)
+    for k in range(10):
+        mine = digits == k
+        if int(mine.sum()) < min_support:
+            out.append(not_computed("estimated_performance", f"precision/{k}", INFO,
+                                    f"{int(mine.sum())} images predicted {k} < monitor.min_class_support={min_support}",
+                                    "below"))
+            continue
+        c = est.from_per_image(e[mine])
+        out.append(signal("estimated_performance", f"precision/{k}", c.accuracy, INFO, "below",
+                          note=f"[{c.low:.3f}, {c.high:.3f}] on {c.n} images predicted {k}"))
+    labelled = np.asarray(window.labels) >= 0
+    m, min_fb = int(labelled.sum()), int(monitor_cfg.min_feedback)
+    if m < min_fb:
+        why = f"{m} labelled images < monitor.min_feedback={min_fb}"
+        out += [not_computed("estimated_performance", "labelled_estimate", INFO, why),
+                not_computed("estimated_performance", "abs_error", INFO, why)]
+    else:
+        on = est.from_per_image(e[labelled])
+        actual = float((digits[labelled] == np.asarray(window.labels)[labelled]).mean())
+        note = f"estimate {on.accuracy:.4f} [{on.low:.4f}, {on.high:.4f}] vs measured {actual:.4f} on {m} labelled images"
+        out += [signal("estimated_performance", "labelled_estimate", on.accuracy, INFO, note=note),
+                signal("estimated_performance", "abs_error", abs(on.accuracy - actual), INFO, note=note)]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# "not a digit"
+
+
+def ood_signals(window: Window, monitor_cfg) -> List[Signal]:
+    """``rate``: the share of collected images the endpoint answered ``ood: true`` (its model's
+    threshold flags about 1 % of clean MNIST)."""
+    thr = float(_cfg(monitor_cfg.thresholds, "max_ood_rate", MAX_OOD_RATE))
+    n, min_n = window.n_images, int(monitor_cfg.min_requests)
+    ood = window.ood
+    if ood is None or len(ood) != n:
+        return [not_computed("ood", "rate", thr, "the collected answers carry no `ood` flag")]
+    if n < min_n:
+        return [not_computed("ood", "rate", thr, f"{n} images < monitor.min_requests={min_n}")]
+    flagged = np.asarray(ood, dtype=bool)
+    return [signal("ood", "rate", float(flagged.mean()), thr,
+                   note=f"{int(flagged.sum())} of {n} images answered as not a digit")]
+
+
+# ---------------------------------------------------------------------------------------------
 # system
 
 
@@ -300,15 +400,78 @@ def system_signals(window: Window, monitor_cfg) -> List[Signal]:
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluate_window(window: Window, reference: Reference, embedder, monitor_cfg, suite=None) -> List[Signal]:
-    """Every signal of ``window`` (see the module docstring), in the order of :data:`NAMES`.
+@dataclass(frozen=True)
+class Inputs:
+    """What a signal family is computed from (see :func:`evaluate_window`)."""
+
+    window: Window
+    reference: Reference
+    embedder: Any
+    monitor_cfg: Any
+    suite: Any = None
+
+
+@dataclass(frozen=True)
+class SignalKind:
+    """One row of :data:`SIGNALS`: a signal family and everything the monitor needs to know about it."""
+
+    name: str  # the family: the first part of every metric key and alert
+    statistic: str  # what its value is
+    noise_floor: str  # how sampling noise is kept from alerting
+    thresholds: Tuple[str, ...]  # its keys under monitor.thresholds
+    section: str  # the report section its plot and rows go under
+    azure: str  # Azure ML model monitoring's counterpart; "here": only stage=monitor computes it
+    compute: Callable[[Inputs], List[Signal]]
+
+
+SIGNALS: Tuple[SignalKind, ...] = (
+    SignalKind("data_drift", "normalised Wasserstein distance per image feature",
+               "lower bound: minus the 95th percentile of same-size clean windows", ("data_drift",),
+               "Image features: reference vs current", "DataDriftSignal (normalized_wasserstein_distance)",
+               lambda i: data_drift_signals(i.window, i.reference, i.embedder, i.monitor_cfg)),
+    SignalKind("embedding_drift", "normalised Wasserstein distance per embedding principal component",
+               "lower bound, as data_drift", ("embedding_drift",), "Embedding principal components", "here",
+               lambda i: embedding_drift_signals(i.window, i.reference, i.embedder, i.monitor_cfg)),
+    SignalKind("prediction_drift", "Jensen-Shannon distance of the predicted-class shares",
+               "lower bound, as data_drift", ("prediction_drift",), "Predicted classes",
+               "PredictionDriftSignal (jensen_shannon_distance)",
+               lambda i: prediction_drift_signals(i.window, i.reference, i.embedder, i.monitor_cfg)),
+    SignalKind("data_quality", "out-of-bounds rate, failed suite expectations, malformed-request rate",
+               "not computed under monitor.min_requests", ("out_of_bounds_rate", "malformed_rate"), "Data quality",
+               "DataQualitySignal (out_of_bounds_rate, data_type_error_rate, null_value_rate)",
+               lambda i: quality_signals(i.window, i.monitor_cfg, i.suite)),
+    SignalKind("model_performance", "accuracy, per-class recall and precision on feedback",
+               "not computed under monitor.min_feedback / min_class_support",
+               ("min_accuracy", "min_class_recall", "min_class_precision"), "Model performance on feedback",
+               "ModelPerformanceSignal (accuracy, recall)",
+               lambda i: performance_signals(i.window, i.monitor_cfg)),
+    SignalKind("estimated_performance", "accuracy estimated from the answered probabilities (no labels), "
+               "its 95 % interval, per predicted class; its error where feedback exists",
+               "interval from the hold-out residuals; not computed under monitor.min_requests", ("min_accuracy",),
+               "Model performance estimated without labels", "here",
+               lambda i: estimated_performance_signals(i.window, i.reference, i.monitor_cfg)),
+    SignalKind("ood", "share of answers flagged not a digit", "not computed under monitor.min_requests",
+               ("max_ood_rate",), "Not a digit", "here", lambda i: ood_signals(i.window, i.monitor_cfg)),
+    SignalKind("system", "p50/p95/p99 latency, error rate, throughput, per deployment",
+               "none (exact counts)", ("max_p99_ms", "max_error_rate"), "Latency and throughput",
+               "here (Azure Monitor charts the endpoint's latency and errors; no monitor signal)",
+               lambda i: system_signals(i.window, i.monitor_cfg)),
+)
+"""Every signal family, in report order. A new signal is a row here and its compute function."""
+
+NAMES = tuple(k.name for k in SIGNALS)
+
+
+def evaluate_window(window: Window, reference: Reference, embedder, monitor_cfg, suite=None,
+                    kinds: Sequence[SignalKind] = SIGNALS) -> List[Signal]:
+    """Every signal of ``window``, family by family in the order of ``kinds`` (:data:`SIGNALS`).
 
     ``embedder`` (an Embedder of the monitored model, or None: no embedding drift) must be the
     model the ``reference`` was built with; ``suite`` is the env's baseline suite (or None: no
     suite checks); ``monitor_cfg`` is ``cfg.monitor``.
     """
-    return (drift_signals(window, reference, embedder, monitor_cfg) + quality_signals(window, monitor_cfg, suite)
-            + performance_signals(window, monitor_cfg) + system_signals(window, monitor_cfg))
+    inputs = Inputs(window, reference, embedder, monitor_cfg, suite)
+    return [s for kind in kinds for s in kind.compute(inputs)]
 
 
 def _fmt(x: Optional[float]) -> str:
@@ -329,13 +492,13 @@ def describe(s: Signal) -> str:
     return f"{s.key} = {_fmt(s.value)} {op} {_fmt(s.threshold)}" + (f" ({s.note})" if s.note else "")
 
 
-def summary(signals: List[Signal]) -> str:
+def summary(signals: List[Signal], kinds: Sequence[SignalKind] = SIGNALS) -> str:
     """A few lines for a terminal: the counts, every breach, and the worst value of each signal."""
     breached = [s for s in signals if s.breached]
     computed = [s for s in signals if s.computed]
     lines = [f"{len(signals)} signals: {len(computed)} computed, {len(breached)} breached"]
     lines += [f"  BREACHED {describe(s)}" for s in breached]
-    for name in NAMES:
+    for name in [k.name for k in kinds]:
         mine = [s for s in signals if s.name == name]
         if not mine:
             continue

@@ -41,6 +41,7 @@ class Window:
     labels: np.ndarray  # int (N,) ground truth from /feedback, -1 where none
     requests: pd.DataFrame  # one row per scoring request: REQUEST_COLUMNS
     meta: Dict[str, Any] = field(default_factory=dict)  # free-form: endpoint, env, store path, ...
+    ood: Optional[np.ndarray] = None  # bool (N,) the endpoint's "not a digit" flag; None: not collected
     embedding: Optional[np.ndarray] = None  # (N, D) the monitored model's embedding of `images`;
     # set by evaluate_window when it runs the model, so the report need not run it again
 
@@ -87,7 +88,7 @@ def requests_frame(time: Sequence[float], status: Sequence[int], latency_ms: Seq
 def make_window(images: np.ndarray, probabilities: np.ndarray, *, labels: Optional[np.ndarray] = None,
                 deployments: Any = "blue", versions: Any = "1", requests: Optional[pd.DataFrame] = None,
                 start: float = 0.0, end: Optional[float] = None, latency_ms: Any = 10.0,
-                meta: Optional[Dict[str, Any]] = None) -> Window:
+                meta: Optional[Dict[str, Any]] = None, ood: Optional[np.ndarray] = None) -> Window:
     """A Window built in memory from arrays (tests, benchmarks, the traffic simulator).
 
     One request per image unless ``requests`` is given: request ``i`` carries image ``i``, answered
@@ -109,4 +110,5 @@ def make_window(images: np.ndarray, probabilities: np.ndarray, *, labels: Option
     lab = np.full(n, NO_LABEL, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
     return Window(start=float(start), end=end, images=images, digits=probabilities.argmax(axis=1),
                   probabilities=probabilities, request_ids=ids, deployments=deps, versions=vers,
-                  labels=lab, requests=requests, meta=dict(meta or {}))
+                  labels=lab, requests=requests, meta=dict(meta or {}),
+                  ood=None if ood is None else np.asarray(ood, dtype=bool))

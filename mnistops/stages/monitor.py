@@ -1,8 +1,9 @@
 """stage=monitor: judge what the endpoint served over ``monitor.window`` against the training data.
 
-Signals (Azure ML model monitoring's): data drift on image features and on the model's embedding,
-prediction drift, data quality (the baseline Great Expectations suite on the collected inputs),
-model performance on requests with feedback, and system metrics per deployment. Every breached
+Signals: the families of ``monitoring.signals.SIGNALS`` (drift, data quality, model performance on
+feedback and estimated without labels, "not a digit" rate, system metrics). This module only
+orchestrates: read the window, get the model and the drift reference (``monitoring.reference_cache``),
+evaluate, log, alert, hand over for retraining. Every breached
 threshold becomes an alert: appended to ``<home>/<env>/monitoring/alerts.jsonl`` and sent to the
 sinks. Alerts are data: the stage exits 0 unless ``monitor.fail_on_alert`` (or a dead sink with
 ``monitor.alerts.fail_on_sink_error``). With ``monitor.on_alert=retrain`` an alert starts
@@ -23,15 +24,17 @@ from mnistops.errors import MnistopsError
 from mnistops.stages import StageResult
 
 ON_ALERT = ("none", "retrain")
-REFERENCE_ARTIFACTS = "monitoring/reference"
 TRIGGERS = ("local", "none")
 
 
 def run(cfg: DictConfig) -> StageResult:
     from mnistops import backends
+    from mnistops.monitoring.estimate import METHODS
 
     if cfg.monitor.on_alert not in ON_ALERT:
         raise MnistopsError(f"monitor.on_alert={cfg.monitor.on_alert!r}: expected one of {', '.join(ON_ALERT)}")
+    if cfg.monitor.estimator not in METHODS:
+        raise MnistopsError(f"monitor.estimator={cfg.monitor.estimator!r}: expected one of {', '.join(METHODS)}")
     backend = backends.get(cfg)
     started = time.perf_counter()
     request_file = cfg.monitor.retrain.request_file
@@ -43,7 +46,7 @@ def run(cfg: DictConfig) -> StageResult:
 
     from mnistops import layout, tracking
     from mnistops.monitoring import alerts as alerting
-    from mnistops.monitoring import collected, report, signals as sig
+    from mnistops.monitoring import collected, reference_cache, report, signals as sig
 
     stats = collected.ReadStats()
     if cfg.monitor.traffic_run:
@@ -60,7 +63,7 @@ def run(cfg: DictConfig) -> StageResult:
           f"{window.n_labelled} with feedback" + (f"; {stats.torn} torn lines skipped" if stats.torn else ""))
 
     model_uri, embedder = _embedder(cfg, backend.registry(), window)
-    reference, new_reference = _reference(cfg, embedder, model_uri)
+    reference, new_reference = reference_cache.load_or_build(cfg, embedder, model_uri)
     suite = _suite(cfg)
     signals = sig.evaluate_window(window, reference, embedder, cfg.monitor, suite=suite)
 
@@ -90,7 +93,7 @@ def run(cfg: DictConfig) -> StageResult:
         tracking.set_tags({T.MONITOR_WINDOW: spec, T.MONITOR_ALERTS: str(len(raised)),
                            T.MONITOR_ENDPOINT: mdir.name, T.MONITOR_MODEL: model_uri or "none"})
         if new_reference is not None:  # kept in the env's store, for monitors on other machines
-            mlflow.log_artifact(str(new_reference[0]), REFERENCE_ARTIFACTS)
+            mlflow.log_artifact(str(new_reference[0]), reference_cache.ARTIFACTS)
             tracking.set_tags({T.DRIFT_REFERENCE: new_reference[1]})
         retrain = _retrain(cfg, backend, window, run_id, raised) if raised and cfg.monitor.on_alert == "retrain" else None
         if retrain is not None and retrain["exit_code"] is not None:
@@ -167,36 +170,6 @@ def _embedder(cfg: DictConfig, registry, window):
     return model.uri, Embedder(model_dir)
 
 
-def _reference(cfg: DictConfig, embedder, model_uri: str):
-    """(reference, file to keep in the store or None): training images (``monitor.reference_size``,
-    seeded) through the model, per dataset and model. Looked up in this machine's cache, then in the
-    env's tracking store (a run tagged with its key, e.g. an earlier monitor run on another agent),
-    and built only when neither has it."""
-    import mlflow
-
-    from mnistops import layout, tracking
-    from mnistops.data import catalog, mirrors
-    from mnistops.monitoring import drift
-
-    digest = mirrors.digest(cfg)[:12]
-    name = model_uri.split("models:/", 1)[1].replace("/", "-v")
-    k = cfg.monitor.embedding_components
-    key = f"{cfg.data.name}-{digest}-{name}-{cfg.monitor.reference_size}-{k}"
-    path = layout.monitoring_dir(cfg) / "reference" / f"{key}.npz"
-    if path.is_file():
-        return drift.load_reference(path), None
-    stored = tracking.latest_run_tagged(cfg, T.DRIFT_REFERENCE, key)
-    if stored is not None:
-        got = mlflow.artifacts.download_artifacts(run_id=stored.info.run_id, artifact_path=f"{REFERENCE_ARTIFACTS}/{path.name}",
-                                                  dst_path=str(path.parent), tracking_uri=tracking.tracking_uri(cfg))
-        return drift.load_reference(got), None
-    train = catalog.load(cfg, "train")
-    reference = drift.build_reference(train.images, embedder, k, size=cfg.monitor.reference_size, seed=cfg.seed,
-                                      meta={"model": model_uri, "dataset": cfg.data.name, "digest": digest})
-    drift.save_reference(reference, path)
-    return reference, (path, key)
-
-
 def _suite(cfg: DictConfig):
     from mnistops.quality import baselines
 
@@ -246,24 +219,21 @@ def _retrain(cfg: DictConfig, backend, window, run_id: str, raised) -> dict:
         return {**record, "exit_code": None,
                 "outcome": f"handed over to {retrain.env}; queue its CI: python {shown}"
                            + (f" (request: {retrain.request_file})" if retrain.request_file else "")}
+    registry = backend.registry(retrain.env)
+    before = {v.version for v in registry.versions(cfg.env.model_name)}
     print(f"  retraining in {retrain.env} ({len(raised)} alert(s)): python {shown}")
-    started_ms = int(time.time() * 1000)
     code = subprocess.run(cmd).returncode
-    return {**record, "exit_code": code, "outcome": _retrain_outcome(cfg, backend, retrain.env, code, started_ms)}
+    return {**record, "exit_code": code, "outcome": _retrain_outcome(cfg, registry, retrain.env, code, before)}
 
 
-def _retrain_outcome(cfg: DictConfig, backend, env: str, code: int, started_ms: int) -> str:
+def _retrain_outcome(cfg: DictConfig, registry, env: str, code: int, before: set) -> str:
+    """What the retraining CI decided, read from that env's registry: its champion, or the gate
+    decision tagged on the version it registered (none: it failed before its gate)."""
     if code == 0:
-        champion = backend.registry(env).get(cfg.env.model_name, "champion")
+        champion = registry.get(cfg.env.model_name, "champion")
         return (f"ci in {env} passed: the retrained model {champion.uri if champion else '?'} passed the gate "
                 f"and is {env}'s champion; it reaches {cfg.env.name} through {env}'s CD, approval and promotion")
-    from mlflow.tracking import MlflowClient
-
-    uri = backend.store_uri(env)
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    experiment = client.get_experiment_by_name(cfg.experiment_name)
-    gates = client.search_runs([experiment.experiment_id], filter_string=(
-        f"tags.`{T.STAGE}` = 'gate' and attributes.start_time >= {started_ms}"), max_results=1) if experiment else []
-    if gates and gates[0].data.tags.get(T.GATE_DECISION) == T.REJECTED:
+    new = [v for v in registry.versions(cfg.env.model_name) if v.version not in before]
+    if any(v.tags.get(T.GATE_DECISION) == T.REJECTED for v in new):
         return f"ci in {env} ran; the gate refused the retrained model, champion unchanged"
     return f"ci in {env} failed (exit {code}) before its gate decided; champion unchanged"
