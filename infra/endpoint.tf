@@ -31,20 +31,10 @@ resource "azapi_resource" "endpoint" {
   }
 }
 
-# The endpoint pulls its image from the workspace registry and reads its model from the workspace storage.
-resource "azurerm_role_assignment" "endpoint_acr_pull" {
-  scope                = azurerm_container_registry.this.id
-  role_definition_name = "AcrPull"
-  principal_id         = azapi_resource.endpoint.identity[0].principal_id
-  principal_type       = "ServicePrincipal"
-}
-
-resource "azurerm_role_assignment" "endpoint_storage_read" {
-  scope                = azurerm_storage_account.this.id
-  role_definition_name = "Storage Blob Data Reader"
-  principal_id         = azapi_resource.endpoint.identity[0].principal_id
-  principal_type       = "ServicePrincipal"
-}
+# No role assignments for the endpoint's identity here: with a system-assigned identity Azure ML gives
+# it AcrPull on the workspace registry and Storage Blob Data Reader on the workspace storage itself when
+# it creates the endpoint; assigning them again fails the first apply with 409 RoleAssignmentExists
+# (learn.microsoft.com/azure/machine-learning/how-to-access-resources-from-endpoints-managed-identities).
 
 # Every request and the containers' console and life-cycle events, into the env's Log Analytics.
 resource "azurerm_monitor_diagnostic_setting" "endpoint" {

@@ -4,7 +4,9 @@
 # - identities of other envs (PROD's, in QA) get exactly two things here: read the models and runs
 #   QA approved (promotion), and record labelled production data as a run in QA's workspace MLflow
 #   (the monitoring loop hands PROD's feedback to QA's CI: monitoring/production_data.py);
-# - the online endpoint pulls its image and reads its model.
+# - the training clusters' identities (what a job runs as: the in-job register, baseline and gate call
+#   the workspace's SDK and MLflow) work in this env's workspace and pull its images;
+# - the online endpoint's system-assigned identity gets its roles from Azure ML itself (endpoint.tf).
 # The identity that runs Terraform itself (the IaC service connection) is not managed here: it needs
 # Contributor and Role Based Access Control Administrator on this env's subscription (see README).
 
@@ -48,6 +50,36 @@ resource "azurerm_role_assignment" "pipeline_collected_read" {
   principal_type       = "ServicePrincipal"
 }
 
+# ----------------------------------------------------------------------- the jobs' identity
+
+# A job on a cluster runs as the cluster's system-assigned identity (DefaultAzureCredential's managed
+# identity inside the job): its MLflow runs, metrics and artifacts, and the registry calls of register,
+# baseline and gate (models, tags, data assets) are calls on this workspace. AzureML Data Scientist
+# allows them and no compute or workspace changes.
+resource "azurerm_role_assignment" "cluster_workspace" {
+  for_each             = local.cluster_principals
+  scope                = azurerm_machine_learning_workspace.this.id
+  role_definition_name = "AzureML Data Scientist"
+  principal_id         = each.value
+  principal_type       = "ServicePrincipal"
+}
+
+# The registry's admin user is off: a cluster pulls the environment images Azure ML built with its own identity.
+resource "azurerm_role_assignment" "cluster_acr_pull" {
+  for_each             = local.cluster_principals
+  scope                = azurerm_container_registry.this.id
+  role_definition_name = "AcrPull"
+  principal_id         = each.value
+  principal_type       = "ServicePrincipal"
+}
+
+locals {
+  cluster_principals = merge(
+    { cpu = azurerm_machine_learning_compute_cluster.cpu.identity[0].principal_id },
+    { for c in azurerm_machine_learning_compute_cluster.gpu : "gpu" => c.identity[0].principal_id },
+  )
+}
+
 # ----------------------------------------------------------------------- access from other envs
 
 # Promotion (read QA's approved versions, their runs and files) and the monitoring hand-over (a run
@@ -69,6 +101,7 @@ resource "azurerm_role_definition" "cross_env" {
       "Microsoft.MachineLearningServices/workspaces/datastores/read",
       "Microsoft.MachineLearningServices/workspaces/experiments/write",
       "Microsoft.MachineLearningServices/workspaces/experiments/runs/write",
+      "Microsoft.MachineLearningServices/workspaces/metadata/artifacts/read",
       "Microsoft.MachineLearningServices/workspaces/metadata/artifacts/write",
     ]
   }

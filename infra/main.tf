@@ -147,8 +147,10 @@ resource "azurerm_machine_learning_workspace" "this" {
   }
 }
 
-# The training cluster. Terraform is its single owner: `stage=provision` never creates or changes it,
-# and conf/compute/azure_cpu_cluster.yaml names it (`cluster:`) so jobs target it.
+# The training clusters. Terraform is their single owner: `stage=provision` never creates or changes
+# one, and conf/compute/azure_cpu_cluster.yaml / azure_gpu_cluster.yaml name them (`cluster:`) so jobs
+# target them. Each has a system-assigned identity: the identity a job runs as (identity.tf gives it
+# its roles on the workspace and the registry).
 resource "azurerm_machine_learning_compute_cluster" "cpu" {
   name                          = var.cluster_name
   location                      = azurerm_resource_group.this.location
@@ -162,6 +164,30 @@ resource "azurerm_machine_learning_compute_cluster" "cpu" {
   scale_settings {
     min_node_count                       = var.cluster_min_nodes
     max_node_count                       = var.cluster_max_nodes
+    scale_down_nodes_after_idle_duration = var.cluster_idle_time
+  }
+
+  identity {
+    type = "SystemAssigned"
+  }
+}
+
+# The GPU cluster (compute=azure_gpu_cluster), off by default: GPU quota is per subscription and region
+# and must be asked for first. `gpu_cluster_enabled = true` in <env>.tfvars creates it.
+resource "azurerm_machine_learning_compute_cluster" "gpu" {
+  count                         = var.gpu_cluster_enabled ? 1 : 0
+  name                          = var.gpu_cluster_name
+  location                      = azurerm_resource_group.this.location
+  machine_learning_workspace_id = azurerm_machine_learning_workspace.this.id
+  vm_priority                   = var.cluster_vm_priority
+  vm_size                       = var.gpu_cluster_vm_size
+  local_auth_enabled            = false
+  ssh_public_access_enabled     = false
+  tags                          = local.tags
+
+  scale_settings {
+    min_node_count                       = 0
+    max_node_count                       = var.gpu_cluster_max_nodes
     scale_down_nodes_after_idle_duration = var.cluster_idle_time
   }
 

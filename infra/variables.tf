@@ -1,5 +1,5 @@
 variable "subscription_id" {
-  description = "The env's own Azure subscription (QA and PROD may be different subscriptions and tenants); the pipeline passes it as TF_VAR_subscription_id"
+  description = "The env's own Azure subscription (QA and PROD may be different subscriptions of one Microsoft Entra tenant); the pipeline passes it as TF_VAR_subscription_id"
   type        = string
 }
 
@@ -81,6 +81,29 @@ variable "cluster_idle_time" {
   description = "ISO 8601 duration before idle nodes are released"
   type        = string
   default     = "PT30M"
+}
+
+variable "gpu_cluster_enabled" {
+  description = "Create the GPU training cluster (compute=azure_gpu_cluster); off by default: ask for GPU quota in the region first"
+  type        = bool
+  default     = false
+}
+
+variable "gpu_cluster_name" {
+  description = "The GPU training cluster; keep equal to `cluster:` in conf/compute/azure_gpu_cluster.yaml"
+  type        = string
+  default     = "gpu-cluster"
+}
+
+variable "gpu_cluster_vm_size" {
+  description = "One NVIDIA T4 per node (conf/compute/azure_gpu_cluster.yaml: process_count_per_instance = GPUs per node)"
+  type        = string
+  default     = "Standard_NC4as_T4_v3"
+}
+
+variable "gpu_cluster_max_nodes" {
+  type    = number
+  default = 2
 }
 
 variable "endpoint_name" {

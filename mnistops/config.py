@@ -59,6 +59,19 @@ if not OmegaConf.has_resolver("abspath"):
 if not OmegaConf.has_resolver("cpu_count"):  # endpoint.workers: one per core of the machine that serves
     OmegaConf.register_new_resolver("cpu_count", lambda: os.cpu_count() or 1)
 
+# One knob: the backend picks the endpoint it serves on (env.backend=azure alone means Azure's managed
+# online endpoint), and the endpoint's kind picks the defaults that differ between kinds.
+ENDPOINT_KIND = {"local": "local", "azure": "azure_managed"}  # env.backend -> endpoint.kind
+KIND_DEFAULTS = {  # knob -> {endpoint.kind: default}
+    "startup_timeout_s": {"local": 90.0, "azure_managed": 1800.0},  # a managed deployment takes minutes
+    "max_concurrent_requests_per_instance": {"local": 1, "azure_managed": 4},
+}
+if not OmegaConf.has_resolver("endpoint_kind"):
+    OmegaConf.register_new_resolver("endpoint_kind", lambda backend: ENDPOINT_KIND.get(str(backend), str(backend)))
+if not OmegaConf.has_resolver("endpoint_kind_default"):
+    OmegaConf.register_new_resolver(
+        "endpoint_kind_default", lambda knob, kind: KIND_DEFAULTS[knob].get(str(kind), KIND_DEFAULTS[knob]["local"]))
+
 
 @dataclass
 class PathsConfig:
@@ -121,7 +134,9 @@ class EndpointConfig:
     (mnistops/serving/settings.py:ServerSettings, the same names)."""
 
     name: str = "mnist"
-    kind: str = "local"  # local: a supervised server on this machine | azure_managed: a managed online endpoint
+    # local: a supervised server on this machine | azure_managed: a managed online endpoint; default: the
+    # one env.backend serves on (ENDPOINT_KIND), so env.backend=azure needs no endpoint=azure_managed
+    kind: str = "${endpoint_kind:${env.backend}}"
     host: str = "127.0.0.1"
     port: int = 5080  # conf/env/<env>.yaml: dev 5080, qa 5081, prod 5082
     # worker processes behind the port (each with its own models and micro-batcher); default: one per core
@@ -136,14 +151,14 @@ class EndpointConfig:
     max_batch: int = 64  # micro-batching of concurrent requests
     max_wait_ms: float = 2.0
     max_queue: int = 2048  # images waiting per deployment and worker; beyond it: 503 at once
-    startup_timeout_s: float = 90.0
+    startup_timeout_s: float = "${endpoint_kind_default:startup_timeout_s,${.kind}}"  # type: ignore[assignment]
     action: str = "status"  # stage=endpoint: status | stop | regenerate-keys
     key: str = "primary"  # stage=endpoint endpoint.action=regenerate-keys: which scoring key (primary | secondary)
     collect: CollectConfig = field(default_factory=CollectConfig)
     # kind=azure_managed: a managed online endpoint (conf/endpoint/azure_managed.yaml)
     instance_type: str = "Standard_DS3_v2"
     instance_count: int = 1
-    max_concurrent_requests_per_instance: int = 1
+    max_concurrent_requests_per_instance: int = "${endpoint_kind_default:max_concurrent_requests_per_instance,${.kind}}"  # type: ignore[assignment]
     max_queue_wait_ms: int = 500
     liveness_probe: ProbeConfig = field(default_factory=ProbeConfig)
     readiness_probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(failure_threshold=3))

@@ -135,5 +135,5 @@ def require_azureml_mlflow() -> None:
         found = False
     if not found:
         raise MnistopsError("env.backend=azure keeps runs in the workspace's MLflow (azureml://...), which MLflow "
-                            "reaches through the azureml-mlflow plugin: pip install azureml-mlflow (or set "
-                            "env.tracking_uri to another MLflow store)")
+                            "reaches through the azureml-mlflow plugin of the azure extra: pip install -e '.[azure]' "
+                            "(or set env.tracking_uri to another MLflow store)")

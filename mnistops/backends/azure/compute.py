@@ -16,9 +16,15 @@ def require_cluster(cfg: DictConfig) -> str:
     return cfg.compute.cluster
 
 
+# clusters Terraform creates only when a variable says so (infra/variables.tf): cluster -> that variable
+OPTIONAL_CLUSTERS = {"gpu-cluster": "gpu_cluster_enabled"}
+
+
 def missing(cfg: DictConfig, where: str) -> MnistopsError:
+    switch = OPTIONAL_CLUSTERS.get(cfg.compute.cluster)
+    first = f"set `{switch} = true` in infra/{cfg.env.name}.tfvars and " if switch else ""
     return MnistopsError(f"compute cluster {cfg.compute.cluster} is not in {where}: Terraform owns the clusters, "
-                         f"apply it first (terraform -chdir=infra apply -var-file={cfg.env.name}.tfvars); "
+                         f"{first}apply it first (terraform -chdir=infra apply -var-file={cfg.env.name}.tfvars); "
                          "stage=provision never creates one")
 
 

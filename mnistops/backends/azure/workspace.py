@@ -8,6 +8,11 @@ ManagedIdentityCredential; DEFAULT_IDENTITY_CLIENT_ID picks a user-assigned one)
 own workspace's registry as the cluster's identity, which needs "AzureML Data Scientist" there.
 Each missing piece fails before any call, in one line naming the key or the credential chain.
 
+One credential per process serves every env it touches (promotion reads QA's workspace from PROD's
+agent): QA and PROD live in one Microsoft Entra tenant, in one subscription or two. PROD's identity
+reads QA through a role assignment in QA (infra/identity.tf), which a user-assigned managed identity
+can only get in its own tenant.
+
 Tests route every SDK request (and the blob reads of collected_data.py) through their own HTTP
 transport and a static token with `use_transport(transport, credential)`: the one seam between this
 flavour and the network.
@@ -34,7 +39,11 @@ IN_JOB = {  # key -> what Azure ML sets in every job's environment
     "resource_group": "AZUREML_ARM_RESOURCEGROUP",
     "workspace": "AZUREML_ARM_WORKSPACE_NAME",
 }
-MANAGEMENT_SCOPE = "https://management.azure.com/.default"
+MANAGEMENT_SCOPE = "https://management.azure.com/.default"  # azure-ai-ml, azureml-mlflow
+STORAGE_SCOPE = "https://storage.azure.com/.default"  # collected_data.py reads the collector's blobs
+# Every scope this flavour asks a credential for. The GitHub workflows ask the CLI for each one right
+# after azure/login, while its federated sign-in is fresh (a later first request fails: AADSTS700024).
+TOKEN_SCOPES = (MANAGEMENT_SCOPE, STORAGE_SCOPE)
 
 # the test seam: (transport, credential) every new MLClient uses; None: the network and DefaultAzureCredential
 _SEAM: Optional[Tuple[object, object]] = None

@@ -1,0 +1,127 @@
+"""The Azure pipelines in jobs/ as Azure DevOps and GitHub read them (tests/pipeline_files.py): their
+`python -m mnistops` steps composed exactly as written, how they sign in, and what Azure DevOps needs
+before it can queue them. Unit tier: nothing runs, nothing connects (azure.dry_run=true)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import pipeline_files as pf
+from conftest import REPO, compose
+
+NEUTRAL = {**pf.Neutral().values,  # endpoint names Azure accepts (3-32 letters, digits, '-')
+           **{f"{prefix}AZUREML_{env}_ENDPOINT": f"mnist-{env.lower()}-0a1b2c" for env in ("QA", "PROD")
+              for prefix in ("", "vars.")}}
+AZURE = [p for p in pf.pipelines() if pf.setup(p) == "azure" and p.stem != "iac"]
+STEPS = [s for p in AZURE for s in pf.steps(p, NEUTRAL) if "env.backend=azure" in s.args]
+ADO = sorted((REPO / "jobs" / "azure-devops").glob("*.yml"))
+GITHUB = sorted((REPO / "jobs" / "github-actions").glob("*.yml"))
+
+
+def step_id(step) -> str:
+    return f"{step.pipeline.parent.name}/{step.pipeline.name}:{step.value('stage')}"
+
+
+def test_the_azure_pipelines_have_azure_steps():
+    stages = {s.value("stage") for s in STEPS}
+    assert {"provision", "ci", "cd", "endpoint", "promote", "monitor"} <= stages, stages
+
+
+@pytest.mark.parametrize("step", STEPS, ids=step_id)
+def test_env_backend_azure_alone_selects_the_managed_endpoint(step, tmp_path, monkeypatch):
+    """Issue 17 (2): the CD and monitoring steps never said endpoint=azure_managed, so the composed
+    endpoint was the local one and the managed endpoint refused. The backend is the one knob."""
+    from mnistops import backends
+
+    for name, value in step.env.items():
+        if name.startswith(("AZURE_", "AZUREML_")):
+            monkeypatch.setenv(name, value)
+    cfg = compose([*step.args, "azure.dry_run=true"], tmp_path)
+    assert cfg.endpoint.kind == "azure_managed", step.raw
+    assert cfg.endpoint.startup_timeout_s == 1800.0  # the managed kind's own defaults come with it
+    if step.value("stage") in ("cd", "endpoint", "monitor", "deploy", "smoke", "rollback", "traffic"):
+        endpoint = backends.get(cfg).endpoint()  # ManagedEndpoint refuses any other kind
+        assert type(endpoint).__name__ == "ManagedEndpoint"
+
+
+def test_the_local_backend_keeps_the_local_endpoint_and_an_explicit_kind_wins(tmp_path):
+    assert compose(["env=qa"], tmp_path).endpoint.kind == "local"
+    assert compose(["env=qa"], tmp_path).endpoint.startup_timeout_s == 90.0
+    assert compose(["env=qa", "env.backend=azure", "endpoint=azure_managed"], tmp_path).endpoint.kind == "azure_managed"
+    assert compose(["env=qa", "env.backend=azure", "endpoint.startup_timeout_s=60"], tmp_path).endpoint.startup_timeout_s == 60
+
+
+# ----------------------------------------------------------------------------- signing in
+
+def azure_cli_tasks(path):
+    doc = pf.load(path)
+    for _, job, _ in pf._ado_jobs(doc):
+        for step in pf._job_steps(job):
+            if str(step.get("task", "")).startswith("AzureCLI@"):
+                yield step
+
+
+@pytest.mark.parametrize("path", [p for p in ADO if p.stem != "iac"], ids=lambda p: p.name)
+def test_azure_devops_steps_keep_the_cli_sign_in_alive(path):
+    """Issue 17 (8): DefaultAzureCredential reaches AzureCLI@2's sign-in through the Azure CLI; the
+    federated sign-in expires after minutes, and a token for a new scope asked for later fails
+    (AADSTS700024). keepAzSessionActive signs in again. SYSTEM_ACCESSTOKEN does nothing for it."""
+    text = path.read_text()
+    assert "refresh the federated token" not in text, "DefaultAzureCredential never reads SYSTEM_ACCESSTOKEN"
+    for task in azure_cli_tasks(path):
+        assert task["task"] == "AzureCLI@2"
+        assert task["inputs"].get("keepAzSessionActive") == "true", (path.name, task.get("displayName"))
+        assert "SYSTEM_ACCESSTOKEN" not in (task.get("env") or {}), (path.name, task.get("displayName"))
+
+
+@pytest.mark.parametrize("path", [p for p in GITHUB if p.stem != "iac"], ids=lambda p: p.name)
+def test_github_jobs_ask_for_every_scope_while_the_oidc_sign_in_is_fresh(path):
+    from mnistops.backends.azure.workspace import TOKEN_SCOPES
+
+    doc = pf.load(path)
+    for name, job in doc["jobs"].items():
+        steps = job.get("steps", [])
+        logins = [i for i, s in enumerate(steps) if str(s.get("uses", "")).startswith("azure/login@")]
+        if not logins:
+            continue
+        after = steps[logins[0] + 1]
+        asked = re.findall(r"https://[\w./-]+\.default", after.get("run", ""))
+        assert "az account get-access-token" in after.get("run", ""), (path.name, name)
+        assert set(asked) == set(TOKEN_SCOPES), (path.name, name, asked)
+        first_mnistops = next(i for i, s in enumerate(steps) if "python -m mnistops" in str(s.get("run", "")))
+        assert logins[0] < logins[0] + 1 < first_mnistops
+
+
+# ----------------------------------------------------------------------------- queueing
+
+def test_ci_can_be_queued_before_the_alert_webhook_connection_exists():
+    """Issue 17 (9): Azure DevOps resolves `resources` when it compiles a pipeline; a webhook resource
+    whose service connection does not exist yet makes ci.yml impossible to queue."""
+    connections_named = {}
+    for path in ADO:
+        doc = pf.load(path)
+        webhooks = (doc.get("resources") or {}).get("webhooks") or []
+        connections_named[path.stem] = {w["connection"] for w in webhooks}
+    for stem in ("ci", "cd-qa", "cd-prod", "monitor"):
+        assert not connections_named[stem], f"{stem}.yml names {connections_named[stem]}"
+    # the alerts still queue CI, from a pipeline of their own that holds the webhook
+    assert connections_named["alert-to-ci"] == {"mnistops-endpoint-alerts"}
+    text = (REPO / "jobs" / "azure-devops" / "alert-to-ci.yml").read_text()
+    assert "_apis/pipelines/$(QA_CI_PIPELINE_ID)/runs" in text
+    assert "alert-to-ci.yml" in (REPO / "README.md").read_text()
+
+
+# ----------------------------------------------------------------------------- tenants
+
+def test_one_tenant_for_qa_and_prod_everywhere():
+    """Issue 17 (7): one DefaultAzureCredential per process serves both envs (promotion reads QA as
+    PROD's identity, through a role assignment in QA): QA and PROD are one tenant, maybe two
+    subscriptions. Nothing may promise different tenants."""
+    sources = [REPO / "README.md", *(REPO / "conf" / "env").glob("*.yaml"), *(REPO / "infra").glob("*.tf"),
+               *(REPO / "jobs").rglob("*.yml"), *(REPO / "mnistops" / "backends" / "azure").glob("*.py")]
+    claim = re.compile(r"different tenants|\(and tenant\)|subscriptions and tenants|across tenants", re.I)
+    found = [f"{p.relative_to(REPO)}: {m[0]}" for p in sources for m in claim.finditer(p.read_text())]
+    assert not found, found
+    assert "same Microsoft Entra tenant" in (REPO / "README.md").read_text()
