@@ -421,6 +421,26 @@ class TrafficStageConfig:
 
 
 @dataclass
+class BatchStageConfig:
+    """stage=batch: score many images offline, answered as the endpoint answers them."""
+
+    model: str = "models:/${env.model_name}@champion"  # any version, alias or "latest"
+    input: Optional[str] = None  # a folder of pictures, an .npz (`images`) or a .parquet file
+    output: Optional[str] = None  # .parquet | .csv | .jsonl (the suffix picks the format)
+    batch_size: int = 1024  # images per ONNX Runtime call
+    threads: Optional[int] = None  # ONNX Runtime intra-op threads (and picture decoders); None: every core
+    progress: bool = True  # a tqdm bar (rate, ETA) on stderr
+    # env.backend=azure: a batch endpoint whose deployment spreads mini-batches of files over
+    # compute.cluster's nodes (backends/azure/batch_specs.py)
+    endpoint_name: Optional[str] = None  # None: <endpoint.name>-batch-<env>
+    instance_count: Optional[int] = None  # nodes; None: compute.instance_count
+    mini_batch_size: int = 10  # files per run() call on a node
+    max_concurrency_per_instance: int = 2  # run() processes per node
+    error_threshold: int = 0  # files that may fail before the job fails (-1: any number)
+    timeout_s: int = 300  # per mini-batch
+
+
+@dataclass
 class AzureEnvironmentConfig:
     """An Azure ML environment: a base image plus a conda file written from this project's dependencies."""
 
@@ -492,6 +512,7 @@ class Config:
     promote: PromoteStageConfig = field(default_factory=PromoteStageConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     traffic: TrafficStageConfig = field(default_factory=TrafficStageConfig)
+    batch: BatchStageConfig = field(default_factory=BatchStageConfig)
     azure: AzureConfig = field(default_factory=AzureConfig)
     seed: int = 42
     experiment_name: str = "mnistops"  # MLflow experiment, in the env's store

@@ -50,6 +50,8 @@ _TABLE = (
     Stage("promote", "copy the source env's approved, smoke-tested version into this env's registry"),
     Stage("traffic", "simulated traffic: real (optionally shifted) test images with feedback", endpoint=True),
     Stage("monitor", "drift, data quality, model quality and system signals -> report, alerts, retraining"),
+    Stage("batch", "score batch.input (a folder of pictures, .npz, .parquet) into batch.output with batch.model, "
+                   "on every core (Azure: a batch endpoint)"),
     Stage("provision", "what the env needs before jobs run (Azure ML: environments, data assets)"),
     Stage("ui", "the MLflow UI on the env's store: runs, metrics, plots, the registry with aliases and lineage"),
 )

@@ -27,6 +27,10 @@ BASELINE_RUN_ID = "mnistops.baseline_run_id"  # on a validate run: the baseline 
 VALIDATION = "mnistops.validation"
 BATCH = "mnistops.batch"
 SMOKE_PASSED = "mnistops.smoke_passed"
+BATCH_INPUT = "mnistops.batch.input"  # on a batch run: what it scored, its digest, where the rows went
+BATCH_INPUT_DIGEST = "mnistops.batch.input_digest"
+BATCH_OUTPUT = "mnistops.batch.output"
+LINEAGE_PREFIX = "mnistops.lineage."  # on a batch run: the scoring version's own lineage tags, copied
 ENDPOINT = "mnistops.endpoint"
 
 # --- registered versions: lineage -------------------------------------------------------------

@@ -13,6 +13,8 @@ these interfaces and never ask which flavour they run on; capabilities (``JobRun
     MonitoringSchedule  what the endpoint collected, for stage=monitor to judge here; and where the
                         platform also runs its own monitor on a schedule (remote), that schedule
     Provisioner         what an env needs before jobs run (None where nothing is needed)
+    BatchScoring        score a folder or file of images with one version: on this machine's cores,
+                        or as a job of the platform's batch endpoint on its cluster (`remote`)
 
 SDKs are imported inside the flavour's implementation only.
 """
@@ -242,6 +244,34 @@ class Provisioner(abc.ABC):
         """Ensure, idempotently, what the env needs before jobs run."""
 
 
+# --------------------------------------------------------------------------- batch scoring
+
+@dataclass
+class BatchOutcome:
+    """What a batch scoring did, for stage=batch to report and record (the same on every flavour)."""
+
+    output: str  # where the rows are (a path here, or the job's output URI)
+    input_digest: str = ""  # sha256 of the input read (a folder: of its files' names and digests)
+    images: int = 0
+    seconds: float = 0.0  # scoring alone (reading and writing excluded); 0 where it ran elsewhere
+    digits: Dict[str, int] = field(default_factory=dict)  # predicted digit -> images
+    ood: Optional[int] = None  # images judged out of distribution, where the version has a detector
+    where: str = ""  # "this machine, 2 threads", "batch endpoint mnist-batch-qa on cpu-cluster"
+    previews: List[str] = field(default_factory=list)  # a dry run: the spec files written instead of sent
+
+
+class BatchScoring(abc.ABC):
+    """Score `batch.input` into `batch.output` with one registered version, every image answered as
+    the online endpoint answers it. Bad input fails before anything is written."""
+
+    #: True: the images are scored by a job on the platform's cluster, followed from here
+    remote: bool = False
+
+    @abc.abstractmethod
+    def score(self, version: ModelVersion) -> BatchOutcome:
+        """Read the input (failing on a bad one before scoring), score it, write the output whole."""
+
+
 # --------------------------------------------------------------------------- the flavour
 
 class Backend(abc.ABC):
@@ -271,6 +301,11 @@ class Backend(abc.ABC):
     @property
     def provisioner(self) -> Optional[Provisioner]:
         return None
+
+    @property
+    def batch(self) -> BatchScoring:
+        """This env's batch scoring (stage=batch)."""
+        raise MnistopsError(f"env.backend={self.name} cannot score batches")
 
     def tracking_uri(self, env: Optional[str] = None) -> Optional[str]:
         """This env's (or `env`'s) MLflow tracking URI when the flavour provides one (the workspace's

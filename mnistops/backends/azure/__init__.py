@@ -9,6 +9,8 @@ this package is free.
     monitoring   monitoring_schedule.py a model-monitoring schedule that follows the live deployment, and
                  collected_data.py      what the deployments' data collector wrote, read back for stage=monitor
     provisioner  provisioner.py         environments and data assets (clusters are Terraform's)
+    batch        batch_scoring.py       a batch endpoint + model deployment on the cluster (batch_specs.py,
+                 batch_score.py: the node's scoring script), its job followed, its rows fetched
     workspace.py (settings, credential, MLClient, the test seam), naming.py (unique names),
     render.py (azure.dry_run=true: every entity as `az ml ... create -f` YAML), the SDK entities
     (command_job, sweep_job, online_specs, monitor_specs, environments, data_assets, code_snapshot,
@@ -24,7 +26,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from mnistops.backends.base import Backend, Endpoint, JobRunner, ModelRegistry, MonitoringSchedule, Provisioner
+from mnistops.backends.base import (Backend, BatchScoring, Endpoint, JobRunner, ModelRegistry, MonitoringSchedule,
+                                    Provisioner)
 from mnistops.errors import MnistopsError
 
 
@@ -98,6 +101,12 @@ class AzureBackend(Backend):
         from mnistops.backends.azure.monitoring_schedule import AzureMonitoringSchedule
 
         return AzureMonitoringSchedule(self.cfg, self.connection, self.endpoint_name())
+
+    @property
+    def batch(self) -> BatchScoring:
+        from mnistops.backends.azure.batch_scoring import AzureBatchScoring
+
+        return AzureBatchScoring(self.cfg, self.connection)
 
     @property
     def provisioner(self) -> Provisioner:

@@ -23,6 +23,8 @@ KINDS = {
     "ManagedOnlineEndpoint": ("online-endpoint", "managedOnlineEndpoint"),
     "ManagedOnlineDeployment": ("online-deployment", "managedOnlineDeployment"),
     "MonitorSchedule": ("schedule", "schedule"),
+    "BatchEndpoint": ("batch-endpoint", "batchEndpoint"),
+    "BatchDeployment": ("batch-deployment", "batchDeployment"),
 }
 
 

@@ -1,12 +1,13 @@
 """The local flavour (`env.backend=local`, the default): everything on this machine. The registry is
 the env's MLflow store (sqlite, or the tracking server in `env.tracking_uri`); the endpoint is a
-supervised server process; jobs run in this process; `stage=monitor` computes the signals here."""
+supervised server process; jobs run in this process; `stage=monitor` computes the signals here;
+`stage=batch` scores on this machine's cores (batch_scoring.py)."""
 
 from __future__ import annotations
 
 from typing import Optional
 
-from mnistops.backends.base import Backend, JobRunner, ModelRegistry, MonitoringSchedule
+from mnistops.backends.base import Backend, BatchScoring, JobRunner, ModelRegistry, MonitoringSchedule
 from mnistops.errors import MnistopsError
 
 
@@ -57,3 +58,9 @@ class LocalBackend(Backend):
     @property
     def monitoring(self) -> MonitoringSchedule:
         return MonitorHere()
+
+    @property
+    def batch(self) -> BatchScoring:
+        from mnistops.backends.local.batch_scoring import ScoreHere
+
+        return ScoreHere(self.cfg, self.registry())
