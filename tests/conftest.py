@@ -245,6 +245,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def failing_tests(tmp_path: Path) -> str:
+    """The ci.pytest_args override of a tests step whose one test runs and fails (pytest exit 1), not a
+    missing file (exit 4): what a broken commit gives the tests step."""
+    test = tmp_path / "test_a_broken_commit.py"
+    test.write_text("def test_a_broken_commit():\n    assert sum([1, 1]) == 3\n")
+    return f"ci.pytest_args=[-q,-p,no:cacheprovider,{test}]"
+
+
 def compose(overrides: List[str], home: Optional[Path] = None):
     """The config the CLI would build, through Hydra's compose API."""
     from hydra import compose as hydra_compose

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -146,6 +147,19 @@ def make_endpoint(root: Path, model_dir: Path, name: str = "mnist", port: Option
              "traffic": {"blue": 100}, "mirror_traffic": {}, "previous": None}
     (d / "state.json").write_text(json.dumps(state))
     return d
+
+
+def metric(text: str, name: str, **labels) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{(.*)\})? ([-+\d.eE]+|NaN|[+-]Inf)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
+        if all(got.get(k) == str(v) for k, v in labels.items()):
+            total += float(m.group(4))
+    return total
 
 
 def worker_pids(endpoint_dir: Path) -> list:

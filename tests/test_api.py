@@ -10,7 +10,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import mnistops
-from conftest import QUICK, REPO, compose as cli_compose, mlflow_client, run_cli, runs_of
+from conftest import QUICK, REPO, compose as cli_compose, failing_tests, mlflow_client, run_cli, runs_of
 from mnistops.api import ConfigError, Result
 from mnistops.errors import MnistopsError
 
@@ -87,8 +87,8 @@ def test_a_failed_stage_raises_and_leaves_no_open_run(home):
     import mlflow
 
     overrides = [f"paths.home={home}"]
-    with pytest.raises(MnistopsError, match="code tests failed"):
-        mnistops.run("ci", [*overrides, "stage.steps=[tests]", "ci.pytest_args=[tests/no_such_test.py,-q]"])
+    with pytest.raises(MnistopsError, match=r"code tests failed \(pytest exit 1\)"):
+        mnistops.run("ci", [*overrides, "stage.steps=[tests]", failing_tests(home)])
     assert mlflow.active_run() is None
     mnistops.run("data", overrides)
     client = mlflow_client(home)

@@ -18,7 +18,7 @@ from conftest import needs_module  # a missing extra fails in CI, skips elsewher
 needs_module("azure.ai.ml", "pip install -e '.[azure]'")
 
 from azure_workspace import FakeWorkspace, StaticToken  # noqa: E402
-from conftest import QUICK, compose  # noqa: E402
+from conftest import QUICK, compose, failing_tests  # noqa: E402
 
 from mnistops import tags as T  # noqa: E402
 
@@ -80,9 +80,9 @@ def test_a_failing_test_stops_ci_before_anything_is_submitted(home):
 
     ws = FakeWorkspace()
     args = [*QA, *workspace_settings(ws), "env.tracking_uri=sqlite:///unused.db",
-            "ci.pytest_args=[-q,-p,no:cacheprovider,tests/no_such_test_file.py]"]
+            failing_tests(home)]
     ready_workspace(ws, compose(args, home))
-    with use_transport(ws, StaticToken()), pytest.raises(MnistopsError, match="code tests failed"):
+    with use_transport(ws, StaticToken()), pytest.raises(MnistopsError, match=r"code tests failed \(pytest exit 1\)"):
         mnistops.run("ci", args)
     assert not ws.sent("PUT", r"jobs/.*")
 

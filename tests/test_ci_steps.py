@@ -63,7 +63,8 @@ def test_stage_ci_passes_on_a_fresh_agent_clone_with_the_default_tests(tmp_path,
     home = tmp_path / "home"
     shutil.copytree(data_cache, home / "data")
     (tmp_path / "tmp").mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", tests_step.INSIDE)}
+    # (bytecode written: the clone's __pycache__ shows whose code ran)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE", tests_step.INSIDE)}
     env.update(CI="true", MNISTOPS_HOME=str(home), MNISTOPS_DATA_MIRROR=mirror_url(), PYTHONUNBUFFERED="1",
                TMPDIR=str(tmp_path / "tmp"))  # the inner pytest's tmp dirs stay apart from this session's
     proc = subprocess.run([sys.executable, "-m", "mnistops", "env=qa", "stage=ci", *QUICK, "gate.min_accuracy=0.8"],
@@ -75,7 +76,8 @@ def test_stage_ci_passes_on_a_fresh_agent_clone_with_the_default_tests(tmp_path,
     summary = re.search(r"^(\d+) passed(.*) in [\d.]+s", proc.stdout, re.M)
     assert summary and int(summary.group(1)) >= 100, proc.stdout[-4000:]
     assert "failed" not in summary.group(2) and "error" not in summary.group(2), summary.group(0)
-    # the clone's own tests and code ran (not this checkout's): pytest compiled the clone's test modules
+    # the clone's own code and tests ran (not this checkout's): Python compiled them there
+    assert list((clone / "mnistops" / "stages" / "__pycache__").glob("tests.*.pyc"))
     assert list((clone / "tests" / "__pycache__").glob("test_pipeline_tools*.pyc"))
     client = mlflow_client(home, "qa")
     (ci,) = runs_of(client, "ci")

@@ -13,11 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving_fixtures import ServerProcess, make_endpoint, mnist, model_dir  # noqa: F401 (fixtures)
+from serving_fixtures import ServerProcess, make_endpoint, metric, mnist, model_dir  # noqa: F401 (fixtures)
 from mnistops.monitoring import collected
 from mnistops.serving.collector import Collector, decode_images, monitor_dir_of
 
 pytestmark = pytest.mark.integration
+
+
+def wait_until(condition, what: str, timeout: float = 60.0) -> None:
+    """Poll `condition` until it holds; fail saying `what` did not happen within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s")
+        time.sleep(0.05)
 
 
 def records(endpoint_dir: Path) -> list:
@@ -113,7 +122,7 @@ def test_collection_survives_restart_and_kill(tmp_path, model_dir, mnist):
     # kill -9: what was answered more than a flush period ago is on disk
     srv.start()
     burst(40, 160)
-    time.sleep(0.5)
+    wait_until(lambda: sorted(r["id"] for r in records(d)) == sorted(sent), "the last burst flushed to disk")
     srv.kill9()
     assert sorted(r["id"] for r in records(d)) == sorted(sent)
     assert all(f.stat().st_size == size for f, size in files.items())  # earlier files: never written again
@@ -135,6 +144,59 @@ def test_rotation_by_size(tmp_path):
     lines = [json.loads(line) for f in files for line in f.read_text().splitlines()]
     assert [r["id"] for r in lines] == [f"r{i}" for i in range(100)]
 
+
+ONE = (np.zeros((1, 1, 28, 28), np.float32), np.full((1, 10), 0.1, np.float32), {"model_name": "m", "version": "1"})
+
+
+def test_a_full_queue_drops_new_records_and_counts_them(tmp_path):
+    """collect.max_pending: past it, record() drops (never blocks the request) and the metrics say so."""
+    from mnistops.serving.prometheus import Metrics
+
+    metrics = Metrics()
+    col = Collector(tmp_path, max_pending=5, metrics=metrics, flush_ms=600_000)  # the writer waits for close()
+    col.start()
+    for i in range(8):
+        col.record(float(i), f"r{i}", "/score", 200, 0.001, "blue", ONE)
+    col.close()  # writes what was queued
+    lines = [json.loads(line) for f in (tmp_path / "requests").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert [r["id"] for r in lines] == [f"r{i}" for i in range(5)]
+    sample = metrics.registry.get_sample_value
+    assert sample("mnistops_collector_records_total", {"outcome": "dropped"}) == 3
+    assert sample("mnistops_collector_records_total", {"outcome": "written"}) == 5
+
+
+@pytest.mark.parametrize("rotate_minutes, files", [(0.0005, 3), (60.0, 1)])
+def test_rotation_by_age(tmp_path, rotate_minutes, files):
+    """collect.rotate_minutes: a file older than that gets no more records; a new one opens."""
+    col = Collector(tmp_path, rotate_minutes=rotate_minutes, rotate_mb=64)
+    col.dir.mkdir(parents=True)  # what start() does, without its writer thread: the flushes happen below
+    for i in range(3):
+        col.record(float(i), f"r{i}", "/score", 200, 0.001, "blue", ONE)
+        col._flush()  # the writer thread's step, here in the test's order
+        opened = col._file_opened
+        wait_until(lambda: time.time() - opened > 0.03 + 0.001, "30 ms passed", timeout=10)
+    col.close()
+    found = sorted((tmp_path / "requests").glob("*.jsonl"))
+    assert len(found) == files
+    assert [json.loads(line)["id"] for f in found for line in f.read_text().splitlines()] == ["r0", "r1", "r2"]
+
+
+def test_collection_off_writes_nothing_and_still_serves(tmp_path, model_dir, mnist):
+    """collect.enabled=false: no collector at all, answers and feedback as usual."""
+    images, _ = mnist
+    d = make_endpoint(tmp_path, model_dir, workers=1, collect_enabled=False)
+    srv = ServerProcess(d).start()
+    try:
+        with srv.client() as c:
+            for i in range(5):
+                r = c.post("/score", json={"data": images[i:i + 1].tolist()})
+                assert r.status_code == 200
+            metrics = c.get("/metrics").text
+    finally:
+        assert srv.stop() == 0
+    assert not list((monitor_dir_of(d) / "requests").glob("*.jsonl"))
+    assert "mnistops_collector_records_total{" not in metrics
+    assert metric(metrics, "mnistops_requests_total", route="/score", status="200") == 5
 
 
 def _append_feedback(monitor_dir: str, writer: int, n: int) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import logging
 import os
 import shutil
 import signal
@@ -144,9 +145,21 @@ def test_every_dataset_config_gives_content_digests():
             assert mirrors.expected_digests(cfg.data[key]), f"{path.name}: {key} has no md5/sha256"
 
 
-def test_mirrors_are_tried_in_order(tmp_path, monkeypatch, mirror_dir):
-    _, paths = fetch_with(tmp_path, monkeypatch, tmp_path / "missing-mirror", "http://127.0.0.1:9/", mirror_dir)
-    assert all(p.is_file() for p in paths.values())
+def test_mirrors_are_tried_in_order(tmp_path, monkeypatch, mirror_dir, other_mirrors, caplog):
+    """Past the broken mirrors, the first good one serves every file; the good one after it is never asked."""
+    def sources(*mirror_dirs, into):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger=mirrors.__name__):
+            _, paths = fetch_with(into, monkeypatch, *mirror_dirs)
+        assert all(p.is_file() for p in paths.values())
+        return {r.args[0]: r.args[1] for r in caplog.records if r.getMessage().startswith("fetched ")}
+
+    canonical, uncompressed = mirror_dir.as_uri() + "/", other_mirrors["uncompressed"].as_uri() + "/"
+    broken = [tmp_path / "missing-mirror", "http://127.0.0.1:9/"]
+    assert sources(*broken, mirror_dir, other_mirrors["uncompressed"], into=tmp_path / "a") == \
+        {name: canonical for name in FILES}
+    assert sources(*broken, other_mirrors["uncompressed"], mirror_dir, into=tmp_path / "b") == \
+        {name: uncompressed for name in FILES}
 
 
 def test_all_mirrors_unreachable_is_one_clear_error(tmp_path, monkeypatch):

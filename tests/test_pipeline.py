@@ -4,12 +4,16 @@ in a registered, evaluated model that `mlflow.pyfunc.load_model` serves for any 
 from __future__ import annotations
 
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import QUICK, compose, fresh_home, mlflow_client, mnist_split, run_cli, runs_of
+from conftest import QUICK, REPO, compose, fresh_home, mlflow_client, mnist_split, run_cli, runs_of
 from mnistops.errors import MnistopsError
 from mnistops.stages import run_stage
 
@@ -61,7 +65,10 @@ def test_registered_version_has_lineage_and_alias(pipeline_home):
     assert str(version.version) == "1" and version.run_id == train.info.run_id
     assert tags["mnistops.run_id"] == train.info.run_id
     assert tags["mnistops.dataset_digest"] == "d526d270f61bd965"
-    assert len(tags["mnistops.git_commit"]) in (40, 7) or tags["mnistops.git_commit"] == "unknown"
+    # run from this checkout: the commit it was at (this checkout's HEAD or an ancestor: others may commit meanwhile)
+    commit = tags["mnistops.git_commit"]
+    assert re.fullmatch(r"[0-9a-f]{40}", commit), commit
+    assert subprocess.run(["git", "merge-base", "--is-ancestor", commit, "HEAD"], cwd=REPO).returncode == 0, commit
     assert "model:" in tags["mnistops.config"] and len(tags["mnistops.weights_sha256"]) == 64
     assert float(tags["mnistops.test_acc"]) == pytest.approx(train.data.metrics["test/acc"], abs=1e-6)
 
@@ -87,6 +94,51 @@ def test_pyfunc_predicts_any_batch_of_uint8_or_float_images(pipeline_home):
         model.predict(np.zeros((2, 27, 27), np.uint8))
     with pytest.raises(Exception, match="finite"):
         model.predict(np.full((1, 28, 28), np.nan, np.float32))
+
+
+NO_TORCH_NO_MNISTOPS = r"""
+import importlib.abc, json, sys
+BLOCKED = ("torch", "lightning", "torchvision", "mnistops")
+
+
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is blocked: the registered model must load without it")
+        return None
+
+
+sys.meta_path.insert(0, Blocker())
+import numpy as np
+import mlflow
+
+model = mlflow.pyfunc.load_model(sys.argv[1])
+images = np.load(sys.argv[2])
+out = model.predict(images)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+print(json.dumps({"digits": out["digit"].tolist(), "loaded": loaded}))
+"""
+
+
+def test_the_registered_model_loads_without_torch_or_mnistops(pipeline_home, tmp_path):
+    """What the README promises a consumer of the registry: numpy, pandas, onnxruntime and MLflow suffice.
+    A fresh interpreter (outside the repo) where importing torch, lightning or mnistops fails."""
+    import mlflow
+
+    mlflow_client(pipeline_home)
+    model_path = mlflow.artifacts.download_artifacts("models:/mnist-classifier@candidate", dst_path=str(tmp_path / "m"))
+    images, labels = mnist_split(pipeline_home, "test", 100)
+    np.save(tmp_path / "images.npy", images)
+    script = tmp_path / "consumer.py"
+    script.write_text(NO_TORCH_NO_MNISTOPS)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(script), model_path, str(tmp_path / "images.npy")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert answer["loaded"] == []
+    expected = mlflow.pyfunc.load_model(model_path).predict(images)["digit"].tolist()  # here, with mnistops
+    assert answer["digits"] == expected and (np.array(answer["digits"]) == labels).mean() > 0.8
 
 
 def test_register_refuses_an_unevaluated_run(home):

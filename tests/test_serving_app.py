@@ -16,10 +16,11 @@ import httpx
 import numpy as np
 import pytest
 
-from serving_fixtures import (ADMIN, ADMIN_KEY, AUTH, KEY, KEY2, ServerProcess, make_endpoint, mnist,  # noqa: F401
+from serving_fixtures import (ADMIN, ADMIN_KEY, AUTH, KEY, KEY2, ServerProcess, make_endpoint, metric, mnist,  # noqa: F401
                               model_dir)
 
 pytestmark = pytest.mark.integration
+
 
 def reference(model_dir: Path, images: np.ndarray) -> np.ndarray:
     """What onnxruntime answers directly: softmax probabilities."""
@@ -30,19 +31,6 @@ def reference(model_dir: Path, images: np.ndarray) -> np.ndarray:
     logits = sess.run(None, {"images": x})[0]
     z = np.exp(logits - logits.max(1, keepdims=True))
     return z / z.sum(1, keepdims=True)
-
-
-def metric(text: str, name: str, **labels) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:][\w:]*)(\{(.*)\})? ([-+\d.eE]+|NaN|[+-]Inf)$", line)
-        if not m or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(3) or ""))
-        if all(got.get(k) == str(v) for k, v in labels.items()):
-            total += float(m.group(4))
-    return total
 
 
 def png(img: np.ndarray, fmt: str = "PNG") -> bytes:
