@@ -74,3 +74,18 @@ def test_bad_inputs_name_what_is_wrong():
         AccuracyEstimator.fit(p, np.zeros(4), "atx")
     with pytest.raises(ValueError, match="N labels"):
         AccuracyEstimator.fit(p, np.zeros(3), "atc")
+
+
+def test_ood_flags_count_as_wrong_when_fitted_with_them():
+    rng = np.random.default_rng(4)
+    p, y = calibrated(4000, 5.0, rng)
+    flags = np.zeros(4000, bool)
+    flags[:40] = True  # 1 % of the hold-out flagged "not a digit"
+    est = AccuracyEstimator.fit(p, y, "atc", ood=flags)
+    assert est.uses_ood and "not-a-digit" in est.describe()
+    q, _ = calibrated(1000, 5.0, rng)
+    none = np.zeros(1000, bool)
+    half = np.arange(1000) < 500
+    assert est.estimate(q, ood=half).accuracy <= 0.5 < est.estimate(q, ood=none).accuracy
+    with pytest.raises(ValueError, match="fitted with ood flags"):
+        est.estimate(q)

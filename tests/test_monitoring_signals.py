@@ -255,6 +255,8 @@ def test_reference_round_trip(reference, tmp_path):
     assert back.n_images == reference.n_images == 10000 and back.components == 8
     assert np.allclose(back.projected, reference.projected) and np.allclose(back.class_distribution, reference.class_distribution)
     assert list(back.features.columns) == list(DRIFT_FEATURES) and back.meta["model_version"] == "7"
+    assert np.array_equal(back.holdout_labels, reference.holdout_labels)  # the estimator's hold-out travels too
+    assert np.allclose(back.holdout_probabilities, reference.holdout_probabilities)
     from mnistops.errors import MnistopsError
 
     with pytest.raises(MnistopsError, match="does not exist"):

@@ -18,7 +18,7 @@ import orjson
 
 @dataclass
 class Alert:
-    signal: str  # data_drift | embedding_drift | prediction_drift | data_quality | model_performance | system
+    signal: str  # a family of monitoring.signals.SIGNALS: data_drift, ..., estimated_performance, ood, system
     metric: str
     value: float
     threshold: float
