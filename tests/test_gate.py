@@ -115,8 +115,18 @@ def test_stage_gate_decides_by_each_rule_on_real_versions(registry_home):
                           home))
     assert _champion(client) == {}
     assert client.get_model_version("mnist-classifier", "1").tags[tags.GATE_DECISION] == tags.REJECTED
+    # the local promote refuses the rejected version, though its smoke test passed: the gate alone stops it
+    client.set_model_version_tag("mnist-classifier", "1", tags.smoke("dev"), "passed")
+    promote = ["env=prod", "stage=promote", "promote.source_env=dev", f"promote.model={v1}"]
+    with pytest.raises(MnistopsError, match=rf"dev version mnist-classifier/1 was not approved by the dev gate "
+                                            rf"\(decision: {tags.REJECTED}\)"):
+        run_stage(compose(promote, home))
+    assert mlflow_client(home, "prod").search_registered_models() == []
+    client = mlflow_client(home)
     run_stage(compose(["stage=gate", f"gate.candidate={v1}", f"gate.min_accuracy={q1['accuracy'] - 0.01:.4f}"], home))
     assert _champion(client) == {"champion": "1"}
+    assert run_stage(compose(promote, home)).model_uri == "models:/mnist-classifier/1"  # approved: it moves
+    client = mlflow_client(home)
 
     # a challenger: accuracy within gate.tolerance, but a class's recall drops more than gate.class_tolerance
     q2 = _quality(cfg, v2)
