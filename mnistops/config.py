@@ -309,6 +309,19 @@ class ValidateStageConfig:
 
 
 @dataclass
+class QualityConfig:
+    """Label quality of labelled batches (stage=validate, so CI before training, and the feedback data
+    a monitor hands over): confident learning on the env's @champion's probabilities
+    (mnistops/quality/label_quality.py). Without a champion only the suite's class-mean check runs."""
+
+    max_label_noise: float = 0.05  # estimated share of wrong labels above which a batch is refused
+    # one confusion above this share of the images of a class (e.g. half the 4s labelled 9) is refused too
+    max_class_noise: float = 0.1
+    label_issues: str = "fail"  # fail: refuse the batch | drop: drop the suspects, record which, go on
+    model: str = "models:/${env.model_name}@champion"  # whose probabilities judge the labels
+
+
+@dataclass
 class GateStageConfig:
     candidate: str = "models:/${env.model_name}@candidate"
     tolerance: float = 0.002  # accuracy may drop at most this much below the champion's
@@ -506,6 +519,7 @@ class Config:
     smoke: SmokeStageConfig = field(default_factory=SmokeStageConfig)
     baseline: BaselineStageConfig = field(default_factory=BaselineStageConfig)
     validate: ValidateStageConfig = field(default_factory=ValidateStageConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     gate: GateStageConfig = field(default_factory=GateStageConfig)
     ci: CiStageConfig = field(default_factory=CiStageConfig)
     ui: UiConfig = field(default_factory=UiConfig)

@@ -26,6 +26,7 @@ SUITE_VERSION = "mnistops.suite_version"
 BASELINE_RUN_ID = "mnistops.baseline_run_id"  # on a validate run: the baseline run whose suite it used
 VALIDATION = "mnistops.validation"
 BATCH = "mnistops.batch"
+LABEL_QUALITY = "mnistops.label_quality"  # on a validate run: passed | failed | dropped | not checked
 SMOKE_PASSED = "mnistops.smoke_passed"
 BATCH_INPUT = "mnistops.batch.input"  # on a batch run: what it scored, its digest, where the rows went
 BATCH_INPUT_DIGEST = "mnistops.batch.input_digest"

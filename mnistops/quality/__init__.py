@@ -8,6 +8,7 @@
     validation.py         a batch checked against a suite (in memory or with Data Docs)
     validation_report.py  what failed, in words
     model_quality.py      a registered version's accuracy and per-class recall; the gate's rule
+    label_quality.py      are a batch's labels right? confident learning (cleanlab) on a model's probabilities
     store.py              where an env keeps its baselines
 
 How the checks are derived and why: docs/data-quality.md. The names below load on first use:
