@@ -300,6 +300,8 @@ def test_bad_monitoring_knobs_fail_with_one_clear_message(tmp_path):
         traffic.check(compose(["stage=traffic", "traffic.severity=1.5"], tmp_path))
     with pytest.raises(MnistopsError, match=r"monitor.on_alert='retrian'.*retrain"):
         monitor.run(compose(["stage=monitor", "monitor.on_alert=retrian"], tmp_path))
+    with pytest.raises(MnistopsError, match=r"monitor.estimator='atx': expected one of atc, atc_ne, ac, doc"):
+        monitor.run(compose(["stage=monitor", "monitor.estimator=atx"], tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------
