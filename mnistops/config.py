@@ -136,7 +136,7 @@ class EndpointConfig:
     name: str = "mnist"
     # local: a supervised server on this machine | azure_managed: a managed online endpoint; default: the
     # one env.backend serves on (ENDPOINT_KIND), so env.backend=azure needs no endpoint=azure_managed
-    kind: str = "${endpoint_kind:${env.backend}}"
+    kind: str = "${endpoint_kind:${oc.select:env.backend,local}}"  # (an EndpointConfig alone: local)
     host: str = "127.0.0.1"
     port: int = 5080  # conf/env/<env>.yaml: dev 5080, qa 5081, prod 5082
     # worker processes behind the port (each with its own models and micro-batcher); default: one per core

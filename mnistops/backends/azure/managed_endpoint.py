@@ -51,8 +51,8 @@ class ManagedEndpoint(Endpoint):
         self.dry_run = bool(cfg.azure.dry_run)
         self._preview: list = []  # a dry run's entities, written together
         if cfg.endpoint.kind != "azure_managed":
-            raise MnistopsError(f"endpoint.kind={cfg.endpoint.kind!r}: env.backend=azure serves endpoint=azure_managed "
-                                "(pass endpoint=azure_managed)")
+            raise MnistopsError(f"endpoint.kind={cfg.endpoint.kind!r}: env.backend=azure serves on a managed online "
+                                "endpoint (endpoint.kind=azure_managed, its default: drop the endpoint.kind override)")
 
     @property
     def ml(self):
