@@ -26,7 +26,7 @@ def check(output: Optional[str], source: Optional[str] = None) -> Path:
     """The output path, checked before anything is scored: a known suffix, not a folder, not the input."""
     if not output:
         raise InputError(f"{KEY} is not set: give a path ending in {', '.join(FORMATS)}", KEY)
-    path = Path(str(output)).expanduser()
+    path = Path(str(output)).expanduser().absolute()
     if path.is_dir():
         raise InputError(f"{KEY}={output} is a folder: give a file path ending in {', '.join(FORMATS)}", KEY)
     if path.suffix.lower() not in FORMATS:

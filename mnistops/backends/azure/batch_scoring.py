@@ -84,14 +84,18 @@ class AzureBatchScoring(BatchScoring):
         ml.environments.create_or_update(env)
         spec = batch_specs.deployment(cfg, name, version.name, version.version, environments.reference(env),
                                       code_snapshot.ensure(ml, cfg))
+        from azure.core.exceptions import ResourceNotFoundError
+
         try:
             endpoint = ml.batch_endpoints.get(name)
-        except Exception:  # noqa: BLE001 (ResourceNotFoundError, or an endpoint in a failed state: create it)
+        except ResourceNotFoundError:
             print(f"creating batch endpoint {name} ({cfg.env.name})")
             endpoint = ml.batch_endpoints.begin_create_or_update(batch_specs.endpoint(cfg, name)).result()
+        print(f"deploying {version.uri} as {spec.name} on batch endpoint {name}")
         ml.batch_deployments.begin_create_or_update(spec).result()
-        endpoint.defaults.deployment_name = spec.name
-        ml.batch_endpoints.begin_create_or_update(endpoint).result()
+        if getattr(endpoint, "defaults", None) is not None:  # `az ml batch-endpoint invoke` without -d: this version
+            endpoint.defaults.deployment_name = spec.name
+            ml.batch_endpoints.begin_create_or_update(endpoint).result()
         job = ml.batch_endpoints.invoke(endpoint_name=name, deployment_name=spec.name, inputs={"input": job_input})
         print(f"batch job {job.name} on {cfg.compute.cluster} ({kind}): {job.studio_url}")
         self._follow(ml, job.name)
