@@ -34,15 +34,23 @@ PROBE = textwrap.dedent('''
                 raise ClientAuthenticationError("probe: no credential on this machine")
 
         azure.identity.DefaultAzureCredential = Probe
+        try:  # azureml-mlflow found (a stand-in package beside this file, never imported)
+            import azureml
+            azureml.__path__.append(os.path.join(os.path.dirname(__file__), "azureml"))
+        except ImportError:
+            pass
 ''')
 WORKSPACE = {"AZURE_QA_SUBSCRIPTION_ID": "00000000-0000-0000-0000-000000000000",
              "AZUREML_QA_RESOURCE_GROUP": "rg-mnistops-qa", "AZUREML_QA_WORKSPACE": "mlw-mnistops-qa"}
 UNSET = ("AZURE_QA_SUBSCRIPTION_ID", "AZURE_SUBSCRIPTION_ID", "AZUREML_QA_RESOURCE_GROUP", "AZUREML_QA_WORKSPACE",
-         "AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "CI")
+         "AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "CI", "PYTEST_CURRENT_TEST")
 
 
 def pytest_run(tmp_path: Path, marks: str, workspace: bool, *extra: str):
     (tmp_path / "probe_credential.py").write_text(PROBE)
+    # azureml-mlflow found, so nothing short-circuits before the credential (PROBE adds it to azureml's path)
+    (tmp_path / "azureml" / "mlflow").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "azureml" / "mlflow" / "__init__.py").write_text("# stands in for azureml-mlflow's package\n")
     probe_file = tmp_path / "probe.log"
     env = {k: v for k, v in os.environ.items() if k not in UNSET}
     env.update(WORKSPACE if workspace else {})
