@@ -190,7 +190,7 @@ def _send(cfg: DictConfig, raised):
 def _retrain(cfg: DictConfig, backend, window, run_id: str, raised) -> dict:
     """Hand the window's feedback-labelled images to the retraining env's store, then (trigger=local)
     run its CI here as a process of its own; the outcome is read from the child's exit status and
-    from that env's store (its gate run), not from its output."""
+    from that env's registry (its champion, the gate's decision), not from its output."""
     import subprocess
     import sys
 
