@@ -144,3 +144,28 @@ def test_retraining_runs_ci_and_respects_the_gate(served):
     assert newest.tags["mnistops.gate.decision"] == "rejected" and newest.version != champion
     train = max(runs_of(client, "train"), key=lambda r: r.info.start_time)
     assert "production-feedback" in train.data.params.get("data.extra_train", "")
+
+
+def test_a_retraining_in_qa_that_passes_makes_qa_champion(served):
+    """The defaults: monitor.retrain.env=qa, trigger=local. The alert hands the labelled window to QA's
+    store, QA's CI retrains on it here and now, its gate approves: QA has a champion trained with the
+    production feedback, and this env's champion is untouched (it moves only through QA's CD and promote)."""
+    home, port = served
+    client = mlflow_client(home)
+    champion = client.get_model_version_by_alias("mnist-classifier", "champion").version
+    _, sent = traffic(home, port, "traffic.shift=thick", "traffic.severity=1.0", "traffic.feedback_fraction=1.0",
+                      "traffic.seed=7")
+    ci = [*QUICK, FAST_TESTS, "gate.min_accuracy=0.75"]
+    retrain = ["monitor.on_alert=retrain", "monitor.retrain.overrides=[" + ",".join(f"'{o}'" for o in ci) + "]"]
+    out = run_cli(["stage=monitor", port, sent, *MONITOR, *retrain], home, check=True, timeout=900)
+    assert "retraining in qa" in out.stdout and "ci in qa passed" in out.stdout, out.stdout[-3000:]
+    qa = mlflow_client(home, "qa")
+    qa_champion = qa.get_model_version_by_alias("mnist-classifier", "champion")
+    assert qa_champion.tags["mnistops.gate.decision"] == "approved"
+    (train,) = runs_of(qa, "train")
+    assert train.info.run_id == qa_champion.run_id
+    assert "production-feedback" in train.data.params.get("data.extra_train", "")
+    handed = qa.search_runs([qa.get_experiment_by_name("mnistops").experiment_id],
+                            filter_string="tags.`mnistops.dataset` = 'production-feedback'")
+    assert len(handed) == 1 and int(handed[0].data.tags["mnistops.images"]) > 0
+    assert mlflow_client(home).get_model_version_by_alias("mnist-classifier", "champion").version == champion
