@@ -213,6 +213,31 @@ def test_azure_dry_run_renders_a_batch_endpoint_and_deployment_the_sdk_loads(hom
     assert not (tmp_path / "scores.parquet").exists()  # a preview scores nothing
 
 
+@pytest.mark.parametrize("extra, needle", [
+    (["compute=azure_cpu_cluster", "batch.input={d}/nope"], "batch.input={d}/nope: no such file or folder"),
+    (["compute=azure_cpu_cluster", "batch.input={d}/x.txt"], ".txt is not a folder of pictures"),
+    (["compute=azure_cpu_cluster", "batch.input={d}", "batch.output={d}/o.xlsx"], "batch.output="),
+    (["batch.input={d}"], "compute=cpu is not an Azure ML cluster"),
+    (["compute=azure_cpu_cluster", "batch.input={d}", "batch.model=models:/mnist-classifier@champion"],
+     "a dry run cannot ask the workspace which version that is"),
+])
+def test_azure_batch_refuses_bad_input_before_rendering_anything(home, tmp_path, extra, needle):
+    pytest.importorskip("azure.ai.ml")
+    import mnistops
+    from mnistops.errors import MnistopsError
+
+    (tmp_path / "x.txt").write_text("1")
+    args = [a.format(d=tmp_path) for a in extra]
+    if not any(a.startswith("batch.model=") for a in args):
+        args.append("batch.model=models:/mnist-classifier/4")
+    if not any(a.startswith("batch.output=") for a in args):
+        args.append(f"batch.output={tmp_path / 'o.parquet'}")
+    with pytest.raises(MnistopsError) as err:
+        mnistops.run("batch", ["env=qa", "env.backend=azure", "azure.dry_run=true", *args])
+    assert needle.format(d=tmp_path) in str(err.value) and "\n" not in str(err.value)
+    assert not list(home.glob("qa/outputs/**/azure/*.yaml"))
+
+
 def test_the_nodes_scoring_script_answers_as_the_local_scorer(tmp_path, mnist_test, monkeypatch):
     """batch_score.py's init()/run() on a mini-batch of mixed files, as Azure's batch driver calls it."""
     import csv
