@@ -228,6 +228,7 @@ def test_label_issues_drop_drops_the_suspects_and_records_them(judged_home, tmp_
                    judged_home, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "systematic confusion" in proc.stdout and "4 labelled 9" in proc.stdout
+    assert "label quality SUSPECTS DROPPED" in proc.stdout and "would fail: systematic confusion" in proc.stdout
     assert "quality.label_issues=drop: dropped" in proc.stdout
     client = mlflow_client(judged_home, "qa")
     run = max(runs_of(client, "validate"), key=lambda r: r.info.start_time)

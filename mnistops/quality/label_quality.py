@@ -67,12 +67,14 @@ class LabelQuality:
     def confusion_words(self, limit: int = 5) -> str:
         return ", ".join(f"{c.words(self.classes)} ({c.rows})" for c in self.confusions[:limit]) or "none"
 
-    def summary(self) -> str:
-        head = (f"label quality {'PASSED' if self.passed else 'FAILED'}: {self.source} ({self.n} labelled images), "
+    def summary(self, dropped: bool = False) -> str:
+        """In words; `dropped`: the suspects were dropped (quality.label_issues=drop) instead of failing."""
+        verdict = "PASSED" if self.passed else "SUSPECTS DROPPED" if dropped else "FAILED"
+        head = (f"label quality {verdict}: {self.source} ({self.n} labelled images), "
                 f"checked with {self.model}: estimated {self.noise_rate:.1%} wrong labels "
                 f"({len(self.suspects)} suspects; quality.max_label_noise {self.max_noise:.1%})")
         lines = [head, f"  most likely confusions: {self.confusion_words()}"]
-        lines += [f"  FAILED {r}" for r in self.reasons]
+        lines += [f"  {'would fail' if dropped else 'FAILED'}: {r}" for r in self.reasons]
         if len(self.suspects):
             shown = ", ".join(f"{int(r)} ({self.classes[int(s)]}?)" for r, s in zip(self.suspects[:10], self.suggested[:10]))
             lines.append(f"  suspect rows (row: likely class): {shown}" + (" …" if len(self.suspects) > 10 else ""))

@@ -114,7 +114,7 @@ def judge_labels(cfg: DictConfig, batch: Labelled, judge, out: Path) -> dict:
         report["dropped_rows"] = [int(r) for r in np.sort(quality.suspects)]
         report["kept"] = int(keep.sum())
     (folder / "label_quality.json").write_text(json.dumps(report, indent=2))
-    (folder / "label_quality.txt").write_text(quality.summary() + "\n")
+    (folder / "label_quality.txt").write_text(quality.summary(dropped=verdict == "dropped") + "\n")
     label_quality.suspect_grid(batch.images, quality, folder / "suspects.png")
     mlflow.log_artifacts(str(folder), f"validation/label_quality/{batch.key}")
     prefix = "validate" if batch.key == "batch" else f"validate/{batch.key}"
@@ -194,7 +194,7 @@ def run(cfg: DictConfig) -> StageResult:
     for line in notes:
         print(line)
     for batch, j in judged:
-        print(j["quality"].summary())
+        print(j["quality"].summary(dropped=j["verdict"] == "dropped"))
         print(f"  report: {j['folder'] / 'label_quality.json'}"
               + (f"; suspects: {j['folder'] / 'suspects.png'}" if len(j["quality"].suspects) else ""))
         if j["verdict"] == "dropped":
