@@ -291,7 +291,10 @@ def test_killed_mid_download_leaves_nothing_a_later_run_trusts(tmp_path, mirror_
         proc = subprocess.Popen([sys.executable, "-m", "mnistops", "stage=data"], cwd=REPO, env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         assert server.halfway.wait(120), "download never started"
-        time.sleep(0.5)
+        deadline = time.monotonic() + 120  # killed once the half it got is in its scratch file
+        while not any(f.endswith(".part") for f in cache_files(tmp_path)):
+            assert time.monotonic() < deadline and proc.poll() is None, "no scratch file of the download"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
     finally:
