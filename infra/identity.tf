@@ -73,6 +73,16 @@ resource "azurerm_role_assignment" "cluster_acr_pull" {
   principal_type       = "ServicePrincipal"
 }
 
+# The quickstart notebook on the compute instance (compute_instance_enabled) signs in as the instance's
+# system-assigned identity: the same calls as a job (runs, models, data assets) on this workspace.
+resource "azurerm_role_assignment" "compute_instance_workspace" {
+  count                = var.compute_instance_enabled ? 1 : 0
+  scope                = azurerm_machine_learning_workspace.this.id
+  role_definition_name = "AzureML Data Scientist"
+  principal_id         = azurerm_machine_learning_compute_instance.notebook[0].identity[0].principal_id
+  principal_type       = "ServicePrincipal"
+}
+
 locals {
   cluster_principals = merge(
     { cpu = azurerm_machine_learning_compute_cluster.cpu.identity[0].principal_id },

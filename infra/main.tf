@@ -195,3 +195,30 @@ resource "azurerm_machine_learning_compute_cluster" "gpu" {
     type = "SystemAssigned"
   }
 }
+
+# A compute instance for the quickstart notebook in Azure ML Studio (README "In Azure ML Studio"), off
+# by default: `compute_instance_enabled = true` in <env>.tfvars creates it. The notebook finds the
+# workspace from the config.json Azure ML writes on it and signs in as its system-assigned identity
+# (role in identity.tf). Personal: assigned to compute_instance_user_object_id, else to whoever applies.
+resource "azurerm_machine_learning_compute_instance" "notebook" {
+  count                         = var.compute_instance_enabled ? 1 : 0
+  name                          = var.compute_instance_name
+  machine_learning_workspace_id = azurerm_machine_learning_workspace.this.id
+  virtual_machine_size          = var.compute_instance_vm_size
+  authorization_type            = "personal"
+  local_auth_enabled            = false
+  description                   = "mnistops quickstart notebook (notebooks/quickstart.ipynb)"
+  tags                          = local.tags
+
+  dynamic "assign_to_user" {
+    for_each = var.compute_instance_user_object_id == null ? [] : [var.compute_instance_user_object_id]
+    content {
+      object_id = assign_to_user.value
+      tenant_id = data.azurerm_client_config.current.tenant_id
+    }
+  }
+
+  identity {
+    type = "SystemAssigned"
+  }
+}

@@ -106,6 +106,29 @@ variable "gpu_cluster_max_nodes" {
   default = 2
 }
 
+variable "compute_instance_enabled" {
+  description = "Create a compute instance for the quickstart notebook in Azure ML Studio; off by default (it bills while it runs)"
+  type        = bool
+  default     = false
+}
+
+variable "compute_instance_name" {
+  description = "The notebook's compute instance: unique in the Azure region, 3-24 characters"
+  type        = string
+  default     = "mnistops-notebook"
+}
+
+variable "compute_instance_vm_size" {
+  type    = string
+  default = "Standard_DS3_v2"
+}
+
+variable "compute_instance_user_object_id" {
+  description = "The Microsoft Entra object id of the user the (personal) compute instance is assigned to; null: whoever applies"
+  type        = string
+  default     = null
+}
+
 variable "endpoint_name" {
   description = "The online endpoint (unique per region); null: mnist-<env>-<suffix>"
   type        = string

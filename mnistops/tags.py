@@ -20,6 +20,7 @@ DATASET_DIGEST = "mnistops.dataset_digest"
 MODEL = "mnistops.model"  # model config name (cnn, logreg, ...)
 CHECKPOINT_DIR = "mnistops.checkpoint_dir"
 BEST_CHECKPOINT = "mnistops.best_checkpoint"
+CALIBRATION = "mnistops.calibration"  # on a train run: JSON of protocol.Calibration.metadata() (register bakes it)
 WORLD_SIZE = "mnistops.world_size"
 EVALUATED = "mnistops.evaluated"
 SUITE_VERSION = "mnistops.suite_version"

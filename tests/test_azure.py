@@ -240,7 +240,8 @@ def test_missing_workspace_setting_fails_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == (
         "mnistops: error: env.azure.subscription_id is not set for env=qa: export AZURE_QA_SUBSCRIPTION_ID or "
-        "AZURE_SUBSCRIPTION_ID (or pass env.azure.subscription_id=...)")
+        "AZURE_SUBSCRIPTION_ID (or pass env.azure.subscription_id=...), and no workspace config.json in "
+        f"{REPO} or its parents (.azureml/, aml_config/) nor in {Path.home() / '.azureml'}")
 
 
 def test_missing_credential_fails_in_one_line(tmp_path):

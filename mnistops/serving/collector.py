@@ -15,6 +15,7 @@ One line per request::
      "deployment": "blue", "model": "mnist-classifier", "version": "3", "n": 1,
      "inputs": "<base64 of n x 28 x 28 uint8>", "digits": [7], "probabilities": [[...10 floats]]}
 
+``ood_scores``/``ood`` (one per image, see ``protocol.read_outputs``) ride with them.
 ``inputs``/``digits``/``probabilities`` appear on sampled, answered requests only; the system fields
 (status, latency, deployment) on every request, so error rates and latency percentiles are exact.
 """
@@ -53,7 +54,8 @@ def decode_images(text: str, n: int) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype=np.uint8).reshape(n, 28, 28)
 
 
-# (time, request id, route, status, latency s, deployment, (batch, probs, info) or None)
+# (time, request id, route, status, latency s, deployment,
+#  (batch, probs, info[, inference s or None[, protocol.Scored]]) or None)
 Pending = Tuple[float, str, str, int, float, str, Optional[tuple]]
 
 
@@ -162,6 +164,9 @@ class Collector:
                     rec["inputs"] = base64.b64encode(pixels[offset:end].tobytes()).decode("ascii")
                     rec["digits"] = digits[offset:end]
                     rec["probabilities"] = probs[offset:end]
+                    if len(payload) > 4:  # the answers' protocol.Scored: the "not a digit" fields
+                        rec["ood_scores"] = payload[4].ood_score.tolist()
+                        rec["ood"] = payload[4].ood.tolist()
                     offset = end
             out.append(orjson.dumps(rec, option=DUMPS_OPTS))
             out.append(b"\n")

@@ -14,7 +14,9 @@
 worker that finds a newer one on disk catches up before it serves (see ``cluster.py``).
 
 A model dir is an MLflow pyfunc dir whose graph is ``<path>/artifacts/model.onnx``: input
-float32 (N, 1, 28, 28) in [0, 1] (or (N, 784)), output logits (N, 10).
+float32 (N, 1, 28, 28) in [0, 1] (or (N, 784)), output logits (N, 10), already divided by the
+model's temperature; its metadata (temperature, ood_method, ood_threshold) is read once at load
+(``protocol.Calibration``) and every answer goes through ``protocol.read_outputs``.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from mnistops.serving.protocol import ProtocolError, softmax
+from mnistops.serving.protocol import GRAPH_SCORED, Calibration, ProtocolError, Scored, read_outputs
 
 log = logging.getLogger("mnistops.serving")
 
@@ -86,13 +88,22 @@ class OnnxModel:
         self.input_name = inputs[0].name
         self.output_name = outputs[0].name
         self.path = model_dir
+        try:
+            self.calibration = Calibration.from_metadata(self.session.get_modelmeta().custom_metadata_map)
+        except ValueError as exc:
+            raise LoadError(f"{onnx_path}: bad calibration metadata: {exc}") from None
+        if self.calibration.ood_method in GRAPH_SCORED and len(outputs) < 2:
+            raise LoadError(f"{onnx_path}: ood_method={self.calibration.ood_method} but the graph has no ood_score output")
 
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """float32 (N, 1, 28, 28) -> probabilities float32 (N, 10)."""
+    def score(self, batch: np.ndarray) -> Scored:
+        """float32 (N, 1, 28, 28) -> calibrated probabilities, ood_score and ood (``protocol.read_outputs``)."""
         if self.flat:
             batch = batch.reshape(len(batch), 784)
-        logits = self.session.run([self.output_name], {self.input_name: batch})[0]
-        return softmax(logits.astype(np.float32, copy=False))
+        return read_outputs(self.session.run(None, {self.input_name: batch}), self.calibration)
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (N, 1, 28, 28) -> calibrated probabilities float32 (N, 10)."""
+        return self.score(batch).probabilities
 
     def warm_up(self) -> None:
         """A test inference: the model must answer (N, 10) finite probabilities for N = 1 and 3."""

@@ -61,7 +61,7 @@ class LiveState:
 
     def _activate(self, slot: Deployment, model: OnnxModel) -> None:
         s = self.settings
-        batcher = MicroBatcher(slot.name, model.predict, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,
+        batcher = MicroBatcher(slot.name, model.score, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms,
                                max_queue=s.max_queue, metrics=self.metrics, on_result=slot.on_result)
         batcher.start()
         slot.model, slot.batcher, slot.healthy, slot.error = model, batcher, True, None
@@ -164,13 +164,13 @@ class LiveState:
             return f"deployment {slot.name} is not loaded" + (f": {slot.error}" if slot.error else "")
         x = np.zeros((1, 1, 28, 28), np.float32)
         try:
-            probs = await asyncio.wait_for(slot.batcher.submit(x), timeout)
+            scored = await asyncio.wait_for(slot.batcher.submit(x), timeout)
         except asyncio.TimeoutError:
             return f"deployment {slot.name} did not answer within {timeout:.1f}s"
         except Exception as exc:
             return f"deployment {slot.name} failed a test inference: {exc}"
-        if probs.shape != (1, 10):
-            return f"deployment {slot.name} answered shape {probs.shape}"
+        if scored.probabilities.shape != (1, 10):
+            return f"deployment {slot.name} answered shape {scored.probabilities.shape}"
         return None
 
     async def readiness(self, only: Optional[str] = None) -> Tuple[bool, List[str]]:

@@ -112,7 +112,8 @@ class Runtime:
         scope["mnistops.deployment"] = name
         return slot
 
-    async def infer(self, scope, slot: Deployment, batch: np.ndarray) -> np.ndarray:
+    async def infer(self, scope, slot: Deployment, batch: np.ndarray) -> protocol.Scored:
+        """The batch's answers (calibrated probabilities, ood_score, ood) from the slot's micro-batcher."""
         s = self.settings
         if len(batch) > s.max_queue:
             raise InputError(f"{len(batch)} images in one request; at most {s.max_queue}", "data", 413)
@@ -129,7 +130,7 @@ class Runtime:
             raise Unavailable(str(exc)) from None
         handle = loop.call_later(remaining, _expire, fut)
         try:
-            probs = await fut
+            scored = await fut
         except _Expired:
             self.metrics.rejected.labels(slot.name, "timeout").inc()
             raise Timeout(f"not answered within request_timeout_ms={s.request_timeout_ms:g}") from None
@@ -140,8 +141,8 @@ class Runtime:
         finally:
             handle.cancel()
         self.mirror(slot.name, batch)
-        scope["mnistops.collect"] = (batch, probs, slot.info)
-        return probs
+        scope["mnistops.collect"] = (batch, scored.probabilities, slot.info, None, scored)
+        return scored
 
     def mirror(self, primary: str, batch: np.ndarray) -> None:
         live = self.live
@@ -165,17 +166,17 @@ class Runtime:
                 self.metrics.images.labels(name, "mirror").inc(len(fut.result()))
         return done
 
-    def count(self, slot: Deployment, probs: np.ndarray) -> None:
+    def count(self, slot: Deployment, scored: protocol.Scored) -> None:
         name = slot.name
-        self.metrics.images.labels(name, "live").inc(len(probs))
+        self.metrics.images.labels(name, "live").inc(len(scored))
         counter = self.metrics.predictions
-        for d in probs.argmax(axis=1).tolist():
+        for d in scored.digits.tolist():
             counter.labels(name, str(d)).inc()
 
-    def answer(self, scope, slot: Deployment, probs: np.ndarray) -> dict:
-        self.count(slot, probs)
+    def answer(self, scope, slot: Deployment, scored: protocol.Scored) -> dict:
+        self.count(slot, scored)
         info = slot.info
-        return protocol.score_answer(probs, info["model_name"], info["version"], slot.name, scope["mnistops.rid"])
+        return protocol.score_answer(scored, info["model_name"], info["version"], slot.name, scope["mnistops.rid"])
 
     def feedback(self, rid: str, label: int, feedback_id: str) -> None:
         now = time.time()

@@ -29,7 +29,14 @@ class Error(BaseModel):
 
 class Prediction(BaseModel):
     digit: int = Field(ge=0, le=9)
-    probabilities: List[float] = Field(min_length=10, max_length=10, description="softmax over the digits 0-9")
+    probabilities: List[float] = Field(min_length=10, max_length=10,
+                                       description="calibrated probabilities of the digits 0-9 (softmax of the "
+                                                   "logits divided by the temperature fitted at training)")
+    ood_score: float = Field(description="how unlike the training digits the image is (higher = less like a digit; "
+                                         "the model's ood_method, e.g. the energy score)")
+    ood: bool = Field(description="true: this does not look like a digit (ood_score above the model's threshold, "
+                                  "chosen so that <= 1 % of MNIST digits are flagged); always false for a model "
+                                  "registered before calibration")
 
 
 class ScoreRequest(BaseModel):
@@ -85,11 +92,16 @@ class V2InferRequest(BaseModel):
     parameters: Optional[Dict[str, Any]] = None
 
 
+class V2OutputTensor(V2Tensor):
+    datatype: Literal["INT64", "FP32", "BOOL"]
+
+
 class V2InferResponse(BaseModel):
     model_name: str
     model_version: str
     id: str
-    outputs: List[V2Tensor] = Field(description="'probabilities' FP32 [N,10] and 'digit' INT64 [N]")
+    outputs: List[V2OutputTensor] = Field(description="'probabilities' FP32 [N,10] (calibrated), 'digit' INT64 [N], "
+                                                       "'ood_score' FP32 [N] and 'ood' BOOL [N]")
 
 
 class V2TensorMeta(BaseModel):

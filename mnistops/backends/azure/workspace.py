@@ -8,6 +8,12 @@ ManagedIdentityCredential; DEFAULT_IDENTITY_CLIENT_ID picks a user-assigned one)
 own workspace's registry as the cluster's identity, which needs "AzureML Data Scientist" there.
 Each missing piece fails before any call, in one line naming the key or the credential chain.
 
+In Azure ML Studio (a notebook on a compute instance) no such variable is set: the env's own workspace
+then comes from the workspace `config.json` Azure ML writes there, found as `MLClient.from_config`
+finds it (.azureml/, aml_config/ or the folder itself, from the cwd up; then ~/.azureml/), and
+DefaultAzureCredential signs in as the compute instance's managed identity (Azure sets MSI_ENDPOINT
+and MSI_SECRET on it; infra/ `compute_instance_enabled` creates one with its role on the workspace).
+
 One credential per process serves every env it touches (promotion reads QA's workspace from PROD's
 agent): QA and PROD live in one Microsoft Entra tenant, in one subscription or two. PROD's identity
 reads QA through a role assignment in QA (infra/identity.tf), which a user-assigned managed identity
@@ -21,8 +27,10 @@ flavour and the network.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, Iterator, Optional, Tuple
 
 from omegaconf import DictConfig
@@ -44,6 +52,11 @@ STORAGE_SCOPE = "https://storage.azure.com/.default"  # collected_data.py reads 
 # Every scope this flavour asks a credential for. The GitHub workflows ask the CLI for each one right
 # after azure/login, while its federated sign-in is fresh (a later first request fails: AADSTS700024).
 TOKEN_SCOPES = (MANAGEMENT_SCOPE, STORAGE_SCOPE)
+# Where MLClient.from_config looks for the workspace config.json, in its order: these folders of the
+# cwd, then of each parent (20 levels); ~/.azureml/config.json (azureml-core's place) after that.
+CONFIG_DIRS = (".azureml", "aml_config", "")
+CONFIG_NAMES = ("config.json", "project.json")
+CONFIG_LEVELS = 20
 
 # the test seam: (transport, credential) every new MLClient uses; None: the network and DefaultAzureCredential
 _SEAM: Optional[Tuple[object, object]] = None
@@ -56,30 +69,83 @@ class Workspace:
     subscription_id: str
     resource_group: str
     workspace: str
+    source: str = field(default="", compare=False)  # where it was read: "" for the env's settings, else a config.json
 
     def __str__(self) -> str:
         return f"workspace {self.workspace} (resource group {self.resource_group})"
 
 
-def settings(env_section: DictConfig, inside_job: bool = False) -> Workspace:
-    """One env's workspace from its `env` section, all three set, or the first missing one named."""
-    values = {}
+def find_config_file(start: Optional[Path] = None) -> Optional[Path]:
+    """The workspace config.json MLClient.from_config would read from `start` (the cwd), else
+    ~/.azureml/config.json; None when there is neither."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in CONFIG_DIRS:
+        for name in CONFIG_NAMES:
+            for level in [here, *here.parents][:CONFIG_LEVELS + 1]:
+                candidate = level / folder / name
+                if candidate.is_file():
+                    return candidate
+    home = Path.home() / ".azureml" / "config.json"
+    return home if home.is_file() else None
+
+
+def read_config_file(path: Path) -> Workspace:
+    """A workspace config.json as Azure ML writes it (subscription_id, resource_group,
+    workspace_name; or the workspace's ARM id as "Scope"), or one line naming what it lacks."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise MnistopsError(f"workspace config {path} cannot be read: {err}") from None
+    if not isinstance(data, dict):
+        raise MnistopsError(f"workspace config {path}: expected a JSON object")
+    if data.get("Scope"):
+        pieces = str(data["Scope"]).split("/")
+        if len(pieces) < 9:
+            raise MnistopsError(f"workspace config {path}: Scope is not a workspace id: {data['Scope']}")
+        values = {"subscription_id": pieces[2], "resource_group": pieces[4], "workspace_name": pieces[8]}
+    else:
+        values = {key: data.get(key) for key in ("subscription_id", "resource_group", "workspace_name")}
+    missing = [key for key, value in values.items() if not value]
+    if missing:
+        raise MnistopsError(f"workspace config {path} lacks {missing[0]}")
+    return Workspace(str(values["subscription_id"]), str(values["resource_group"]), str(values["workspace_name"]),
+                     source=str(path))
+
+
+def settings(env_section: DictConfig, inside_job: bool = False, config_file: bool = False) -> Workspace:
+    """One env's workspace from its `env` section, all three set, or the first missing one named.
+    With `config_file` (the env the process runs for) and none of the three set: the workspace
+    config.json of an Azure ML compute instance (find_config_file)."""
+    values = {key: env_section.azure[key] or (os.environ.get(IN_JOB[key]) if inside_job else None) for key in SETTINGS}
+    found = find_config_file() if config_file and not any(values.values()) else None
+    if found is not None:
+        return read_config_file(found)
     for key, variable in SETTINGS.items():
-        value = env_section.azure[key] or (os.environ.get(IN_JOB[key]) if inside_job else None)
-        if not value:
+        if not values[key]:
+            looked = (f", and no workspace config.json in {Path.cwd()} or its parents (.azureml/, aml_config/) "
+                      f"nor in {Path.home() / '.azureml'}") if config_file and not any(values.values()) else ""
             raise MnistopsError(f"env.azure.{key} is not set for env={env_section.name}: export "
-                                f"{variable.format(ENV=env_section.name.upper())} (or pass env.azure.{key}=...)")
-        values[key] = str(value)
-    return Workspace(**values)
+                                f"{variable.format(ENV=env_section.name.upper())} (or pass env.azure.{key}=...)"
+                                f"{looked}")
+    return Workspace(**{key: str(value) for key, value in values.items()})
 
 
 def of_env(cfg: DictConfig, env_name: Optional[str] = None) -> Workspace:
-    """This env's workspace, or another env's (promote.source_env) from its conf/env/<env>.yaml."""
+    """This env's workspace (its settings, else a compute instance's config.json), or another env's
+    (promote.source_env) from its conf/env/<env>.yaml: a config.json names one workspace, never another env's."""
     from mnistops.config import other_env
 
     if env_name is None or env_name == cfg.env.name:
-        return settings(cfg.env, bool(cfg.azure.inside_job))
+        return settings(cfg.env, bool(cfg.azure.inside_job), config_file=True)
     return settings(other_env(cfg, env_name))
+
+
+def found_workspace(cfg: DictConfig) -> Optional[Workspace]:
+    """The workspace a stage of cfg's env would use, or None where no setting and no config.json
+    names one (the quickstart notebook then previews its Azure cells as a dry run)."""
+    if not any(cfg.env.azure[key] for key in SETTINGS) and find_config_file() is None:
+        return None
+    return of_env(cfg)
 
 
 def error_line(err: Exception) -> str:
@@ -121,7 +187,8 @@ def credential(inside_job: bool = False):
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         where = ("the compute's managed identity (give the cluster an identity with AzureML Data Scientist on the "
                  "workspace)" if inside_job else
-                 "run `az login`, or set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, or use a managed identity")
+                 "run `az login`, or set AZURE_CLIENT_ID/AZURE_TENANT_ID/AZURE_CLIENT_SECRET, or use a managed identity "
+                 "(a compute instance's: infra/ compute_instance_enabled)")
         raise MnistopsError(f"no Azure credential: DefaultAzureCredential found none ({where}): {first}") from None
     _CREDENTIAL[inside_job] = cred
     return cred
