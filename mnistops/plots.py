@@ -65,3 +65,27 @@ def confusion_matrix(matrix: np.ndarray, classes: Sequence[str], path: Path, tit
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return Path(path)
+
+
+def reliability_diagram(curves: dict, path: Path, title: str = "") -> Path:
+    """Accuracy against confidence per bin, one line per named curve (e.g. before / after
+    calibration; each ``models.calibration.reliability()`` plus ``ece``); the diagonal is perfect."""
+    fig, (ax, hist) = figure((6, 6.5), 2, 1, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    ax.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1, label="perfectly calibrated")
+    for name, r in curves.items():
+        used = r["count"] > 0
+        centers = r["confidence"][used]
+        ax.plot(centers, r["accuracy"][used], marker="o", markersize=4, label=f"{name} (ECE {r['ece']:.4f})")
+        hist.bar((r["edges"][:-1] + r["edges"][1:]) / 2, r["count"], width=np.diff(r["edges"]) * 0.9, alpha=0.5,
+                 label=name)
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title(title or "reliability diagram")
+    hist.set_yscale("log")
+    hist.set_xlabel("confidence (top probability)")
+    hist.set_ylabel("images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return Path(path)

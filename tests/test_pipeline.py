@@ -57,6 +57,21 @@ def test_performance_matrix_is_logged_with_the_model(pipeline_home):
     assert np.trace(matrix) / 10000 == pytest.approx(m["test/acc"])
 
 
+def test_calibration_is_fitted_at_training_and_reported_by_the_performance_matrix(pipeline_home):
+    """The temperature fitted on the validation split lowers the expected calibration error on the
+    held-back test set; the reliability diagram is logged; the OOD threshold flags few test digits."""
+    client = mlflow_client(pipeline_home)
+    (train,) = runs_of(client, "train")
+    m = train.data.metrics
+    assert m["calibration/val_ece_after"] < m["calibration/val_ece_before"]
+    assert m["test/ece"] < m["test/ece_uncalibrated"] and m["test/ece"] < 0.05
+    assert m["test/ood_flagged"] <= 0.02 and m["ood/val_flagged"] <= 0.01
+    assert json.loads(train.data.tags["mnistops.calibration"])["ood_method"] == "mahalanobis"
+    names = {a.path for a in client.list_artifacts(train.info.run_id, "evaluation")}
+    assert "evaluation/reliability.png" in names
+    assert {a.path for a in client.list_artifacts(train.info.run_id, "calibration")} == {"calibration/ood_head.npz"}
+
+
 def test_registered_version_has_lineage_and_alias(pipeline_home):
     client = mlflow_client(pipeline_home)
     (train,) = runs_of(client, "train")
@@ -81,7 +96,8 @@ def test_pyfunc_predicts_any_batch_of_uint8_or_float_images(pipeline_home):
     assert model.metadata.signature.outputs is not None
     images, labels = mnist_split(pipeline_home, "test", 300)
     out = model.predict(images)
-    assert list(out.columns) == ["digit", "probabilities"] and len(out) == 300
+    assert list(out.columns) == ["digit", "probabilities", "ood_score", "ood"] and len(out) == 300
+    assert out["ood"].mean() <= 0.05  # test digits: few "not a digit" flags
     assert (out["digit"].to_numpy() == labels).mean() > 0.8
     assert np.allclose([sum(p) for p in out["probabilities"]], 1.0, atol=1e-4)
     as_float = model.predict(images.astype(np.float32) / 255.0)

@@ -106,7 +106,9 @@ def test_open_inference_protocol(server, model_dir, mnist):
             assert r.status_code == 200, r.text
             body = r.json()
             assert body["model_name"] == "mnist-classifier" and body["model_version"] == "1" and body["id"] == "req-7"
-            probs, digits = body["outputs"]
+            probs, digits, ood_score, ood = body["outputs"]
+            assert ood_score["name"] == "ood_score" and ood_score["datatype"] == "FP32" and len(ood_score["data"]) == 5
+            assert ood["name"] == "ood" and ood["datatype"] == "BOOL" and ood["data"] == [False] * 5  # digits
             assert probs["name"] == "probabilities" and probs["shape"] == [5, 10] and probs["datatype"] == "FP32"
             np.testing.assert_allclose(np.array(probs["data"]).reshape(5, 10), ref, atol=2e-5)
             assert digits == {"name": "digit", "shape": [5], "datatype": "INT64", "data": ref.argmax(1).tolist()}
@@ -115,7 +117,7 @@ def test_open_inference_protocol(server, model_dir, mnist):
     with server.client() as c:
         meta = c.get("/v2/models/mnist-classifier").json()
         assert meta["name"] == "mnist-classifier" and meta["versions"] == ["1"]
-        assert [o["name"] for o in meta["outputs"]] == ["probabilities", "digit"]
+        assert [o["name"] for o in meta["outputs"]] == ["probabilities", "digit", "ood_score", "ood"]
         assert c.get("/v2/models/mnist-classifier/ready").json() == {"name": "mnist-classifier", "ready": True}
         for path in ("/v2/models/nope", "/v2/models/nope/ready"):
             assert c.get(path).status_code == 404

@@ -37,10 +37,31 @@ def load_network(run: Run) -> torch.nn.Module:
 
 
 @torch.inference_mode()
-def predict_proba(net: torch.nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Class probabilities for uint8 images (N, 28, 28)."""
+def predict_logits(net: torch.nn.Module, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Raw (uncalibrated) logits for uint8 images (N, 28, 28)."""
     out = []
     for start in range(0, len(images), batch_size):  # a copy per batch: the catalog's arrays are read-only
         x = torch.from_numpy(np.array(images[start:start + batch_size])).unsqueeze(1).float().div_(255.0)
-        out.append(torch.softmax(net(x), dim=1).numpy())
+        out.append(net(x).numpy())
     return np.concatenate(out) if out else np.zeros((0, 10), np.float32)
+
+
+@torch.inference_mode()
+def predict_with_embeddings(net: torch.nn.Module, images: np.ndarray, batch_size: int = 1000):
+    """(raw logits, penultimate-layer embeddings: the classifier layer's input) for uint8 images."""
+    from mnistops.models.export import last_linear
+
+    seen = []
+    hook = last_linear(net).register_forward_pre_hook(lambda _, inputs: seen.append(inputs[0].flatten(1).numpy()))
+    try:
+        logits = predict_logits(net, images, batch_size)
+    finally:
+        hook.remove()
+    return logits, (np.concatenate(seen) if seen else np.zeros((0, 0), np.float32))
+
+
+def predict_proba(net: torch.nn.Module, images: np.ndarray, batch_size: int = 1000, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities for uint8 images (N, 28, 28): softmax(logits / temperature)."""
+    logits = predict_logits(net, images, batch_size) / np.float32(temperature)
+    z = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)

@@ -7,8 +7,10 @@ torch, no mnistops — and decodes inputs by the very rules the endpoint and Azu
 
 Accepted inputs, any batch size: 28x28 images or 784-long rows, as numpy arrays, nested lists or
 DataFrames (784 pixel columns, or one column of images); integers are 0-255, floats 0-1 (floats
-above 1 are 0-255); see ``protocol.to_batch``. Output: one row per image with ``digit`` and
-``probabilities`` (10 floats). A bad input raises MLflow's INVALID_PARAMETER_VALUE (a 400 under
+above 1 are 0-255); see ``protocol.to_batch``. Output: one row per image with ``digit``,
+``probabilities`` (10 floats, calibrated: the graph's logits are divided by the temperature fitted at
+training), ``ood_score`` (higher = less like a training digit) and ``ood`` (above the threshold in
+the graph's metadata), by ``protocol.read_outputs``, the endpoint's own rule. A bad input raises MLflow's INVALID_PARAMETER_VALUE (a 400 under
 ``mlflow models serve``) with the protocol's message naming the field.
 """
 
@@ -41,9 +43,14 @@ class MnistOnnxModel(PythonModel):
         options.intra_op_num_threads = 1  # small graph: threads cost more than they give per request
         self.session = ort.InferenceSession(context.artifacts["onnx"], options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
+        self.calibration = protocol.Calibration.from_metadata(self.session.get_modelmeta().custom_metadata_map)
+
+    def score(self, batch: np.ndarray):
+        """Calibrated probabilities, ood_score and ood (a ``protocol.Scored``)."""
+        return protocol.read_outputs(self.session.run(None, {self.input_name: batch}), self.calibration)
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        return protocol.softmax(self.session.run(None, {self.input_name: batch})[0])
+        return self.score(batch).probabilities
 
     # The hint is MLflow's "validate nothing" type (it asks every PythonModel for a hint, on each load):
     # model_input is any of the forms to_batch() accepts, checked there.
@@ -55,9 +62,10 @@ class MnistOnnxModel(PythonModel):
             from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
             raise MlflowException(err.message, error_code=INVALID_PARAMETER_VALUE) from None
-        proba = self.predict_proba(batch)
-        return pd.DataFrame({"digit": proba.argmax(axis=1).astype(np.int64),
-                             "probabilities": [row.tolist() for row in proba.astype(np.float64)]})
+        scored = self.score(batch)
+        return pd.DataFrame({"digit": scored.digits.astype(np.int64),
+                             "probabilities": [row.tolist() for row in scored.probabilities.astype(np.float64)],
+                             "ood_score": scored.ood_score.astype(np.float64), "ood": scored.ood.astype(bool)})
 
 
 set_model(MnistOnnxModel())

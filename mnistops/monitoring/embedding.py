@@ -2,7 +2,7 @@
 
 Embedding drift watches what the model *sees*, which pixel statistics can miss (a rotated 7 has the
 ink, size and centroid of a 7). The activation is read from the registered ONNX graph itself: the
-input of its last Gemm/MatMul (the classifier layer) is exposed as an extra graph output, so one
+input of the Gemm/MatMul that feeds the logits (the classifier layer) is exposed as an extra graph output, so one
 ONNX Runtime pass gives both the answer and the embedding, for any architecture the exporter
 wrote. For the logistic regression that input is the (normalised) flattened image.
 """
@@ -36,11 +36,30 @@ def _read_meta(model_dir: Path) -> Tuple[Optional[str], Optional[str]]:
     return name, version
 
 
+def _classifier_node(graph):
+    """The Gemm/MatMul nearest to the logits output (graph output 0), walking back through its
+    producers (the temperature's Div, a bias Add); the last such node in the node list for graphs
+    where the walk finds none. A calibrated graph computes its ood_score with MatMuls of its own,
+    which may come later in the node list: the walk does not reach them."""
+    producer = {out: node for node in graph.node for out in node.output}
+    todo, seen = [graph.output[0].name], set()
+    while todo:
+        node = producer.get(todo.pop(0))
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type in LINEAR_OPS:
+            return node
+        todo.extend(node.input)
+    linear = [n for n in graph.node if n.op_type in LINEAR_OPS]
+    return linear[-1] if linear else None
+
+
 def embedding_graph(onnx_path: Path):
     """The model with the input of its last Gemm/MatMul added as a graph output.
 
-    Returns (model proto, logits output name, embedding output name). ONNX node lists are in
-    topological order, so the last linear node is the classifier layer.
+    Returns (model proto, logits output name, embedding output name); the classifier layer is
+    the Gemm/MatMul that feeds the logits (``_classifier_node``).
     """
     import onnx
 
@@ -49,10 +68,12 @@ def embedding_graph(onnx_path: Path):
     except Exception as exc:  # protobuf decode errors have no common type
         raise MnistopsError(f"cannot read ONNX graph {onnx_path}: {str(exc).splitlines()[0][:200]}") from None
     graph = model.graph
-    linear = [n for n in graph.node if n.op_type in LINEAR_OPS]
-    if not linear or not graph.output:
+    if not graph.output:
+        raise MnistopsError(f"{onnx_path}: the graph has no outputs")
+    classifier = _classifier_node(graph)
+    if classifier is None:
         raise MnistopsError(f"{onnx_path}: no Gemm/MatMul layer to take an embedding from")
-    emb = linear[-1].input[0]
+    emb = classifier.input[0]
     if emb not in {o.name for o in graph.output}:
         graph.output.append(onnx.helper.make_tensor_value_info(emb, onnx.TensorProto.FLOAT, None))
     return model, graph.output[0].name, emb

@@ -2,7 +2,8 @@
 
 The drawing goes to ``POST /predict`` as a PNG. The API key is typed into ``#key`` and kept in the
 browser's localStorage (never in the URL). Stable ids for browser tests: ``#canvas``, ``#predict``,
-``#clear``, ``#digit``, ``#bars``, ``#key`` (plus ``#auto``, ``#status``, ``#meta``).
+``#clear``, ``#digit``, ``#bars``, ``#key`` (plus ``#auto``, ``#status``, ``#meta``, and ``#ood``:
+"this does not look like a digit", shown when the answer's ``ood`` is true).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ PAGE = """<!doctype html>
   #status { font-size: .85rem; color: #666; min-height: 1.2em; margin-top: 8px; }
   #status.error { color: #b42318; }
   #meta { font-size: .8rem; color: #666; }
+  #ood { font-size: .95rem; color: #9a3412; background: #fff4e5; border-radius: 6px; padding: 4px 8px;
+         margin-bottom: 8px; text-align: center; }
 </style>
 </head>
 <body>
@@ -56,6 +59,7 @@ PAGE = """<!doctype html>
     </div>
     <div class="card">
       <div id="digit" aria-live="polite">?</div>
+      <div id="ood" role="status" hidden>this does not look like a digit</div>
       <div id="bars"></div>
       <div id="meta"></div>
     </div>
@@ -68,6 +72,7 @@ PAGE = """<!doctype html>
   var keyBox = document.getElementById("key"), statusBox = document.getElementById("status");
   var digitBox = document.getElementById("digit"), bars = document.getElementById("bars");
   var meta = document.getElementById("meta"), auto = document.getElementById("auto");
+  var oodBox = document.getElementById("ood");
   var STORE = "mnistops.key", drawing = false, dirty = false, last = null, busy = false;
 
   try { keyBox.value = localStorage.getItem(STORE) || ""; } catch (e) {}
@@ -83,7 +88,7 @@ PAGE = """<!doctype html>
 
   function clearCanvas() {
     ctx.fillStyle = "#000"; ctx.fillRect(0, 0, canvas.width, canvas.height);
-    dirty = false; digitBox.textContent = "?"; meta.textContent = ""; setStatus("");
+    dirty = false; digitBox.textContent = "?"; meta.textContent = ""; setStatus(""); oodBox.hidden = true;
     for (var i = 0; i < 10; i++) { show(i, 0, false); }
   }
   function show(i, p, top) {
@@ -132,6 +137,8 @@ PAGE = """<!doctype html>
         if (!r.ok) { setStatus(r.status + ": " + (r.body.error || "error"), true); return; }
         var pred = r.body.predictions[0], best = pred.digit;
         digitBox.textContent = best;
+        oodBox.hidden = !pred.ood;
+        oodBox.title = "ood_score " + Number(pred.ood_score).toFixed(3);
         for (var i = 0; i < 10; i++) { show(i, pred.probabilities[i], i === best); }
         meta.textContent = r.body.model + " v" + r.body.version + " (" + r.body.deployment + ") - request " +
           r.body.request_id;

@@ -22,9 +22,11 @@ their maximum: an integer 0/1 mask is nearly black; send it as floats 0.0/1.0). 
 Anything else (NaN, negative, above 255, strings, ragged rows) is a ``ProtocolError`` naming the
 field, never a guess.
 
-Answers: ``score_answer`` ({"predictions": [{"digit", "probabilities"}], "model", "version",
-"deployment", "request_id"}) for /score, /invocations, /predict and score.py; ``v2_answer`` for
-/v2/.../infer; ``error_body`` for every error ({"error", "field"?, "request_id"}).
+Answers: ``read_outputs`` turns the graph's logits into a ``Scored`` (calibrated probabilities,
+``ood_score``, ``ood``); ``score_answer`` ({"predictions": [{"digit", "probabilities", "ood_score",
+"ood"}], "model", "version", "deployment", "request_id"}) for /score, /invocations, /predict and
+score.py; ``v2_answer`` for /v2/.../infer; ``error_body`` for every error ({"error", "field"?,
+"request_id"}).
 """
 
 from __future__ import annotations
@@ -153,6 +155,110 @@ def _kind_name(x: np.ndarray) -> str:
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.exp(logits - logits.max(axis=1, keepdims=True))
     return z / z.sum(axis=1, keepdims=True)
+
+
+# --------------------------------------------------------------------------- calibration and "not a digit"
+# The registered graph's first output ``logits`` is already divided by the temperature fitted at
+# training (softmax of it = calibrated probabilities); with ood_method=mahalanobis its second output
+# ``ood_score`` is the squared Mahalanobis distance of the penultimate-layer embedding to the nearest
+# class mean (per dimension), computed in the graph. Its ONNX metadata_props (onnxruntime:
+# ``session.get_modelmeta().custom_metadata_map``) record ``temperature`` (informational: never
+# divide again), ``ood_method`` and ``ood_threshold``. A graph without them (registered before
+# calibration) reads as temperature 1, energy score, no threshold: ``ood`` is then always false.
+
+OOD_METHODS = ("mahalanobis", "energy", "msp")
+GRAPH_SCORED = ("mahalanobis",)  # methods whose score is the graph's second output
+META_TEMPERATURE, META_OOD_METHOD, META_OOD_THRESHOLD = "temperature", "ood_method", "ood_threshold"
+
+
+class Calibration:
+    """What a graph's metadata says about its outputs (see ``from_metadata``)."""
+
+    __slots__ = ("temperature", "ood_method", "ood_threshold")
+
+    def __init__(self, temperature: float = 1.0, ood_method: str = "energy", ood_threshold: Optional[float] = None):
+        if ood_method not in OOD_METHODS:
+            raise ValueError(f"ood_method must be one of {', '.join(OOD_METHODS)}, got {ood_method!r}")
+        self.temperature = float(temperature)
+        self.ood_method = ood_method
+        self.ood_threshold = None if ood_threshold is None else float(ood_threshold)
+
+    @classmethod
+    def from_metadata(cls, meta: Optional[Dict[str, str]]) -> "Calibration":
+        """From ONNX ``custom_metadata_map`` (strings); missing keys keep the pre-calibration defaults."""
+        meta = meta or {}
+        threshold = meta.get(META_OOD_THRESHOLD)
+        return cls(float(meta.get(META_TEMPERATURE, 1.0)), meta.get(META_OOD_METHOD, "energy"),
+                   float(threshold) if threshold not in (None, "", "none", "null") else None)
+
+    def metadata(self) -> Dict[str, str]:
+        out = {META_TEMPERATURE: repr(self.temperature), META_OOD_METHOD: self.ood_method}
+        if self.ood_threshold is not None:
+            out[META_OOD_THRESHOLD] = repr(self.ood_threshold)
+        return out
+
+    def __repr__(self) -> str:
+        return (f"Calibration(temperature={self.temperature:.4g}, ood_method={self.ood_method!r}, "
+                f"ood_threshold={self.ood_threshold!r})")
+
+
+def ood_score(logits: np.ndarray, method: str = "energy") -> np.ndarray:
+    """The logit-based scores (higher = less like the training digits). ``energy``: -logsumexp of
+    the (calibrated) logits (Liu et al., NeurIPS 2020); ``msp``: 1 - the top probability."""
+    z = np.asarray(logits, np.float32)
+    top = z.max(axis=1)
+    lse = top + np.log(np.exp(z - top[:, None]).sum(axis=1))
+    if method == "energy":
+        return (-lse).astype(np.float32)
+    if method == "msp":
+        return (1.0 - np.exp(top - lse)).astype(np.float32)
+    raise ValueError(f"ood_method must be one of {', '.join(OOD_METHODS)}, got {method!r}")
+
+
+class Scored:
+    """One batch's answers: ``probabilities`` (N, 10) float32 (calibrated), ``ood_score`` (N,)
+    float32, ``ood`` (N,) bool. Sliced by rows like an array (the micro-batcher splits batches)."""
+
+    __slots__ = ("probabilities", "ood_score", "ood")
+
+    def __init__(self, probabilities: np.ndarray, ood_score: np.ndarray, ood: np.ndarray):
+        self.probabilities, self.ood_score, self.ood = probabilities, ood_score, ood
+
+    def __len__(self) -> int:
+        return len(self.probabilities)
+
+    def __getitem__(self, rows) -> "Scored":
+        return Scored(self.probabilities[rows], self.ood_score[rows], self.ood[rows])
+
+    @property
+    def digits(self) -> np.ndarray:
+        return self.probabilities.argmax(axis=1)
+
+    @staticmethod
+    def concat(parts: List["Scored"]) -> "Scored":
+        return Scored(np.concatenate([p.probabilities for p in parts]), np.concatenate([p.ood_score for p in parts]),
+                      np.concatenate([p.ood for p in parts]))
+
+
+def read_outputs(outputs: Any, calibration: Calibration) -> Scored:
+    """THE rule from the graph's outputs (what ``session.run(None, feed)`` returns: ``[logits (N, 10)]``
+    or ``[logits, ood_score (N,)]``; a bare logits array is taken as the first) to the answer:
+    calibrated probabilities, ``ood_score`` and ``ood`` (score above the model's threshold; false
+    without one)."""
+    if isinstance(outputs, np.ndarray):
+        outputs = [outputs]
+    logits = np.asarray(outputs[0], np.float32)
+    if calibration.ood_method in GRAPH_SCORED:
+        if len(outputs) < 2:
+            raise ValueError(f"ood_method={calibration.ood_method} needs the graph's second output ood_score")
+        score = np.asarray(outputs[1], np.float32).reshape(len(logits))
+    else:
+        score = ood_score(logits, calibration.ood_method)
+    if calibration.ood_threshold is None:
+        ood = np.zeros(len(score), bool)
+    else:
+        ood = score > np.float32(calibration.ood_threshold)
+    return Scored(softmax(logits), score, ood)
 
 
 # --------------------------------------------------------------------------- JSON bodies
@@ -352,24 +458,36 @@ def decode_upload(data: bytes) -> np.ndarray:
 
 # --------------------------------------------------------------------------- answers
 
-def predictions(probs: np.ndarray) -> List[dict]:
-    """(N, 10) probabilities -> [{"digit", "probabilities"}] (numpy rows: orjson writes them as lists)."""
-    digits = probs.argmax(axis=1).tolist()
-    return [{"digit": d, "probabilities": p} for d, p in zip(digits, probs)]
+def _scored(scored: "Scored") -> "Scored":
+    if not isinstance(scored, Scored):
+        raise TypeError(f"answers are made from a Scored (protocol.read_outputs), not {type(scored).__name__}")
+    return scored
 
 
-def score_answer(probs: np.ndarray, model: str, version: str, deployment: str, request_id: str) -> dict:
+def predictions(scored: Scored) -> List[dict]:
+    """Answers -> [{"digit", "probabilities", "ood_score", "ood"}] (probability rows stay numpy:
+    orjson writes them as lists)."""
+    scored = _scored(scored)
+    digits = scored.digits.tolist()
+    return [{"digit": d, "probabilities": p, "ood_score": s, "ood": o}
+            for d, p, s, o in zip(digits, scored.probabilities, scored.ood_score.tolist(), scored.ood.tolist())]
+
+
+def score_answer(scored: Scored, model: str, version: str, deployment: str, request_id: str) -> dict:
     """The answer of /score, /invocations, /predict (and Azure's score.py)."""
-    return {"predictions": predictions(probs), "model": model, "version": version, "deployment": deployment,
+    return {"predictions": predictions(scored), "model": model, "version": version, "deployment": deployment,
             "request_id": request_id}
 
 
-def v2_answer(probs: np.ndarray, model: str, version: str, request_id: str) -> dict:
-    n = len(probs)
-    digits = probs.argmax(axis=1).astype(np.int64)
+def v2_answer(scored: Scored, model: str, version: str, request_id: str) -> dict:
+    scored = _scored(scored)
+    n = len(scored)
     return {"model_name": model, "model_version": version, "id": request_id,
-            "outputs": [{"name": "probabilities", "shape": [n, 10], "datatype": "FP32", "data": probs.ravel()},
-                        {"name": "digit", "shape": [n], "datatype": "INT64", "data": digits}]}
+            "outputs": [{"name": "probabilities", "shape": [n, 10], "datatype": "FP32",
+                         "data": scored.probabilities.ravel()},
+                        {"name": "digit", "shape": [n], "datatype": "INT64", "data": scored.digits.astype(np.int64)},
+                        {"name": "ood_score", "shape": [n], "datatype": "FP32", "data": scored.ood_score.tolist()},
+                        {"name": "ood", "shape": [n], "datatype": "BOOL", "data": scored.ood.tolist()}]}
 
 
 def to_jsonable(answer: Any) -> Any:

@@ -29,8 +29,8 @@ def router(rt: Runtime) -> APIRouter:
         pinned = rt.pinned(scope)
         batch = decode(await rt.json_body(request))
         slot = rt.pick(scope, pinned)
-        probs = await rt.infer(scope, slot, batch)
-        return json_response(rt.answer(scope, slot, probs))
+        scored = await rt.infer(scope, slot, batch)
+        return json_response(rt.answer(scope, slot, scored))
 
     @r.post("/score", tags=["scoring"], **doc(S.PredictionResponse, body=S.ScoreRequest, errors=SCORING_ERRORS,
                                                secured=SECURED, summary="Score images (Azure ML score.py style)",
@@ -60,9 +60,9 @@ def router(rt: Runtime) -> APIRouter:
         pinned = rt.pinned(scope)
         batch, req_id, _ = protocol.decode_v2(await rt.json_body(request))
         slot = rt.pick(scope, pinned)
-        probs = await rt.infer(scope, slot, batch)
-        rt.count(slot, probs)
-        return json_response(protocol.v2_answer(probs, slot.info["model_name"], slot.info["version"],
+        scored = await rt.infer(scope, slot, batch)
+        rt.count(slot, scored)
+        return json_response(protocol.v2_answer(scored, slot.info["model_name"], slot.info["version"],
                                                 req_id if req_id is not None else scope["mnistops.rid"]))
 
     @r.get("/v2/models/{name}", tags=["open inference protocol"],
@@ -73,7 +73,9 @@ def router(rt: Runtime) -> APIRouter:
         return json_response({"name": name, "versions": versions, "platform": "onnxruntime_onnx",
                               "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, 28, 28]}],
                               "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
-                                          {"name": "digit", "datatype": "INT64", "shape": [-1]}]})
+                                          {"name": "digit", "datatype": "INT64", "shape": [-1]},
+                                          {"name": "ood_score", "datatype": "FP32", "shape": [-1]},
+                                          {"name": "ood", "datatype": "BOOL", "shape": [-1]}]})
 
     @r.get("/v2/models/{name}/ready", tags=["open inference protocol"],
            **doc(S.V2ModelReady, errors=(401, 404, 503), secured=SECURED))
@@ -109,8 +111,8 @@ def router(rt: Runtime) -> APIRouter:
                              f"image/jpeg body, not {ctype.decode('latin-1')[:100]!r}", "Content-Type", 415)
         batch = await asyncio.get_running_loop().run_in_executor(rt.image_pool, protocol.decode_upload, data)
         slot = rt.pick(scope, pinned)
-        probs = await rt.infer(scope, slot, batch)
-        return json_response(rt.answer(scope, slot, probs))
+        scored = await rt.infer(scope, slot, batch)
+        return json_response(rt.answer(scope, slot, scored))
 
     @r.post("/feedback", tags=["scoring"],
             **doc(S.FeedbackAccepted, 202, body=S.FeedbackRequest, errors=(400, 401, 413, 415, 422), secured=SECURED,

@@ -1,4 +1,5 @@
-"""stage=register: export the evaluated model (ONNX + pyfunc wrapper) as an MLflow model directory,
+"""stage=register: export the evaluated model (ONNX + pyfunc wrapper, with the temperature and OOD
+threshold fitted at training baked into the graph) as an MLflow model directory,
 register it in the env's registry with an input example, output signature and lineage tags, and
 point an alias (`register.alias`, default candidate) at it.
 
@@ -44,7 +45,8 @@ def save_model(onnx_path, example, classes, into):
         signature=ModelSignature(inputs=None, outputs=outputs), input_example=example,
         pip_requirements=["mlflow>=3.1", "onnxruntime>=1.18", "numpy", "pandas"],
         code_paths=[str(protocol.vendor(Path(into).parent / "code"))],  # the endpoint's decoder travels with it
-        metadata={"input_forms": INPUT_FORMS, "classes": list(classes)})
+        metadata={"input_forms": INPUT_FORMS, "classes": list(classes),
+                  "calibration": wrapper.calibration.metadata()})  # as read back from the graph
     return into
 
 
@@ -55,14 +57,17 @@ def run(cfg: DictConfig) -> StageResult:
     from mnistops.data import catalog
     from mnistops.models.checkpoint import load_network
     from mnistops.models.export import export_onnx, sha256_of
-    from mnistops.stages.evaluate import find_train_run
+    from mnistops.stages.evaluate import calibration_of, find_train_run, ood_head_of
 
     train_run = find_train_run(cfg, cfg.register.run_id)
     run_id = train_run.info.run_id
     if "test/acc" not in train_run.data.metrics:
         raise MnistopsError(f"run {run_id} has not been evaluated: run stage=evaluate evaluate.run_id={run_id} first")
     out = tracking.output_dir(cfg, "register")
-    onnx_path = export_onnx(load_network(train_run), out / "model.onnx")
+    # the temperature, OOD head and threshold fitted at training, baked into the graph (protocol.Calibration)
+    calibration = calibration_of(train_run)
+    onnx_path = export_onnx(load_network(train_run), out / "model.onnx", calibration.metadata(),
+                            ood_head_of(train_run, calibration))
     example = catalog.load(cfg, "test").images[:3].copy()
     model_dir = save_model(onnx_path, example, cfg.data.classes, out / "model")
 

@@ -1,5 +1,6 @@
 """stage=train: Lightning training of `model` on `data` with `trainer`/`compute`, in one MLflow run
-holding the flattened config, per-epoch loss/accuracy, the dataset digest and the best checkpoint.
+holding the flattened config, per-epoch loss/accuracy, the dataset digest and the best checkpoint,
+then (`train.calibrate`) the temperature and "not a digit" threshold fitted on the validation split.
 `train.resume=true` continues the latest unfinished train run from its last checkpoint."""
 
 from __future__ import annotations
@@ -56,8 +57,55 @@ def _resume_point(cfg: DictConfig) -> Tuple[Optional[str], Optional[Path]]:
     return run.info.run_id, last
 
 
+def check_calibration_keys(cfg: DictConfig) -> None:
+    from mnistops.serving.protocol import OOD_METHODS
+
+    if cfg.train.ood_method not in OOD_METHODS:
+        raise MnistopsError(f"train.ood_method must be one of {', '.join(OOD_METHODS)}, got {cfg.train.ood_method!r}")
+    if not 0.0 < float(cfg.train.ood_rate) < 1.0:
+        raise MnistopsError(f"train.ood_rate must be a share in (0, 1), got {cfg.train.ood_rate}")
+
+
+def fit_calibration(cfg: DictConfig, checkpoint: str):
+    """Temperature, OOD head and threshold of the best checkpoint, recorded in the active run
+    (metrics; tag ``mnistops.calibration`` and artifact ``calibration/ood_head.npz``, which the
+    register stage bakes into the exported graph). The temperature and threshold are fitted on the
+    validation split (all of it, whatever trainer.limit_val_batches says); the Mahalanobis class
+    means and covariance on up to ``train.ood_fit_images`` training images."""
+    import json
+
+    import mlflow
+    import numpy as np
+
+    from mnistops.data import catalog
+    from mnistops.models.calibration import calibrate
+    from mnistops.models.checkpoint import predict_with_embeddings
+    from mnistops.models.module import Classifier
+
+    net = Classifier.load_from_checkpoint(checkpoint, map_location="cpu").net.eval()
+    val = catalog.load(cfg, "val")
+    logits, embeddings = predict_with_embeddings(net, val.images, cfg.data.eval_batch_size)
+    fit_embeddings = fit_labels = None
+    if cfg.train.ood_method == "mahalanobis":
+        fit = catalog.load(cfg, "fit")
+        n = min(len(fit.images), int(cfg.train.ood_fit_images))
+        _, fit_embeddings = predict_with_embeddings(net, fit.images[:n], cfg.data.eval_batch_size)
+        fit_labels = fit.labels[:n]
+    calibration, report, head = calibrate(logits, val.labels, cfg.train.ood_method, float(cfg.train.ood_rate),
+                                          embeddings, fit_embeddings, fit_labels)
+    mlflow.log_metrics(report)
+    mlflow.set_tag(tags.CALIBRATION, json.dumps(calibration.metadata()))
+    if head is not None:
+        path = Path(checkpoint).with_name("ood_head.npz")
+        np.savez(path, **head)
+        mlflow.log_artifact(str(path), "calibration")
+    return calibration
+
+
 def run(cfg: DictConfig) -> StageResult:
     import torch
+
+    check_calibration_keys(cfg)
 
     if cfg.compute.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():  # before the slow imports
         raise MnistopsError(f"compute={cfg.compute.name} asks for a GPU, but torch sees no CUDA device here")
@@ -121,6 +169,8 @@ def run(cfg: DictConfig) -> StageResult:
             trainer.save_checkpoint(best)
         mlflow.log_artifact(best, "checkpoints")
         mlflow.set_tag(tags.BEST_CHECKPOINT, best)
+        if cfg.train.calibrate:
+            calibration = fit_calibration(cfg, best)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         if best_cb.best_model_score is not None:
             metrics[f"best/{cfg.train.monitor}"] = float(best_cb.best_model_score)
@@ -130,6 +180,9 @@ def run(cfg: DictConfig) -> StageResult:
     score_key = f"best/{cfg.optimized_metric}" if f"best/{cfg.optimized_metric}" in metrics else cfg.optimized_metric
     shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
     print(f"trained {cfg.model.name} in run {run_id}: {shown}\n  best checkpoint: {best}")
+    if cfg.train.calibrate:
+        print(f"  calibrated on the validation split: temperature {calibration.temperature:.3f}, "
+              f"ood_score ({calibration.ood_method}) threshold {calibration.ood_threshold:.4f}")
     return StageResult("train", run_id=run_id, metrics=metrics, artifacts={"checkpoint": best},
                        outputs={"evaluate.run_id": run_id, "register.run_id": run_id},
                        score=metrics.get(score_key))

@@ -5,7 +5,7 @@ schedule's signals on Azure, `stage=monitor` here).
 Three collections (the deployment spec enables them, online_specs.py):
 
     model_inputs   correlation_id, the image features (quality.features.FEATURE_COLUMNS), pixels
-    model_outputs  correlation_id, request_id, model_version, digit, confidence, p0 .. p9
+    model_outputs  correlation_id, request_id, model_version, digit, confidence, p0 .. p9, ood_score, ood
     ground_truth   correlation_id, label      (feedback: the true digit of a scored request)
 
 One row per image. The collector batches rows of requests that arrive close together into one
@@ -35,6 +35,7 @@ REQUEST = "request_id"
 VERSION = "model_version"
 PIXELS = "pixels"
 DIGIT, CONFIDENCE, LABEL = "digit", "confidence", "label"
+OOD_SCORE, OOD = "ood_score", "ood"  # "not a digit" (protocol.read_outputs)
 PROBABILITIES = tuple(f"p{k}" for k in range(10))
 IMAGE_SHAPE = (28, 28)
 

@@ -9,7 +9,8 @@ deployment cannot load MLflow 3 models.
 
 The data collector (azureml-ai-monitoring) gets what the monitor needs, one row per image
 (collection_format.py has the columns): ``model_inputs`` the image features and the image itself,
-``model_outputs`` the digit, its confidence and the ten probabilities with the model version, both
+``model_outputs`` the digit, its confidence, the ten (calibrated) probabilities and the "not a
+digit" ``ood_score``/``ood`` with the model version, both
 under the request's correlation context. Its id is the request's ``x-request-id`` when the client
 sent a sane one, else a fresh uuid, and it is the answer's ``request_id``.
 
@@ -94,7 +95,7 @@ def request_id(headers: Optional[dict]) -> str:
     return uuid.uuid4().hex
 
 
-def _collect(batch, probs, rid: str) -> None:
+def _collect(batch, scored: protocol.Scored, rid: str) -> None:
     """Inputs and outputs of one request, a row per image, under one correlation context (its id: rid)."""
     collectors = STATE.get("collectors") or {}
     if F.INPUTS not in collectors and F.OUTPUTS not in collectors:
@@ -114,9 +115,11 @@ def _collect(batch, probs, rid: str) -> None:
         inputs[F.PIXELS] = F.encode_pixels(images)
         context = collectors[F.INPUTS].collect(inputs, context)
     if F.OUTPUTS in collectors:
+        probs = scored.probabilities
         outputs = pd.DataFrame({F.CORRELATION: ids, F.REQUEST: rid, F.VERSION: STATE["info"]["version"],
                                 F.DIGIT: probs.argmax(axis=1), F.CONFIDENCE: probs.max(axis=1),
-                                **{p: probs[:, k] for k, p in enumerate(F.PROBABILITIES)}})
+                                **{p: probs[:, k] for k, p in enumerate(F.PROBABILITIES)},
+                                F.OOD_SCORE: scored.ood_score, F.OOD: scored.ood})
         collectors[F.OUTPUTS].collect(outputs, context)
 
 
@@ -166,7 +169,7 @@ def run(raw_data, request_headers: Optional[dict] = None):
         batch = protocol.decode_any(payload)
     except protocol.ProtocolError as err:
         return _error(err, rid)
-    probs = STATE["model"].predict(batch)
-    _collect(batch, probs, rid)
+    scored = STATE["model"].score(batch)  # calibrated probabilities, ood_score, ood (protocol.read_outputs)
+    _collect(batch, scored, rid)
     info = STATE["info"]
-    return protocol.to_jsonable(protocol.score_answer(probs, info["model"], info["version"], info["deployment"], rid))
+    return protocol.to_jsonable(protocol.score_answer(scored, info["model"], info["version"], info["deployment"], rid))
