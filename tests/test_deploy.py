@@ -17,6 +17,7 @@ import pytest
 from conftest import QUICK, compose, free_port, fresh_home, mlflow_client, run_cli
 from mnistops.data.idx import read_idx
 from mnistops.errors import MnistopsError
+from mnistops.serving.deployments import now_iso
 from mnistops.stages import run_stage
 
 pytestmark = pytest.mark.integration  # trains a model and serves it on real endpoints
@@ -269,8 +270,19 @@ def test_endpoint_status_and_stop(endpoint_cfg, capsys):
     assert "running, pid" in out and "models:/mnist-classifier/1" in out and "workers [" in out
     assert "restarts: master 0, workers 0" in out and "admin key:" in out
     run_stage(compose(["stage=endpoint", "endpoint.action=stop", *endpoint_cfg]))
+    stopped_at = now_iso()
     assert "stopped" in capsys.readouterr().out
     run_stage(compose(["stage=endpoint", *endpoint_cfg]))
     assert "not running" in capsys.readouterr().out
     with pytest.raises(MnistopsError, match="not running"):
         run_stage(compose(["stage=smoke", *endpoint_cfg]))
+
+    # deploying the same version again restarts the server: that is news, and the status shows that the
+    # running server loaded the version after the stop, not when it was first deployed
+    deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1")
+    out = capsys.readouterr().out
+    assert "serves again" in out and "[endpoint started]" in out and "no change" not in out
+    st = state(endpoint_cfg)["deployments"]["blue"]
+    assert st["serving_since"] >= stopped_at >= st["loaded_at"], st
+    run_stage(compose(["stage=endpoint", *endpoint_cfg]))
+    assert f"served by this server since {st['serving_since']}" in capsys.readouterr().out

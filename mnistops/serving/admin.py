@@ -134,6 +134,8 @@ def merged_status(rt: Runtime, workers: List[dict]) -> dict:
         dep["healthy"] = all(v.get("healthy", False) for v in views)
         dep["error"] = next((v.get("error") for v in views if v.get("error")), None)
         dep["queue_depth"] = sum(int(v.get("queue_depth", 0)) for v in views)
+        # since when every worker serves it: the last worker's load (a restarted server loads anew)
+        dep["serving_since"] = max((v.get("serving_since") or "" for v in views), default="") or None
     out["name"], out["env"] = rt.settings.name, rt.settings.env
     out["workers"] = [{"pid": w["pid"], "generation": w["status"]["generation"],
                        "loaded": {n: bool(d.get("loaded")) for n, d in w["status"]["deployments"].items()}}

@@ -56,8 +56,12 @@ def run(cfg: DictConfig) -> StageResult:
     if slot and not cfg.deploy.deployment:
         traffic = desired_traffic(cfg, slot)
         if state.traffic == traffic and state.mirror == mirror:
-            print(f"{model.uri} already serves on endpoint {endpoint.name} ({cfg.env.name}, {slot}, "
-                  f"traffic {traffic}): no change")
+            if started:  # a restart is news: the server was down and now serves its state again
+                print(f"{model.uri} serves again on endpoint {endpoint.name} ({cfg.env.name}, {slot}, "
+                      f"traffic {traffic}) [endpoint started]")
+            else:
+                print(f"{model.uri} already serves on endpoint {endpoint.name} ({cfg.env.name}, {slot}, "
+                      f"traffic {traffic}): no change")
             return _result(cfg, endpoint, model, changed=False)
     else:
         slot = pick_slot(state.live(), cfg.deploy.deployment)

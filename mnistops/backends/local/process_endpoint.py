@@ -69,7 +69,8 @@ class ProcessEndpoint(Endpoint):
                  f"  up {st['uptime_s']:.0f}s; restarts: master {st['restarts']['master']}, workers {st['restarts']['workers']}",
                  f"  traffic {st['traffic']}  mirror {st['mirror_traffic'] or {}}  (generation {st['generation']})"]
         for name, dep in sorted(st["deployments"].items()):
-            lines.append(f"  {name:6} {dep.get('model_uri')}  loaded={dep.get('loaded')}  since {dep.get('loaded_at')}")
+            lines.append(f"  {name:6} {dep.get('model_uri')}  loaded={dep.get('loaded')}  deployed {dep.get('loaded_at')}"
+                         f", served by this server since {dep.get('serving_since') or '-'}")
         keys = st["key_files"]
         lines.append(f"  scoring keys: {keys['primary']}, {keys['secondary']}   admin key: {keys['admin']}")
         lines.append(f"  log: {st['log_file']}")
