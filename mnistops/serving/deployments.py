@@ -136,6 +136,7 @@ class Deployment:
     error: Optional[str] = None
     healthy: bool = False
     failures: int = field(default=0)
+    serving_since: Optional[str] = None  # when this process loaded it (state.json's loaded_at is the deploy's time)
 
     @property
     def loaded(self) -> bool:

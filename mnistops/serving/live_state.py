@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from mnistops.serving.batching import MicroBatcher
-from mnistops.serving.deployments import Deployment, LoadError, OnnxModel, load_model, read_state
+from mnistops.serving.deployments import Deployment, LoadError, OnnxModel, load_model, now_iso, read_state
 from mnistops.serving.errors import Invalid, NotFound
 from mnistops.serving.prometheus import Metrics
 from mnistops.serving.routing import TrafficRouter
@@ -65,6 +65,7 @@ class LiveState:
                                max_queue=s.max_queue, metrics=self.metrics, on_result=slot.on_result)
         batcher.start()
         slot.model, slot.batcher, slot.healthy, slot.error = model, batcher, True, None
+        slot.serving_since = now_iso()
 
     def _retire(self, slot: Deployment) -> None:
         if slot.batcher is not None:
@@ -153,7 +154,7 @@ class LiveState:
         out = self.state()
         for name, slot in self.slots.items():
             out["deployments"][name].update(loaded=slot.loaded, healthy=slot.loaded and slot.healthy,
-                                            error=slot.error,
+                                            error=slot.error, serving_since=slot.serving_since,
                                             queue_depth=slot.batcher.depth if slot.batcher is not None else 0)
         return out
 

@@ -168,6 +168,7 @@ class DeploymentStatus(DeploymentInfo):
     healthy: bool
     error: Optional[str] = None
     queue_depth: int = 0
+    serving_since: Optional[str] = Field(None, description="when the running server loaded it (loaded_at: when it was deployed)")
 
 
 class Snapshot(BaseModel):
