@@ -237,12 +237,32 @@ def mnist_split(home: Path, split: str = "test", n: Optional[int] = None):
     return data.images[:n], data.labels[:n]
 
 
-def free_port() -> int:
-    import socket
+PORTS_BASE, PORTS_PER_WORKER = 20000, 1000  # below Linux's ephemeral ports (32768-), where bind(0) draws
+_next_port: List[int] = []
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+def free_port() -> int:
+    """A port for a server a test starts. Each xdist worker draws from its own range (gw0: 20000-20999,
+    gw1: 21000-21999, ...), in turn from a random start, so two workers can never be handed the same
+    port between this check and the server's bind (the race of bind-to-0-then-close); a port something
+    else holds is skipped. Below the ephemeral range, no client socket takes it meanwhile either."""
+    import random
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    low = PORTS_BASE + (index % 12) * PORTS_PER_WORKER
+    if not _next_port:
+        _next_port.append(random.randrange(PORTS_PER_WORKER))
+    for _ in range(PORTS_PER_WORKER):
+        port = low + _next_port[0] % PORTS_PER_WORKER
+        _next_port[0] += 1
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{low + PORTS_PER_WORKER - 1}")
 
 
 def failing_tests(tmp_path: Path) -> str:

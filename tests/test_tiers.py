@@ -5,6 +5,7 @@ mark it integration. The refusals happen before anything starts."""
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import subprocess
 import sys
@@ -81,7 +82,8 @@ def test_a_missing_tool_fails_in_ci_and_skips_elsewhere(monkeypatch):
 
 
 def test_no_skip_in_tests_decides_for_itself_what_ci_is():
-    """Every skip goes through conftest.needs_tool/needs_module (or is a reason that is not a missing tool)."""
+    """No module reads CI itself, and no module-level importorskip turns a whole module into skips in CI
+    (conftest.needs_tool / needs_module decide: fail in CI, skip elsewhere)."""
     offenders = []
     for path in sorted((conftest.REPO / "tests").glob("*.py")):
         text = path.read_text()
@@ -89,8 +91,8 @@ def test_no_skip_in_tests_decides_for_itself_what_ci_is():
             continue
         if ('environ.get("CI"' in text or "environ['CI']" in text or "IN_CI =" in text):
             offenders.append(f"{path.name}: reads CI itself")
-        if "pytest.importorskip(" in text:
-            offenders.append(f"{path.name}: pytest.importorskip (a skip in CI too: use conftest.needs_module)")
+        if re.search(r"^(\w+\s*=\s*)?pytest\.importorskip\(", text, re.M):  # module level: the whole module skips
+            offenders.append(f"{path.name}: module-level pytest.importorskip (a skip in CI too: use conftest.needs_module)")
     assert not offenders, offenders
 
 
@@ -116,3 +118,16 @@ def test_an_unknown_mark_is_an_error(tmp_path):
                            "-c", str(conftest.REPO / "pyproject.toml"), "--rootdir", str(tmp_path), str(tmp_path)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "'integraton' not found in `markers`" in proc.stdout + proc.stderr, proc.stdout[-2000:]
+
+
+def test_free_ports_are_apart_per_xdist_worker(monkeypatch):
+    """Two xdist workers never share a port range; one worker never hands out a port twice in a row."""
+    handed = {}
+    for worker in ("gw0", "gw1"):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", worker)
+        monkeypatch.setattr(conftest, "_next_port", [])
+        handed[worker] = [conftest.free_port() for _ in range(20)]
+        assert len(set(handed[worker])) == 20
+    ranges = {w: {p // conftest.PORTS_PER_WORKER for p in ports} for w, ports in handed.items()}
+    assert ranges == {"gw0": {20}, "gw1": {21}}
+    assert all(p < 32768 for ports in handed.values() for p in ports)  # not an ephemeral port
