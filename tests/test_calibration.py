@@ -159,3 +159,26 @@ def test_the_exported_graph_carries_temperature_head_and_metadata(tmp_path):
     images = (x.numpy()[:, 0] * 255).astype(np.uint8)
     probs, emb = Embedder(model_dir)(images)  # the monitor still finds the classifier's input
     assert emb.shape == (40, 16) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_a_model_registered_before_calibration_still_answers_every_field(tmp_path):
+    """No metadata, one output: temperature 1, an energy ood_score, ood false; never an error."""
+    torch = pytest.importorskip("torch")
+
+    from mnistops.models.export import export_onnx
+    from mnistops.models.nets import LogisticRegression
+    from mnistops.serving.deployments import OnnxModel
+
+    torch.manual_seed(1)
+    net = LogisticRegression().eval()
+    (tmp_path / "artifacts").mkdir()
+    export_onnx(net, tmp_path / "artifacts" / "model.onnx")  # as register did before calibration existed
+    x = torch.rand(5, 1, 28, 28)
+    with torch.no_grad():
+        logits = net(x).numpy()
+    model = OnnxModel(tmp_path)
+    assert model.calibration.metadata() == {"temperature": "1.0", "ood_method": "energy"}
+    scored = model.score(x.numpy())
+    assert np.allclose(scored.probabilities, protocol.softmax(logits), atol=1e-5)
+    assert np.allclose(scored.ood_score, protocol.ood_score(logits, "energy"), atol=1e-4)
+    assert scored.ood.tolist() == [False] * 5
