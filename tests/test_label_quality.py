@@ -151,6 +151,8 @@ def test_quality_keys_and_their_one_line_errors(tmp_path):
         validate_stage.check_quality_config(compose(["quality.label_issues=keep"], tmp_path))
     with pytest.raises(MnistopsError, match=r"quality.max_label_noise=5.0"):
         validate_stage.check_quality_config(compose(["quality.max_label_noise=5"], tmp_path))
+    with pytest.raises(MnistopsError, match=r"quality.min_model_accuracy=-0.1: expected a share"):
+        validate_stage.check_quality_config(compose(["quality.min_model_accuracy=-0.1"], tmp_path))
 
 
 # --------------------------------------------------------------------------- integration: the stages
@@ -260,3 +262,9 @@ def test_without_a_champion_the_class_mean_check_judges_the_labels(judged_home, 
     run = max(runs_of(client, "validate"), key=lambda r: r.info.start_time)
     assert run.data.tags["mnistops.label_quality"] == "not checked"
     assert "validate/label_noise" not in run.data.metrics
+
+    # a champion too weak to tell its own mistakes from wrong labels does not judge either
+    weak = run_cli(["env=qa", "stage=validate", f"validate.batch={noisy}", "quality.min_model_accuracy=0.9999"],
+                   judged_home, timeout=600)
+    assert weak.returncode == 2 and "label_matches_template" in weak.stderr
+    assert "is too weak to judge them (quality.min_model_accuracy 100%)" in weak.stdout

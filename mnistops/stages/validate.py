@@ -53,7 +53,7 @@ def check_quality_config(cfg: DictConfig) -> None:
     q = cfg.quality
     if q.label_issues not in LABEL_ISSUES:
         raise MnistopsError(f"quality.label_issues={q.label_issues!r}: expected one of {', '.join(LABEL_ISSUES)}")
-    for key in ("max_label_noise", "max_class_noise"):
+    for key in ("max_label_noise", "max_class_noise", "min_model_accuracy"):
         if not 0.0 <= float(q[key]) <= 1.0:
             raise MnistopsError(f"quality.{key}={q[key]}: expected a share between 0 and 1")
 
@@ -76,7 +76,9 @@ def labelled_batches(cfg: DictConfig, images, labels) -> List[Labelled]:
 
 
 def label_judge(cfg: DictConfig):
-    """(version, its model dir here) of quality.model (the champion), or None when there is none."""
+    """((version, its model dir here), "") of quality.model (the champion), or (None, why not): there
+    is none, or it is too weak to tell its own mistakes from wrong labels (its test accuracy, as
+    registered, below quality.min_model_accuracy)."""
     from mnistops import backends, layout
     from mnistops.backends import references
 
@@ -85,8 +87,13 @@ def label_judge(cfg: DictConfig):
     try:
         version = registry.resolve(cfg.quality.model, "quality.model")
     except MnistopsError:
-        return None
-    return version, registry.download(version, layout.models_cache(cfg))
+        return None, f"no {cfg.quality.model} in env {cfg.env.name!r} to judge them"
+    accuracy = version.tags.get(T.TEST_ACC)
+    floor = float(cfg.quality.min_model_accuracy)
+    if accuracy and float(accuracy) < floor:
+        return None, (f"{version.uri} (test accuracy {float(accuracy):.1%}) is too weak to judge them "
+                      f"(quality.min_model_accuracy {floor:.0%})")
+    return (version, registry.download(version, layout.models_cache(cfg))), ""
 
 
 def judge_labels(cfg: DictConfig, batch: Labelled, judge, out: Path) -> dict:
@@ -136,10 +143,10 @@ def run(cfg: DictConfig) -> StageResult:
     current = baselines.current_suite(cfg)
     images, labels = load_batch(cfg)
     batches = labelled_batches(cfg, images, labels)
-    judge = label_judge(cfg) if any(b.in_sample is None for b in batches) else None
+    judge, no_judge = label_judge(cfg) if any(b.in_sample is None for b in batches) else (None, "")
     if current is None and judge is None:
         print(f"validate: no baseline suite in env {cfg.env.name!r} yet (stage=baseline makes one) and no "
-              f"{cfg.quality.model} to judge labels with: nothing to compare")
+              f"model to judge labels with{f' ({no_judge})' if no_judge else ''}: nothing to compare")
         return StageResult("validate", metrics={"validate/skipped": 1.0})
     report, judged, notes = None, [], []
     metrics: Dict[str, float] = {}
@@ -168,10 +175,10 @@ def run(cfg: DictConfig) -> StageResult:
                 notes.append(f"label quality of {batch.source}: not checked by a model ({batch.in_sample})"
                              + ("; the suite's class-mean check judged them" if current is not None else ""))
             elif judge is None:
-                notes.append(f"label quality of {batch.source}: no {cfg.quality.model} in env {cfg.env.name!r} "
-                             f"to judge them" + ("; only the suite's class-mean consistency check (it sees "
-                                                 "~30 % wrong labels and more) judged them" if current is not None
-                                                 and batch.key == "batch" else ""))
+                by_suite = current is not None and batch.key == "batch"
+                notes.append(f"label quality of {batch.source}: {no_judge}" + (
+                    "; only the suite's class-mean consistency check (it sees ~30 % wrong labels and more) "
+                    "judged them" if by_suite else ""))
             else:
                 judged.append((batch, judge_labels(cfg, batch, judge, out)))
         for batch, j in judged:
