@@ -243,3 +243,32 @@ def test_a_wrong_key_shows_an_error_on_the_page(browser, server, tmp_path):
         assert p.errors == [], p.errors
     finally:
         p.close()
+
+
+GRID = [[(40, y), (240, y)] for y in (50, 110, 170, 230)] + [[(x, 40), (x, 240)] for x in (50, 110, 170, 230)]
+
+
+def test_the_page_says_when_a_drawing_does_not_look_like_a_digit(browser, server):
+    """A 7 is answered ood: false and the page shows no warning; a grid of lines is answered ood: true
+    (Mahalanobis score ~2x the threshold on the tests' model) and the page says so."""
+    p = Page(browser, server.url + "/")
+    try:
+        page = p.page
+        p.set_key(KEY)
+        page.uncheck("#auto")
+        assert not page.locator("#ood").is_visible()
+        for strokes, expect_ood in ((SEVEN, False), (GRID, True)):
+            page.click("#clear")
+            p.draw(*strokes)
+            with page.expect_response(lambda r: r.url.endswith("/predict")) as answer:
+                page.click("#predict")
+            assert p.wait_answer().startswith("answered in")
+            flagged = answer.value.json()["predictions"][0]["ood"]
+            assert flagged is expect_ood
+            assert page.locator("#ood").is_visible() is expect_ood
+        assert p.text("#ood") == "this does not look like a digit"
+        page.click("#clear")
+        assert not page.locator("#ood").is_visible()
+        assert not p.errors and not p.console_errors, (p.errors, p.console_errors)
+    finally:
+        p.close()
