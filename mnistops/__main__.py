@@ -25,7 +25,7 @@ def main(cfg: DictConfig) -> float | None:
         result = run_stage(cfg)
     except MnistopsError as err:
         print(f"mnistops: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(getattr(err, "exit_code", 2)) from None
     return result.score
 
 

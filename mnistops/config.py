@@ -465,6 +465,28 @@ class BatchStageConfig:
 
 
 @dataclass
+class CanaryStageConfig:
+    """stage=canary (and stage=cd with cd.canary): deploy.model on mirrored live traffic vs the champion."""
+
+    mirror: int = 20  # percent of live requests copied to the challenger (answers recorded, never returned)
+    requests: int = 500  # requests answered by both before judging (at 20 %: 2,500 live requests)
+    warmup: int = 50  # ...after this many more, not judged: the freshly loaded challenger's cold start
+    min_agreement: float = 0.97  # lower confidence bound on the share of images with the same digit
+    max_error_rate: float = 0.01  # the challenger's failed answers (confidence bound)
+    max_latency_ratio: float = 1.5  # challenger p99 / champion p99, on the same requests
+    max_ood_increase: float = 0.02  # 'not a digit' rate, challenger minus champion (where answers carry it)
+    confidence: float = 0.95  # of the Wilson intervals
+    timeout_s: float = 600.0  # waiting longer for `requests` ends in hold
+    no_traffic_s: float = 30.0  # no live request at all in this long: "no live traffic"
+    poll_s: float = 2.0
+
+
+@dataclass
+class CdStageConfig:
+    canary: bool = False  # judge the new version on mirrored live traffic before traffic moves (prod: true)
+
+
+@dataclass
 class AzureEnvironmentConfig:
     """An Azure ML environment: a base image plus a conda file written from this project's dependencies."""
 
@@ -537,6 +559,8 @@ class Config:
     promote: PromoteStageConfig = field(default_factory=PromoteStageConfig)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     traffic: TrafficStageConfig = field(default_factory=TrafficStageConfig)
+    canary: CanaryStageConfig = field(default_factory=CanaryStageConfig)
+    cd: CdStageConfig = field(default_factory=CdStageConfig)
     batch: BatchStageConfig = field(default_factory=BatchStageConfig)
     azure: AzureConfig = field(default_factory=AzureConfig)
     seed: int = 42

@@ -45,7 +45,10 @@ _TABLE = (
     Stage("deploy", "serve a registered version (deploy.model) on the env's endpoint, blue/green", endpoint=True),
     Stage("smoke", "labelled test images as web requests against the endpoint; fails loudly", endpoint=True),
     Stage("rollback", "restore the endpoint's previous deployments and traffic", endpoint=True),
-    Stage("cd", "deploy the env's @champion -> smoke test -> roll back on failure", endpoint=True),
+    Stage("cd", "deploy the env's @champion (cd.canary: judged on live traffic first) -> smoke test -> roll back "
+          "on failure", endpoint=True),
+    Stage("canary", "deploy.model in the idle deployment on mirrored live traffic vs the champion -> promote / "
+          "hold (exit 3) / reject (exit 2)", endpoint=True),
     Stage("endpoint", "endpoint.action=status|stop|regenerate-keys for the env's endpoint", endpoint=True),
     Stage("promote", "copy the source env's approved, smoke-tested version into this env's registry"),
     Stage("traffic", "simulated traffic: real (optionally shifted) test images with feedback", endpoint=True),

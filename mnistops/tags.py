@@ -59,6 +59,15 @@ def smoke(env: str) -> str:
     return f"mnistops.smoke.{env}"
 
 
+# --- registered versions: canary analysis (stage=canary) -----------------------------------------
+CANARY_DECISION = "mnistops.canary.decision"  # promote | hold | reject
+CANARY_REASONS = "mnistops.canary.reasons"
+CANARY_COMPARED_TO = "mnistops.canary.compared_to"  # the champion's model URI it was judged against
+CANARY_EVIDENCE = "mnistops.canary.evidence"  # e.g. "agreement 0.9950 on 200 requests, p99 ratio 1.10"
+CANARY_RUN_ID = "mnistops.canary.run_id"
+CANARY_ENV = "mnistops.canary.env"
+
+
 # --- registered versions: promotion lineage ---------------------------------------------------
 SOURCE_ENV = "mnistops.source_env"
 SOURCE_VERSION = "mnistops.source_version"

@@ -7,11 +7,12 @@ these interfaces and never ask which flavour they run on; capabilities (``JobRun
 
     ModelRegistry       resolve a reference, register with lineage, aliases, decision tags,
                         bring in a version from another env's registry, download a version's files
-    Endpoint            state, load a version into a slot, traffic + mirror, rollback, stop,
-                        scoring URL + credentials
+    Endpoint            state, load a version into a slot (or remove it), traffic + mirror, rollback,
+                        stop, scoring URL + credentials
     JobRunner           run the steps here, or submit them where the compute is and follow them
-    MonitoringSchedule  what the endpoint collected, for stage=monitor to judge here; and where the
-                        platform also runs its own monitor on a schedule (remote), that schedule
+    MonitoringSchedule  what the endpoint collected, for stage=monitor to judge here (and each
+                        deployment's answers, mirrored copies included, for stage=canary); and where
+                        the platform also runs its own monitor on a schedule (remote), that schedule
     Provisioner         what an env needs before jobs run (None where nothing is needed)
     BatchScoring        score a folder or file of images with one version: on this machine's cores,
                         or as a job of the platform's batch endpoint on its cluster (`remote`)
@@ -177,6 +178,10 @@ class Endpoint(abc.ABC):
     def set_traffic(self, traffic: Mapping[str, int], mirror: Mapping[str, int]) -> EndpointState:
         """Move live and mirror traffic at once, keeping the state before as the rollback point."""
 
+    def unload(self, slot: str) -> EndpointState:
+        """Remove deployment `slot` (it must take no live or mirror traffic): a rejected canary."""
+        raise MnistopsError(f"endpoint {self.name}: this backend cannot remove a deployment")
+
     @abc.abstractmethod
     def rollback(self) -> EndpointState:
         """Restore the deployments and traffic before the last change."""
@@ -229,6 +234,12 @@ class MonitoringSchedule(abc.ABC):
         starts with `id_prefix` when given: requests, images, outputs and feedback, for stage=monitor
         to judge here; None where nothing can be read (a dry run). `stats`
         (monitoring.collected.ReadStats) counts files, lines and torn lines."""
+
+    def answers(self, cfg: "DictConfig", start: float, end: float, deployments: Sequence[str]):
+        """Every answer `deployments` gave in [start, end], live and mirrored copies alike, as
+        quality.canary's evidence frame (one row per answer, request ids join the deployments); None
+        where nothing can be read (a dry run). What stage=canary judges."""
+        raise MnistopsError("this backend does not read the deployments' answers: no canary analysis here")
 
     def apply(self, cfg: "DictConfig") -> "StageResult":
         """Create or update the schedule (it follows the live deployment). Only when `remote`."""

@@ -21,7 +21,7 @@ import orjson
 import pandas as pd
 
 from mnistops.errors import MnistopsError
-from mnistops.serving.collector import FEEDBACK_FILE, REQUESTS_DIR, decode_images
+from mnistops.serving.collector import FEEDBACK_FILE, MIRROR_ROUTE, REQUESTS_DIR, decode_images
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 WINDOW_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -61,9 +61,10 @@ def json_lines(path: Path, stats: ReadStats) -> Iterator[dict]:
 
 
 def iter_records(monitor_dir: Path, start: float, end: float, stats: Optional[ReadStats] = None,
-                 id_prefix: Optional[str] = None) -> Iterator[dict]:
+                 id_prefix: Optional[str] = None, mirrored: bool = False) -> Iterator[dict]:
     """Every collected request record with ``start <= t <= end`` (and an id starting with
-    ``id_prefix``, when given), oldest file first."""
+    ``id_prefix``, when given), oldest file first; mirrored copies' answers only when ``mirrored``
+    (canary analysis reads them, the monitor judges what clients got)."""
     stats = stats if stats is not None else ReadStats()
     files = sorted((Path(monitor_dir) / REQUESTS_DIR).glob("*.jsonl"))
     for path in files:
@@ -71,7 +72,8 @@ def iter_records(monitor_dir: Path, start: float, end: float, stats: Optional[Re
             continue
         stats.files += 1
         for rec in json_lines(path, stats):
-            if start <= rec.get("t", 0.0) <= end and (id_prefix is None or str(rec.get("id", "")).startswith(id_prefix)):
+            if start <= rec.get("t", 0.0) <= end and (id_prefix is None or str(rec.get("id", "")).startswith(id_prefix)) \
+                    and (mirrored or rec.get("route") != MIRROR_ROUTE):
                 yield rec
 
 

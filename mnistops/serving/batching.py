@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Deque, List, Optional, Tuple
@@ -58,6 +59,9 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._on_result = on_result
         self._batch_seconds: Optional[float] = None  # moving average of one batch's inference time
+        # future -> the model time of the batch that answered it (the collector's model_ms: what canary
+        # analysis compares, free of the event loop's queueing); weak: an unread entry goes with its future
+        self.model_seconds: "weakref.WeakKeyDictionary[asyncio.Future, float]" = weakref.WeakKeyDictionary()
         if metrics is not None:
             self._m_batch = metrics.batch_size.labels(name)
             self._m_infer = metrics.inference.labels(name)
@@ -198,6 +202,7 @@ class MicroBatcher:
             size = len(batch)
             if not fut.done():
                 if error is None:
+                    self.model_seconds[fut] = seconds
                     fut.set_result(probs[start:start + size])
                 else:
                     fut.set_exception(InferenceFailed(f"deployment {self.name}: inference failed: {error}"))

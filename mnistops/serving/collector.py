@@ -18,6 +18,12 @@ One line per request::
 ``ood_scores``/``ood`` (one per image, see ``protocol.read_outputs``) ride with them.
 ``inputs``/``digits``/``probabilities`` appear on sampled, answered requests only; the system fields
 (status, latency, deployment) on every request, so error rates and latency percentiles are exact.
+Answered requests also carry ``model_ms``: the model's time on the batch that answered them (the
+same measure on every deployment, free of the event loop's queueing: what canary analysis compares).
+
+A mirrored copy's answer is a line of its own with ``"route": "mirror"``, the primary request's id,
+the mirror deployment, and ``latency_ms`` = ``model_ms`` (the copy never crosses HTTP): canary
+analysis joins the two by id. The monitor's reader leaves mirror lines out.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ import orjson
 log = logging.getLogger("mnistops.serving")
 
 REQUESTS_DIR = "requests"
+MIRROR_ROUTE = "mirror"  # the route of a mirrored copy's record
 FEEDBACK_FILE = "feedback.jsonl"
 DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY
 CHUNK = 64  # records serialised per turn of the writer (~0.3 ms holding the GIL)
@@ -55,7 +62,7 @@ def decode_images(text: str, n: int) -> np.ndarray:
 
 
 # (time, request id, route, status, latency s, deployment,
-#  (batch, probs, info[, inference s or None[, protocol.Scored]]) or None)
+#  (batch, probs, info[, inference s[, protocol.Scored]]) or None)
 Pending = Tuple[float, str, str, int, float, str, Optional[tuple]]
 
 
@@ -159,6 +166,8 @@ class Collector:
                 rec["model"] = info.get("model_name", "")
                 rec["version"] = str(info.get("version", ""))
                 rec["n"] = n
+                if len(payload) > 3 and payload[3] is not None:
+                    rec["model_ms"] = round(payload[3] * 1000.0, 3)
                 if status < 400:
                     end = offset + n
                     rec["inputs"] = base64.b64encode(pixels[offset:end].tobytes()).decode("ascii")

@@ -32,7 +32,8 @@ class TrafficRouter:
         return names[-1]
 
     def mirrors(self, primary: str) -> List[str]:
-        """The deployments that also get (a copy of) this request, answers discarded."""
+        """The deployments that also get (a copy of) this request; the client never sees their answers
+        (the collector records them for canary analysis)."""
         if not self._mirror:
             return []
         return [name for name, p in self._mirror if name != primary and self._rand() < p]

@@ -16,7 +16,7 @@ from fastapi import Request
 from mnistops.serving import protocol
 from mnistops.serving.batching import BatcherClosed, InferenceFailed, QueueFull
 from mnistops.serving.cluster import Cluster
-from mnistops.serving.collector import Collector, FeedbackLog, monitor_dir_of
+from mnistops.serving.collector import MIRROR_ROUTE, Collector, FeedbackLog, monitor_dir_of
 from mnistops.serving.deployments import Deployment
 from mnistops.serving.errors import NotFound, ServerFault, Timeout, Unauthorized, Unavailable
 from mnistops.serving.live_state import LiveState
@@ -129,6 +129,7 @@ class Runtime:
         except BatcherClosed as exc:
             raise Unavailable(str(exc)) from None
         handle = loop.call_later(remaining, _expire, fut)
+        started = loop.time()
         try:
             scored = await fut
         except _Expired:
@@ -140,31 +141,49 @@ class Runtime:
             raise ServerFault(str(exc)) from None
         finally:
             handle.cancel()
-        self.mirror(slot.name, batch)
-        scope["mnistops.collect"] = (batch, scored.probabilities, slot.info, None, scored)
+        # the model's time on this request's batch (queueing on the loop left out: canary analysis
+        # compares it between deployments); the queue + inference time when the batcher has none
+        seconds = slot.batcher.model_seconds.get(fut, loop.time() - started)
+        self.mirror(scope["mnistops.rid"], slot.name, batch)
+        scope["mnistops.collect"] = (batch, scored.probabilities, slot.info, seconds, scored)
         return scored
 
-    def mirror(self, primary: str, batch: np.ndarray) -> None:
+    def mirror(self, rid: str, primary: str, batch: np.ndarray) -> None:
+        """Copies of the request to the mirror deployments; their answers go to the collector (route
+        ``mirror``, the same request id) for canary analysis, never to the client."""
         live = self.live
         for name in live.router.mirrors(primary):
             slot = live.slots.get(name)
             if slot is None or not slot.loaded:
                 self.metrics.mirror.labels(name, "not_loaded").inc()
+                self._record_mirror(rid, name, 503, 0.0, None)
                 continue
             try:
                 fut = slot.batcher.submit(batch)
             except (QueueFull, BatcherClosed):
                 self.metrics.mirror.labels(name, "rejected").inc()
+                self._record_mirror(rid, name, 503, 0.0, None)
                 continue
-            fut.add_done_callback(self._mirror_done(name))
+            fut.add_done_callback(self._mirror_done(rid, slot, batch, asyncio.get_running_loop().time()))
 
-    def _mirror_done(self, name: str) -> Callable:
+    def _mirror_done(self, rid: str, slot: Deployment, batch: np.ndarray, started: float) -> Callable:
+        name = slot.name
+
         def done(fut: asyncio.Future) -> None:
             ok = not fut.cancelled() and fut.exception() is None
             self.metrics.mirror.labels(name, "ok" if ok else "error").inc()
+            seconds = slot.batcher.model_seconds.get(fut, asyncio.get_running_loop().time() - started)
             if ok:
-                self.metrics.images.labels(name, "mirror").inc(len(fut.result()))
+                scored = fut.result()
+                self.metrics.images.labels(name, "mirror").inc(len(scored))
+                self._record_mirror(rid, name, 200, seconds, (batch, scored.probabilities, slot.info, seconds, scored))
+            else:
+                self._record_mirror(rid, name, 500, seconds, None)
         return done
+
+    def _record_mirror(self, rid: str, name: str, status: int, seconds: float, payload: Optional[tuple]) -> None:
+        if self.collector is not None:
+            self.collector.record(time.time(), rid, MIRROR_ROUTE, status, seconds, name, payload)
 
     def count(self, slot: Deployment, scored: protocol.Scored) -> None:
         name = slot.name

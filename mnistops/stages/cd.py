@@ -1,6 +1,8 @@
 """stage=cd: deploy the env's champion, smoke-test it through the endpoint, record the outcome on the
 version (promotion out of this env needs `passed`), and roll back automatically when the smoke test
-fails (the command still fails, with the smoke report's reason)."""
+fails (the command still fails, with the smoke report's reason). With `cd.canary` (prod's default)
+the version is first judged on mirrored live traffic (stage=canary) and traffic moves only on its
+promotion."""
 
 from __future__ import annotations
 
@@ -9,8 +11,28 @@ import copy
 from omegaconf import DictConfig
 
 from mnistops import tags as T
-from mnistops.errors import MnistopsError
+from mnistops.errors import Held, MnistopsError
 from mnistops.stages import StageResult, run_step
+
+
+def _canary_first(cfg: DictConfig):
+    """cd.canary: the champion version is judged on mirrored live traffic before traffic moves. A
+    promotion counts as the deploy; a rejection fails (exit 2) and a hold stops (exit 3) with the
+    traffic unchanged; without live traffic (or nothing live yet) the deploy and smoke test decide."""
+    from mnistops.quality.canary import HOLD, PROMOTE, REJECT
+    from mnistops.stages import canary
+
+    out = canary.analyse(cfg)
+    if out.decision == REJECT:
+        raise MnistopsError(out.message)
+    if out.decision == HOLD:
+        raise Held(out.message)
+    if out.decision == PROMOTE:
+        return StageResult("deploy", run_id=out.run_id, model_uri=out.model_uri, endpoint_url=out.endpoint_url,
+                           metrics={"deploy/changed": 1.0, **(out.metrics or {})},
+                           artifacts={"canary_report": out.report} if out.report else {})
+    print(f"{out.message}; the deploy and smoke test decide")
+    return None
 
 
 def run(cfg: DictConfig) -> StageResult:
@@ -19,7 +41,9 @@ def run(cfg: DictConfig) -> StageResult:
     cfg = copy.deepcopy(cfg)
     cfg.deploy.model = f"models:/{cfg.env.model_name}@champion"
     registry = backends.get(cfg).registry()
-    deployed = run_step("deploy", cfg)
+    deployed = _canary_first(cfg) if cfg.cd.canary else None
+    if deployed is None:
+        deployed = run_step("deploy", cfg)
     version = registry.resolve(deployed.model_uri)
     try:
         smoke = run_step("smoke", cfg)

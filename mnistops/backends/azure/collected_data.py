@@ -285,3 +285,46 @@ def read_window(files: CollectorFiles, endpoint: str, start: float, end: float, 
         requests=frame,
         meta={OUTCOMES_UNSEEN: UNSEEN_WHY, "source": f"{files.account}/{base}"},
     )
+
+
+# ---------------------------------------------------------------------------------- canary evidence
+
+def read_answers(files: CollectorFiles, endpoint: str, start: float, end: float, deployments, stats):
+    """What each of `deployments` answered in [start, end], one row per request (its images in
+    order), as quality.canary's evidence frame: the mirrored deployment's answers too, which Azure
+    discards but its score.py collected. The two join by request id (the client's x-request-id,
+    which the mirrored copy carries). Latency and failed requests are not collected here
+    (UNSEEN_WHY): the frame says so and those checks are skipped."""
+    from mnistops.quality import canary
+
+    base = f"{ROOT}/{endpoint}/"
+    by_request: Dict[Tuple[str, str], Dict[int, dict]] = {}
+    for deployment in deployments:
+        for rec in records(files, blobs(files, f"{base}{deployment}/{F.OUTPUTS}/", start, end), deployment, stats):
+            if not start <= rec.time <= end:
+                continue
+            for row in rec.rows:
+                if not answered(row):
+                    stats.torn += 1
+                    continue
+                rid, cid = str(row[F.REQUEST]), str(row[F.CORRELATION])
+                index = int(cid.rsplit("_", 1)[1]) if cid != rid and cid.rsplit("_", 1)[-1].isdigit() else 0
+                by_request.setdefault((deployment, rid), {}).setdefault(index, (rec.time, row))
+    labels: Dict[str, int] = {}
+    truth = blobs(files, f"{base}{F.GROUND_TRUTH}/", start, time.time()) if by_request else []
+    for rec in records(files, truth, "", stats):
+        for row in rec.rows:
+            if isinstance(row.get(F.LABEL), int) and 0 <= row[F.LABEL] <= 9:
+                labels[str(row.get(F.CORRELATION))] = int(row[F.LABEL])
+    rows, ood = [], getattr(F, "OOD", "ood")  # "not a digit", where score.py collects it
+    for (deployment, rid), images in by_request.items():
+        ordered = [images[i][1] for i in sorted(images)]
+        rows.append({"id": rid, "deployment": deployment, "status": 200, "latency_ms": None,
+                     "t": min(t for t, _ in images.values()),
+                     "digits": [int(r[F.DIGIT]) for r in ordered],
+                     "top": [max(float(r[p]) for p in F.PROBABILITIES) for r in ordered],
+                     "ood": [bool(r[ood]) for r in ordered] if all(ood in r for r in ordered) else None,
+                     "label": labels.get(rid, -1) if len(ordered) == 1 else -1})
+    frame = canary.answers_frame(rows)
+    frame.attrs[canary.OUTCOMES_UNSEEN] = UNSEEN_WHY
+    return frame

@@ -150,6 +150,18 @@ class ManagedEndpoint(Endpoint):
         now = self.state()
         return self._move(traffic, mirror, {"traffic": now.traffic, "mirror_traffic": now.mirror})
 
+    def unload(self, slot: str) -> EndpointState:
+        """Delete deployment `slot` (a rejected canary); Azure refuses while it takes traffic."""
+        if self.dry_run:
+            return EndpointState(exists=False)
+        try:
+            self.ml.online_deployments.begin_delete(name=slot, endpoint_name=self.name).result()
+        except Exception as err:  # noqa: BLE001 (the SDK's own error types; one line for the user)
+            from mnistops.backends.azure.workspace import error_line
+
+            raise MnistopsError(f"deleting deployment {slot} of {self.name} failed: {error_line(err)}") from None
+        return self.state()
+
     def rollback(self) -> EndpointState:
         if self.dry_run:
             raise MnistopsError("stage=rollback reads the endpoint's previous traffic from Azure: it has no dry run")

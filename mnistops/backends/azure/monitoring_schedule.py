@@ -40,6 +40,17 @@ class AzureMonitoringSchedule(MonitoringSchedule):
 
         return read_window(CollectorFiles.of_workspace(self.connection), self.endpoint, start, end, stats, id_prefix)
 
+    def answers(self, cfg: DictConfig, start: float, end: float, deployments):
+        """Each deployment's answers from its collected model_outputs (Azure discards a mirrored
+        deployment's responses, its score.py collects them); None in a dry run."""
+        if cfg.azure.dry_run:
+            return None
+        from mnistops.backends.azure.collected_data import CollectorFiles, read_answers
+        from mnistops.monitoring.collected import ReadStats
+
+        return read_answers(CollectorFiles.of_workspace(self.connection), self.endpoint, start, end, deployments,
+                            ReadStats())
+
     def apply(self, cfg: DictConfig) -> StageResult:
         from mnistops.backends.azure import monitor_specs, naming, render
 

@@ -26,6 +26,19 @@ class MonitorHere(MonitoringSchedule):
 
         return collected.load_window(layout.endpoint_monitoring_dir(cfg), start, end, stats, id_prefix)
 
+    def answers(self, cfg, start: float, end: float, deployments):
+        """The collector's records of `deployments`, mirrored copies included (route "mirror")."""
+        from mnistops import layout
+        from mnistops.monitoring import collected
+        from mnistops.quality import canary
+
+        where = layout.endpoint_monitoring_dir(cfg)
+        feedback = collected.read_feedback(where)
+        wanted = set(deployments)
+        return canary.answers_frame(canary.record_answer(rec, feedback) for rec in
+                                    collected.iter_records(where, start, end, mirrored=True)
+                                    if rec.get("deployment") in wanted)
+
 
 class LocalBackend(Backend):
     name = "local"

@@ -47,6 +47,10 @@ class ProcessEndpoint(Endpoint):
         self.server.admin("PUT", "/admin/traffic", {"traffic": dict(traffic), "mirror_traffic": dict(mirror)})
         return self.state()
 
+    def unload(self, slot: str) -> EndpointState:
+        self.server.admin("DELETE", f"/admin/deployments/{slot}")
+        return self.state()
+
     def rollback(self) -> EndpointState:
         self.server.admin("POST", "/admin/rollback")
         return self.state()
