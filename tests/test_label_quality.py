@@ -247,6 +247,13 @@ def test_label_issues_drop_drops_the_suspects_and_records_them(judged_home, tmp_
     keep = np.setdiff1d(np.arange(len(noisy_labels)), dropped)
     assert np.array_equal(kept["labels"], noisy_labels[keep]) and np.array_equal(kept["images"], images[keep])
 
+    # labels that are not digits are not judged (the suite names them), and the batch is refused
+    bad_labels = noisy_labels.copy()
+    bad_labels[0] = 12
+    bad = write_batch(tmp_path / "bad.npz", images, bad_labels)
+    proc = run_cli(["env=qa", "stage=validate", f"validate.batch={bad}"], judged_home, timeout=600)
+    assert proc.returncode == 2 and f"label quality of {bad}: not checked: labels must be 0..9" in proc.stdout
+
 
 @pytest.mark.integration
 def test_without_a_champion_the_class_mean_check_judges_the_labels(judged_home, tmp_path):
