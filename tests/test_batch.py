@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import QUICK, compose, free_port, fresh_home, mlflow_client, run_cli
+from conftest import QUICK, compose, free_port, fresh_home, mlflow_client, needs_module, run_cli
 from mnistops.data.idx import read_idx
 
 N_ENDPOINT = 1000  # images compared with the endpoint's answers
@@ -182,7 +182,7 @@ def test_output_is_checked_before_scoring_and_written_whole(tmp_path, mnist_test
 # --------------------------------------------------------------------------- azure (dry run, unit)
 
 def test_azure_dry_run_renders_a_batch_endpoint_and_deployment_the_sdk_loads(home, tmp_path, mnist_test):
-    pytest.importorskip("azure.ai.ml")
+    needs_module("azure.ai.ml")
     from azure.ai.ml import load_batch_deployment, load_batch_endpoint, load_environment
 
     import mnistops
@@ -222,7 +222,7 @@ def test_azure_dry_run_renders_a_batch_endpoint_and_deployment_the_sdk_loads(hom
      "a dry run cannot ask the workspace which version that is"),
 ])
 def test_azure_batch_refuses_bad_input_before_rendering_anything(home, tmp_path, extra, needle):
-    pytest.importorskip("azure.ai.ml")
+    needs_module("azure.ai.ml")
     import mnistops
     from mnistops.errors import MnistopsError
 

@@ -124,7 +124,7 @@ def test_scored_slices_and_concatenates_by_rows():
 
 
 def test_the_exported_graph_carries_temperature_head_and_metadata(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch
     import onnxruntime as ort
 
     from mnistops.models.export import export_onnx, last_linear
@@ -163,7 +163,7 @@ def test_the_exported_graph_carries_temperature_head_and_metadata(tmp_path):
 
 def test_a_model_registered_before_calibration_still_answers_every_field(tmp_path):
     """No metadata, one output: temperature 1, an energy ood_score, ood false; never an error."""
-    torch = pytest.importorskip("torch")
+    import torch
 
     from mnistops.models.export import export_onnx
     from mnistops.models.nets import LogisticRegression
