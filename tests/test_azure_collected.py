@@ -152,3 +152,21 @@ def test_a_dry_run_reads_nothing():
     ws = FakeWorkspace(workspace="mlw-prod")
     window, _, _ = read(ws, T0, T0 + 600, dry_run=True)
     assert window is None and not ws.requests
+
+
+def test_the_not_a_digit_flags_score_py_collects_reach_the_window(images):
+    """ood/rate on Azure: score.py's `ood` column becomes the window's flags; a window with rows
+    collected before the flag existed has none (ood/rate: not computed), never a made-up 0 %."""
+    ws = FakeWorkspace(workspace="mlw-prod")
+    served(ws, "blue", "r-1", T0 + 60, images[0:3], [1, 2, 3], "4")
+    flagged = ws.blobstore  # score.py's ood columns: the 2nd image is "not a digit"
+    inputs, outputs = request_rows("r-2", images[3:5], [5, 6], "4")
+    for row, ood in zip(outputs, (False, True)):
+        row.update(ood_score=9.0 if ood else 1.0, ood=ood)
+    write_collector_files(flagged, ENDPOINT, "blue", [
+        collector_record("model_inputs", inputs, T0 + 120, "r-2", ENDPOINT, "blue"),
+        collector_record("model_outputs", outputs, T0 + 120, "r-2", ENDPOINT, "blue")])
+    (window, _, _) = read(ws, T0 + 100, T0 + 3600)
+    assert window.n_images == 2 and window.ood.tolist() == [False, True]
+    (window, _, _) = read(ws, T0, T0 + 3600)  # r-1's rows carry no flag
+    assert window.n_images == 5 and window.ood is None

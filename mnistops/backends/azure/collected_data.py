@@ -284,7 +284,16 @@ def read_window(files: CollectorFiles, endpoint: str, start: float, end: float, 
         labels=np.array([rows.labels.get(cid, (0, NO_LABEL))[1] for _, _, cid in images], dtype=np.int64),
         requests=frame,
         meta={OUTCOMES_UNSEEN: UNSEEN_WHY, "source": f"{files.account}/{base}"},
+        ood=ood_flags([r for _, _, r in out]),
     )
+
+
+def ood_flags(rows: list) -> Optional[np.ndarray]:
+    """score.py's "not a digit" flag per answered row; None where any row lacks it (a model or
+    score.py from before the flag), so ood/rate says "not computed" rather than a made-up 0."""
+    if not rows or not all(isinstance(r.get(F.OOD), bool) for r in rows):
+        return None
+    return np.array([r[F.OOD] for r in rows], dtype=bool)
 
 
 # ---------------------------------------------------------------------------------- canary evidence
@@ -316,14 +325,14 @@ def read_answers(files: CollectorFiles, endpoint: str, start: float, end: float,
         for row in rec.rows:
             if isinstance(row.get(F.LABEL), int) and 0 <= row[F.LABEL] <= 9:
                 labels[str(row.get(F.CORRELATION))] = int(row[F.LABEL])
-    rows, ood = [], getattr(F, "OOD", "ood")  # "not a digit", where score.py collects it
+    rows = []
     for (deployment, rid), images in by_request.items():
         ordered = [images[i][1] for i in sorted(images)]
         rows.append({"id": rid, "deployment": deployment, "status": 200, "latency_ms": None,
                      "t": min(t for t, _ in images.values()),
                      "digits": [int(r[F.DIGIT]) for r in ordered],
                      "top": [max(float(r[p]) for p in F.PROBABILITIES) for r in ordered],
-                     "ood": [bool(r[ood]) for r in ordered] if all(ood in r for r in ordered) else None,
+                     "ood": None if (flags := ood_flags(ordered)) is None else flags.tolist(),
                      "label": labels.get(rid, -1) if len(ordered) == 1 else -1})
     frame = canary.answers_frame(rows)
     frame.attrs[canary.OUTCOMES_UNSEEN] = UNSEEN_WHY
