@@ -43,7 +43,7 @@ def why_not() -> str:
     try:
         workspace.credential()
     except MnistopsError as err:
-        return str(err).splitlines()[0][:200]
+        return str(err).splitlines()[0][:400]
     try:
         plugin = importlib.util.find_spec("azureml.mlflow") is not None
     except ModuleNotFoundError:

@@ -140,10 +140,11 @@ def test_score_py_collects_images_answers_and_feedback_by_correlation_id(scoring
 
     outputs = {r["correlation_id"]: r for r in sink.rows("model_outputs")}
     assert set(outputs["req-b"]) == {"correlation_id", "request_id", "model_version", "digit", "confidence",
-                                     *PROBABILITIES}
+                                     *PROBABILITIES, "ood_score", "ood"}
     for i, prediction in enumerate(three["predictions"]):
         row = outputs[f"req-a_{i}"]
         assert (row["request_id"], row["model_version"], row["digit"]) == ("req-a", "1", prediction["digit"])
+        assert (row["ood"], row["ood_score"]) == (prediction["ood"], pytest.approx(prediction["ood_score"], abs=1e-5))
         assert [row[p] for p in PROBABILITIES] == pytest.approx(prediction["probabilities"], abs=1e-6)
         assert row["confidence"] == pytest.approx(max(prediction["probabilities"]), abs=1e-6)
 
