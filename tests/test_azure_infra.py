@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from conftest import REPO, needs_module
+from test_jobs import unquote  # python-hcl2's values without HCL's quotes: one copy, beside terraform fmt's test
 
 INFRA = REPO / "infra"
 ROLES = json.loads((REPO / "tests" / "data" / "azure-roles" / "builtin-roles.json").read_text())["roles"]
@@ -34,16 +35,6 @@ CROSS_ENV_ACTIONS = [f"{ML}/{a}" for a in (
     "models/versions/read", "experiments/runs/read", "metadata/artifacts/read",
     "experiments/write", "experiments/runs/write", "metadata/artifacts/write",
 )]
-
-
-def unquote(node):
-    if isinstance(node, dict):
-        return {unquote(k): unquote(v) for k, v in node.items() if not str(k).startswith("__")}
-    if isinstance(node, list):
-        return [unquote(v) for v in node]
-    if isinstance(node, str) and len(node) >= 2 and node[0] == node[-1] == '"':
-        return node[1:-1]
-    return node
 
 
 def terraform() -> dict:
