@@ -14,6 +14,8 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from mnistops import tags as T
+
 
 
 def config_path() -> str:
@@ -283,12 +285,12 @@ class EvaluateStageConfig:
 @dataclass
 class RegisterStageConfig:
     run_id: Optional[str] = None  # train run to register; None: the latest evaluated one
-    alias: str = "candidate"
+    alias: str = T.CANDIDATE
 
 
 @dataclass
 class DeployStageConfig:
-    model: str = "models:/${env.model_name}@candidate"  # any version, alias or "latest"
+    model: str = T.model_uri("${env.model_name}", T.CANDIDATE)  # any version, alias or "latest"
     deployment: Optional[str] = None  # blue | green; None: the one not taking traffic
 
 
@@ -303,7 +305,7 @@ class SmokeStageConfig:
 
 @dataclass
 class BaselineStageConfig:
-    model: str = "models:/${env.model_name}@champion"  # whose quality becomes the model baseline
+    model: str = T.model_uri("${env.model_name}", T.CHAMPION)  # whose quality becomes the model baseline
     quantiles: List[float] = field(default_factory=lambda: [0.001, 0.999])
     class_tolerance: float = 0.5  # relative, on each class's share of a batch
 
@@ -326,7 +328,7 @@ class QualityConfig:
     # one confusion above this share of the images of a class (e.g. half the 4s labelled 9) is refused too
     max_class_noise: float = 0.1
     label_issues: str = "fail"  # fail: refuse the batch | drop: drop the suspects, record which, go on
-    model: str = "models:/${env.model_name}@champion"  # whose probabilities judge the labels
+    model: str = T.model_uri("${env.model_name}", T.CHAMPION)  # whose probabilities judge the labels
     # a weaker model's own confident mistakes look like wrong labels (an 85 % logreg: ~4.4 % on clean
     # test labels): below this registered test accuracy it does not judge, the class-mean check does
     min_model_accuracy: float = 0.95
@@ -334,7 +336,7 @@ class QualityConfig:
 
 @dataclass
 class GateStageConfig:
-    candidate: str = "models:/${env.model_name}@candidate"
+    candidate: str = T.model_uri("${env.model_name}", T.CANDIDATE)
     tolerance: float = 0.002  # accuracy may drop at most this much below the champion's
     class_tolerance: float = 0.01  # no class's recall may drop more than this
     min_accuracy: float = 0.97  # the first champion needs at least this
@@ -361,8 +363,8 @@ class PromoteStageConfig:
     source_env: str = "qa"
     # None: the source env's own local store, <paths.home>/<source_env>/mlflow.db
     source_tracking_uri: Optional[str] = None
-    model: str = "models:/${env.model_name}@champion"  # in the source registry
-    alias: str = "champion"  # set on the promoted version in this env
+    model: str = T.model_uri("${env.model_name}", T.CHAMPION)  # in the source registry
+    alias: str = T.CHAMPION  # set on the promoted version in this env
 
 
 @dataclass
@@ -448,7 +450,7 @@ class TrafficStageConfig:
 class BatchStageConfig:
     """stage=batch: score many images offline, answered as the endpoint answers them."""
 
-    model: str = "models:/${env.model_name}@champion"  # any version, alias or "latest"
+    model: str = T.model_uri("${env.model_name}", T.CHAMPION)  # any version, alias or "latest"
     input: Optional[str] = None  # a folder of pictures, an .npz (`images`) or a .parquet file
     output: Optional[str] = None  # .parquet | .csv | .jsonl (the suffix picks the format)
     batch_size: int = 1024  # images per ONNX Runtime call

@@ -6,11 +6,13 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from mnistops import tags as T
+
 
 def after_main_job(cfg: DictConfig, model_uri: Optional[str]) -> str:
     env = "" if cfg.env.name == "dev" else f"env={cfg.env.name} "
     url = f"http://{cfg.endpoint.host}:{cfg.endpoint.port}"
-    model = model_uri or f"models:/{cfg.env.model_name}@candidate"
+    model = model_uri or T.model_uri(cfg.env.model_name, T.CANDIDATE)
     if cfg.env.tracking_uri:
         ui = (f"python -m mnistops {env}stage=ui", f"where the runs and the registry are: {cfg.env.tracking_uri}")
     else:

@@ -93,6 +93,16 @@ DRIFT_REFERENCE = "mnistops.drift_reference"  # on the run holding a drift refer
 BEST_RUN_ID = "mnistops.best_run_id"
 BEST_OVERRIDES = "mnistops.best_overrides"
 
+# --- registry aliases: models:/<name>@<alias> --------------------------------------------------
+CANDIDATE = "candidate"  # stage=register points it at the version it registered
+CHAMPION = "champion"  # stage=gate moves it to an approved candidate; cd deploys it, promote copies it
+
+
+def model_uri(model_name: str, alias: str) -> str:
+    """`models:/<model_name>@<alias>` (model_name may be an interpolation, e.g. `${env.model_name}`)."""
+    return f"models:/{model_name}@{alias}"
+
+
 # --- the azure flavour: what Azure ML's registry and endpoints lack, kept as tags -------------
 ALIAS_PREFIX = "mnistops.alias."  # on a model version: this alias points at it (value: when it moved there, UTC)
 

@@ -39,7 +39,7 @@ def run(cfg: DictConfig) -> StageResult:
     from mnistops import backends
 
     cfg = copy.deepcopy(cfg)
-    cfg.deploy.model = f"models:/{cfg.env.model_name}@champion"
+    cfg.deploy.model = T.model_uri(cfg.env.model_name, T.CHAMPION)
     registry = backends.get(cfg).registry()
     deployed = _canary_first(cfg) if cfg.cd.canary else None
     if deployed is None:

@@ -14,8 +14,6 @@ from mnistops import tags as T
 from mnistops.errors import MnistopsError
 from mnistops.stages import StageResult
 
-CHAMPION = "champion"
-
 
 def run(cfg: DictConfig) -> StageResult:
     import mlflow
@@ -25,7 +23,7 @@ def run(cfg: DictConfig) -> StageResult:
 
     registry = backends.get(cfg).registry()
     candidate = registry.resolve(cfg.gate.candidate, "gate.candidate")
-    champion = registry.get(candidate.name, CHAMPION)
+    champion = registry.get(candidate.name, T.CHAMPION)
     if champion is not None and champion.version == candidate.version:
         print(f"gate: {candidate.uri} is already the champion")
         return StageResult("gate", model_uri=candidate.uri, metrics={"gate/approved": 1.0})
@@ -59,8 +57,8 @@ def run(cfg: DictConfig) -> StageResult:
                             + "; ".join(reasons))
     if champion is not None:
         registry.set_tags(candidate, {T.PREVIOUS_CHAMPION: champion.version})
-    registry.set_alias(candidate.name, CHAMPION, candidate.version)
+    registry.set_alias(candidate.name, T.CHAMPION, candidate.version)
     print(f"gate approved {candidate.uri} (accuracy {cand_q['accuracy']:.4f}, against {against}): "
-          f"it is now @{CHAMPION}")
+          f"it is now @{T.CHAMPION}")
     print(f"  decision: {json.dumps(decision['reasons'])}")
     return StageResult("gate", run_id=active.info.run_id, model_uri=candidate.uri, metrics=metrics)

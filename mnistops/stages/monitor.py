@@ -164,7 +164,7 @@ def _embedder(cfg: DictConfig, registry, window):
     if reference is None:
         served = window.served_version()
         # nothing collected yet: judge against the champion (the drift signals will say "not computed")
-        reference = f"models:/{cfg.env.model_name}/{served}" if served else f"models:/{cfg.env.model_name}@champion"
+        reference = f"models:/{cfg.env.model_name}/{served}" if served else T.model_uri(cfg.env.model_name, T.CHAMPION)
     model = registry.resolve(reference, "monitor.model")
     model_dir = registry.download(model, layout.models_cache(cfg))
     return model.uri, Embedder(model_dir)
@@ -230,7 +230,7 @@ def _retrain_outcome(cfg: DictConfig, registry, env: str, code: int, before: set
     """What the retraining CI decided, read from that env's registry: its champion, or the gate
     decision tagged on the version it registered (none: it failed before its gate)."""
     if code == 0:
-        champion = registry.get(cfg.env.model_name, "champion")
+        champion = registry.get(cfg.env.model_name, T.CHAMPION)
         return (f"ci in {env} passed: the retrained model {champion.uri if champion else '?'} passed the gate "
                 f"and is {env}'s champion; it reaches {cfg.env.name} through {env}'s CD, approval and promotion")
     new = [v for v in registry.versions(cfg.env.model_name) if v.version not in before]
