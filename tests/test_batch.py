@@ -300,13 +300,13 @@ def registry_home(tmp_path_factory, data_cache):
 @pytest.fixture(scope="module")
 def endpoint(registry_home):
     """The version served on a real local endpoint (one worker) by stage=deploy; stopped after."""
-    from mnistops.backends.local.server import LocalEndpoint
+    from mnistops.backends.local.server import EndpointServer
     from mnistops.stages import run_stage
 
     overrides = [f"paths.home={registry_home}", "endpoint.name=batchcmp", f"endpoint.port={free_port()}",
                  "endpoint.workers=1", "deploy.model=models:/mnist-classifier/1"]
     run_stage(compose(["stage=deploy", *overrides]))
-    ep = LocalEndpoint(compose(overrides))
+    ep = EndpointServer(compose(overrides))
     yield ep.url, ep.key()
     run_stage(compose(["stage=endpoint", "endpoint.action=stop", *overrides]))
 

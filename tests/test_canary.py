@@ -113,10 +113,10 @@ class Traffic:
     counts every answer by deployment and every failure."""
 
     def __init__(self, home: Path, overrides):
-        from mnistops.backends.local.server import LocalEndpoint
+        from mnistops.backends.local.server import EndpointServer
         from mnistops.data.idx import read_idx
 
-        ep = LocalEndpoint(compose(overrides, home))
+        ep = EndpointServer(compose(overrides, home))
         self.url, self.key = ep.url, ep.key()
         self.images = np.array(read_idx(home / "data" / "mnist" / "t10k-images-idx3-ubyte")[:2000])
         self.labels = np.array(read_idx(home / "data" / "mnist" / "t10k-labels-idx1-ubyte")[:2000])
@@ -158,9 +158,9 @@ class Traffic:
 
 
 def _state(home, overrides):
-    from mnistops.backends.local.server import LocalEndpoint
+    from mnistops.backends.local.server import EndpointServer
 
-    return LocalEndpoint(compose(overrides, home)).state()
+    return EndpointServer(compose(overrides, home)).state()
 
 
 def _tags(home, version):

@@ -60,9 +60,9 @@ def deploy(overrides, *extra):
 
 
 def state(overrides):
-    from mnistops.backends.local.server import LocalEndpoint
+    from mnistops.backends.local.server import EndpointServer
 
-    return LocalEndpoint(compose(overrides)).state()
+    return EndpointServer(compose(overrides)).state()
 
 
 _ENDPOINTS = {}
@@ -70,12 +70,12 @@ _ENDPOINTS = {}
 
 def score_once(overrides, images, deployment=None):
     """One /score request as a user sends it (composing once per endpoint: threads call this)."""
-    from mnistops.backends.local.server import LocalEndpoint
+    from mnistops.backends.local.server import EndpointServer
     from mnistops.serving_client import score
 
     key = tuple(overrides)
     if key not in _ENDPOINTS:
-        ep = LocalEndpoint(compose(overrides))
+        ep = EndpointServer(compose(overrides))
         _ENDPOINTS[key] = (ep.url, ep.key())
     url, api_key = _ENDPOINTS[key]
     with httpx.Client() as client:
@@ -108,9 +108,9 @@ def test_deploy_serves_candidate_and_is_idempotent(endpoint_cfg, test_images, ca
     assert state(endpoint_cfg) == st
 
     # a running server keeps the worker count it started with, and deploy says so (no wait, no error)
-    from mnistops.backends.local.server import LocalEndpoint
+    from mnistops.backends.local.server import EndpointServer
 
-    running = len(LocalEndpoint(compose(endpoint_cfg)).worker_pids())
+    running = len(EndpointServer(compose(endpoint_cfg)).worker_pids())
     deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1", f"endpoint.workers={running + 1}")
     out = capsys.readouterr().out
     assert f"runs with {running} worker(s); endpoint.workers={running + 1} applies when it next starts" in out
@@ -185,11 +185,11 @@ def test_missing_model_is_one_clear_error(endpoint_cfg):
 
 
 def test_killed_server_comes_back_by_itself_with_its_deployments(endpoint_cfg, test_images, capsys):
-    from mnistops.backends.local.server import LocalEndpoint
+    from mnistops.backends.local.server import EndpointServer
 
     deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1")
     deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/2", "endpoint.traffic={blue:20,green:80}")
-    ep = LocalEndpoint(compose(endpoint_cfg))
+    ep = EndpointServer(compose(endpoint_cfg))
     before = ep.status()
     workers = int(compose(endpoint_cfg).endpoint.workers)  # the config's count (default: one per core), not 2
     assert before["restarts"] == {"master": 0, "workers": 0} and len(before["worker_pids"]) == workers
@@ -211,11 +211,11 @@ def test_killed_server_comes_back_by_itself_with_its_deployments(endpoint_cfg, t
 
 
 def test_a_scoring_key_rotates_under_load_without_downtime(endpoint_cfg, test_images):
-    from mnistops.backends.local.server import LocalEndpoint
+    from mnistops.backends.local.server import EndpointServer
     from mnistops.serving_client import score
 
     deploy(endpoint_cfg, "deploy.model=models:/mnist-classifier/1")
-    ep = LocalEndpoint(compose(endpoint_cfg))
+    ep = EndpointServer(compose(endpoint_cfg))
     old_primary, secondary = ep.key(), ep.secondary_key()
     stop, results = threading.Event(), []
 

@@ -52,7 +52,7 @@ def test_key_ring_sees_a_rotated_key_at_once_and_keeps_the_other(tmp_path):
     assert not ring.allows(b"Bearer three") and not ring.allows(b"one") and not ring.allows(None)
     tmp = tmp_path / ".new"
     tmp.write_text("three\n")
-    os.replace(tmp, tmp_path / "primary.key")  # rotated as LocalEndpoint does it: a new file renamed over
+    os.replace(tmp, tmp_path / "primary.key")  # rotated as EndpointServer does it: a new file renamed over
     assert ring.allows(b"Bearer three") and ring.allows(b"Bearer two") and not ring.allows(b"Bearer one")
     assert "three" not in repr(ring)
     with pytest.raises(ConfigError, match="admin.key"):

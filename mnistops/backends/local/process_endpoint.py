@@ -11,12 +11,12 @@ from mnistops.errors import MnistopsError
 
 class ProcessEndpoint(Endpoint):
     def __init__(self, cfg, registry: ModelRegistry):
-        from mnistops.backends.local.server import LocalEndpoint
+        from mnistops.backends.local.server import EndpointServer
 
         if cfg.endpoint.kind != "local":
             raise MnistopsError(f"endpoint.kind={cfg.endpoint.kind!r}: env.backend=local serves endpoint=local "
                                 "(endpoint=azure_managed needs env.backend=azure)")
-        self.server = LocalEndpoint(cfg)
+        self.server = EndpointServer(cfg)
         self.registry = registry
         self.name, self.env = self.server.name, cfg.env.name
 

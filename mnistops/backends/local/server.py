@@ -32,7 +32,11 @@ KEYS = ("primary", "secondary", "admin")
 SCORING_KEYS = ("primary", "secondary")
 
 
-class LocalEndpoint:
+class EndpointServer:
+    """One local endpoint's server process seen from outside: start it detached and supervised, wait
+    until it serves, stop it, its files and keys, and a client for its admin routes. Not an `Endpoint`
+    (the flavour interface): `ProcessEndpoint` is that, and drives one of these."""
+
     def __init__(self, cfg: DictConfig):
         from mnistops.serving.settings import KEY_FILES, RUN_DIR
 
