@@ -119,9 +119,16 @@ def compose(overrides: Optional[Sequence[str]] = None, *, config_name: str = "co
             # kernel without ipywidgets warns, and Hydra re-prints that as "report to plugin author"
             warnings.filterwarnings("ignore", message="IProgress not found")
             with initializer(source, version_base="1.3"):
-                return hydra_compose(config_name=config_name, overrides=list(overrides or []))
+                cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(cli_message(err)) from None
+    from mnistops.composition_check import check
+
+    try:
+        check(cfg)  # what the CLI checks before a run starts (a Hydra callback there)
+    except MnistopsError as err:
+        raise ConfigError(str(err)) from None
+    return cfg
 
 
 @contextlib.contextmanager

@@ -62,6 +62,9 @@ BAD_OVERRIDES = [
     (["stage=nonsense"], "stage/nonsense"),
     (["data.augment.enabled=maybe"], "augment.enabled"),
     (["ui.port=http"], "ui.port"),
+    # what the types allow but the server refuses: checked at composition, not first at deploy
+    (["endpoint.max_batch=0"], "endpoint.max_batch"),
+    (["endpoint.collect.sampling_rate=1.5"], "endpoint.collect.sampling_rate"),
 ]
 
 
@@ -81,6 +84,16 @@ def test_bad_overrides_fail_naming_the_key(override, needle, tmp_path):
     assert proc.returncode != 0
     assert needle in proc.stderr + proc.stdout
     assert not (tmp_path / "dev").exists(), "a refused config must not create stores"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stage", ["deploy", "data"])
+def test_a_bad_endpoint_setting_stops_any_stage_before_it_starts(stage, tmp_path):
+    proc = run_cli([f"stage={stage}", "endpoint.max_batch=0"], tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        "mnistops: error: endpoint.max_batch: Input should be greater than 0 (got 0)"], proc.stderr
+    assert not (tmp_path / "dev").exists(), "nothing may start: no run directory, no store"
 
 
 @pytest.mark.integration

@@ -77,6 +77,13 @@ class ServerSettings(_Strict):
         except ValidationError as exc:
             raise ConfigError(_first_error(exc, "endpoint")) from None
 
+    @classmethod
+    def check_composed(cls, cfg: Mapping[str, Any]) -> "ServerSettings":
+        """The composed config's endpoint, validated as the server would read it: called when the
+        config is composed (mnistops/composition_check.py), so `endpoint.max_batch=0` fails before
+        any stage starts, naming the key, and again where a server is written (the same rule)."""
+        return cls.from_endpoint(cfg["endpoint"], str(cfg["endpoint"]["name"]), str(cfg["env"]["name"]))
+
     def write(self, endpoint_dir: Path) -> Path:
         """Atomically (temp file + rename): a server never reads half a file."""
         endpoint_dir = Path(endpoint_dir)
