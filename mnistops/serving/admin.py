@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Dict, List
+from typing import List
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from mnistops.serving import schemas as S
+from mnistops.serving import schemas as S, traffic_split
 from mnistops.serving.deployments import INFO_KEYS, NAME_RE, now_iso
 from mnistops.serving.errors import Conflict, Invalid, NotFound, json_response
 from mnistops.serving.openapi import doc
@@ -76,39 +76,27 @@ def plan_delete(name: str):
     return plan
 
 
-def _percentages(values, key: str) -> Dict[str, int]:
-    if not isinstance(values, dict):
-        raise Invalid(f"'{key}' must be an object {{deployment: percent}}", key)
-    for name, pct in values.items():
-        if not isinstance(pct, int) or isinstance(pct, bool) or not 0 <= pct <= 100:
-            raise Invalid(f"'{key}.{name}' must be an integer 0..100, got {pct!r}", key)
-    return dict(values)
-
-
 def plan_traffic(body):
+    """The split checked by ``traffic_split`` (the rule the deploy stage uses too), then against the
+    state: every named deployment exists, no mirror to a deployment that now takes live traffic."""
     if not isinstance(body, dict) or "traffic" not in body:
         raise Invalid("the body must be {\"traffic\": {deployment: percent}, \"mirror_traffic\"?: {...}}", "traffic")
-    traffic = _percentages(body["traffic"], "traffic")
-    if sum(traffic.values()) != 100:
-        raise Invalid(f"'traffic' must sum to 100, got {sum(traffic.values())}", "traffic")
-    mirror_in = body.get("mirror_traffic")
-    mirror_given = None if mirror_in is None else _percentages(mirror_in, "mirror_traffic")
+    try:
+        traffic, mirror_given = traffic_split.split(body["traffic"], body.get("mirror_traffic"))
+    except traffic_split.SplitError as exc:
+        raise Invalid(str(exc), exc.field) from None
 
     def plan(state: dict) -> dict:
-        mirror = dict(state["mirror_traffic"]) if mirror_given is None else mirror_given
+        try:
+            mirror = traffic_split.mirror(state["mirror_traffic"], traffic) if mirror_given is None else mirror_given
+        except traffic_split.SplitError as exc:
+            raise Invalid(str(exc), exc.field) from None
         for key, values in (("traffic", traffic), ("mirror_traffic", mirror)):
             for name in values:
                 if name not in state["deployments"]:
                     raise Invalid(f"'{key}': no deployment named {name!r}", key)
-        mirror = {n: p for n, p in mirror.items() if p > 0}
-        for name in mirror:
-            if traffic.get(name, 0) > 0:
-                raise Invalid(f"'mirror_traffic': {name!r} also has live traffic; mirror only to a deployment "
-                              "with 0% live traffic", "mirror_traffic")
-        if sum(mirror.values()) > 100:
-            raise Invalid("'mirror_traffic' must sum to at most 100", "mirror_traffic")
         new = _next(state)
-        new["traffic"], new["mirror_traffic"] = traffic, mirror
+        new["traffic"], new["mirror_traffic"] = traffic, {n: p for n, p in mirror.items() if p > 0}
         return new
     return plan
 

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from mnistops.serving import traffic_split
 from mnistops.serving.protocol import INVOCATION_KEYS
 
 # what ``protocol.to_batch`` accepts: 784-long rows or 28x28 grids of pixels, integers 0-255 or floats 0-1
@@ -206,10 +207,18 @@ Percent = Annotated[int, Field(ge=0, le=100)]
 
 
 class TrafficRequest(BaseModel):
+    # validated by traffic_split, the rule of the admin route and the deploy stage (same verdict, same words)
     traffic: Dict[str, Percent] = Field(description="deployment -> percent (ints 0..100, summing to 100)")
     mirror_traffic: Optional[Dict[str, Percent]] = Field(
         None, description="deployment -> percent of requests also sent there (answer discarded); "
                           "only to deployments with 0% live traffic; omitted: unchanged")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_rule(cls, body: Any) -> Any:
+        if isinstance(body, dict) and "traffic" in body:
+            traffic_split.split(body["traffic"], body.get("mirror_traffic"))  # SplitError is a ValueError
+        return body
 
 
 REQUEST_MODELS = [ScoreRequest, InvocationsRequest, V2InferRequest, FeedbackRequest, PredictUpload, LoadRequest,

@@ -11,25 +11,31 @@ from typing import Dict, Optional
 from omegaconf import DictConfig
 
 from mnistops.errors import MnistopsError
+from mnistops.serving import traffic_split
 from mnistops.stages import StageResult
 
 SLOTS = ("blue", "green")
 
 
 def percent_map(cfg: DictConfig, key: str) -> Dict[str, int]:
-    """endpoint.<key> as {deployment: percent}; null means empty."""
+    """endpoint.<key> as {deployment: percent} (``traffic_split.percentages``); null means empty."""
     value = cfg.endpoint[key]
     if value is None:
         return {}
-    if not isinstance(value, DictConfig) or not all(isinstance(v, int) and 0 <= v <= 100 for v in value.values()):
-        raise MnistopsError(f"endpoint.{key}={value} must map deployments to integer percentages 0..100")
-    return {str(k): int(v) for k, v in value.items()}
+    try:
+        return traffic_split.percentages(value, f"endpoint.{key}")
+    except traffic_split.SplitError as exc:
+        raise MnistopsError(str(exc)) from None
 
 
 def desired_traffic(cfg: DictConfig, target: str) -> Dict[str, int]:
+    """endpoint.traffic (else 100 % to `target`), checked with endpoint.mirror_traffic by the rule
+    the admin route uses (``traffic_split``)."""
     traffic = percent_map(cfg, "traffic") or {target: 100}
-    if sum(traffic.values()) != 100:
-        raise MnistopsError(f"endpoint.traffic={traffic} must be percentages that sum to 100")
+    try:
+        traffic_split.split(traffic, percent_map(cfg, "mirror_traffic"), prefix="endpoint.")
+    except traffic_split.SplitError as exc:
+        raise MnistopsError(str(exc)) from None
     return traffic
 
 
