@@ -3,6 +3,14 @@
 Every YAML file under ``conf/`` is merged onto these dataclasses, so a misspelt key or a value of
 the wrong type fails at composition time with the key's full name, before anything runs.
 Importing this module is cheap (no torch, no mlflow): ``--help`` and ``--cfg job`` stay instant.
+
+One rule for defaults: **every default lives here, in the schema** (typed, with the comment that
+says what it means), and a YAML file under ``conf/`` sets only what its option changes (``model=logreg``
+its net, optimizer and rate; ``env=qa`` its name and port). A group's ``default`` option selects the
+schema and sets nothing. Why here and not in YAML: the schema must exist anyway (it types and checks
+every key), it holds every knob (not only those some option sets), and it is what ``--cfg job``,
+the tests and other code read. tests/test_config_declared_once.py fails on any YAML value that
+restates a schema default, and on a ``default.yaml`` that sets a key the schema already defaults.
 """
 
 from __future__ import annotations
@@ -222,7 +230,9 @@ class ModelConfig:
 
 @dataclass
 class TrainerConfig:
-    max_epochs: int = 10
+    # the default cnn recipe's budget (~99.6 % test accuracy in ~3 (idle) to ~6 (busy) minutes on
+    # 2 CPU cores; benchmarks/results/training.md)
+    max_epochs: int = 6
     min_epochs: Optional[int] = None
     max_time: Optional[str] = None  # "DD:HH:MM:SS"
     limit_train_batches: Optional[Any] = None  # int (batches) or float (fraction)
@@ -384,7 +394,8 @@ class MonitorThresholds:
 
 @dataclass
 class AlertSinksConfig:
-    webhook_url: Optional[str] = None  # Teams/Slack-style incoming webhook; None: the alert log only
+    # Teams/Slack-style incoming webhook (default: $MNISTOPS_ALERT_WEBHOOK); None: the alert log only
+    webhook_url: Optional[str] = "${oc.env:MNISTOPS_ALERT_WEBHOOK,null}"
     timeout_s: float = 5.0
     retries: int = 3  # attempts after the first
     backoff_s: float = 0.5  # doubled after each failed attempt
