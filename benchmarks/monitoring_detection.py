@@ -6,7 +6,7 @@ For clean traffic and each shift of ``mnistops.monitoring.shifts`` at each of ``
 sample per window), shifted with ``apply_shift``, scored by the real model through the
 ``Embedder`` (the probabilities the endpoint would answer), evaluated by ``evaluate_window``
 against the reference (``monitor.reference_size`` training images, ``monitor.embedding_components``
-components, the default thresholds of ``conf/monitor/default.yaml``) and the baseline suite built
+components, the default thresholds of ``MonitorThresholds`` in mnistops/config.py) and the baseline suite built
 from the training set as ``stage=baseline`` builds it. A column counts the windows in which any
 signal of that kind breached. Targets (issue #5): clean traffic raises no drift alert in >= 19 of
 20 windows; every shift at its strong severity is detected by some drift signal in >= 19 of 20.
