@@ -15,7 +15,7 @@ import pytest
 
 from serving_fixtures import ServerProcess, make_endpoint, metric, mnist, model_dir  # noqa: F401 (fixtures)
 from mnistops.monitoring import collected
-from mnistops.serving.collector import Collector, decode_images, monitor_dir_of
+from mnistops.serving.request_log import RequestLogWriter, decode_images, monitor_dir_of
 
 pytestmark = pytest.mark.integration
 
@@ -129,7 +129,7 @@ def test_collection_survives_restart_and_kill(tmp_path, model_dir, mnist):
 
 
 def test_rotation_by_size(tmp_path):
-    col = Collector(tmp_path, rotate_mb=0.01, flush_ms=10)  # ~10 KB files
+    col = RequestLogWriter(tmp_path, rotate_mb=0.01, flush_ms=10)  # ~10 KB files
     col.start()
     batch = np.zeros((1, 1, 28, 28), np.float32)
     probs = np.full((1, 10), 0.1, np.float32)
@@ -153,7 +153,7 @@ def test_a_full_queue_drops_new_records_and_counts_them(tmp_path):
     from mnistops.serving.prometheus import Metrics
 
     metrics = Metrics()
-    col = Collector(tmp_path, max_pending=5, metrics=metrics, flush_ms=600_000)  # the writer waits for close()
+    col = RequestLogWriter(tmp_path, max_pending=5, metrics=metrics, flush_ms=600_000)  # the writer waits for close()
     col.start()
     for i in range(8):
         col.record(float(i), f"r{i}", "/score", 200, 0.001, "blue", ONE)
@@ -168,7 +168,7 @@ def test_a_full_queue_drops_new_records_and_counts_them(tmp_path):
 @pytest.mark.parametrize("rotate_minutes, files", [(0.0005, 3), (60.0, 1)])
 def test_rotation_by_age(tmp_path, rotate_minutes, files):
     """collect.rotate_minutes: a file older than that gets no more records; a new one opens."""
-    col = Collector(tmp_path, rotate_minutes=rotate_minutes, rotate_mb=64)
+    col = RequestLogWriter(tmp_path, rotate_minutes=rotate_minutes, rotate_mb=64)
     col.dir.mkdir(parents=True)  # what start() does, without its writer thread: the flushes happen below
     for i in range(3):
         col.record(float(i), f"r{i}", "/score", 200, 0.001, "blue", ONE)
@@ -200,7 +200,7 @@ def test_collection_off_writes_nothing_and_still_serves(tmp_path, model_dir, mni
 
 
 def _append_feedback(monitor_dir: str, writer: int, n: int) -> None:
-    from mnistops.serving.collector import FeedbackLog
+    from mnistops.serving.request_log import FeedbackLog
 
     log = FeedbackLog(Path(monitor_dir))
     for i in range(n):

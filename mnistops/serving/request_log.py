@@ -1,4 +1,5 @@
-"""The endpoint's data collector, like Azure ML's: what each scoring request got and gave back.
+"""The endpoint's request log (the writing side; monitoring/collected.py reads it back), its data
+collector as Azure ML calls it: what each scoring request got and gave back.
 
 The request handler only appends a tuple to a deque (no copying, no serialising: the hot path stays
 lean); a writer thread wakes every ``flush_ms``, serialises what is pending and appends it, one JSON
@@ -66,7 +67,7 @@ def decode_images(text: str, n: int) -> np.ndarray:
 Pending = Tuple[float, str, str, int, float, str, Optional[tuple]]
 
 
-class Collector:
+class RequestLogWriter:
     def __init__(self, monitor_dir: Path, *, sampling_rate: float = 1.0, rotate_mb: float = 64.0,
                  rotate_minutes: float = 60.0, flush_ms: float = 200.0, max_pending: int = 50000, metrics=None):
         self.dir = Path(monitor_dir) / REQUESTS_DIR
