@@ -110,7 +110,7 @@ def collected_record(endpoint_dir: Path, request_id: str, timeout: float = 30.0)
     import json
     import time
 
-    from mnistops.serving.collector import REQUESTS_DIR, monitor_dir_of
+    from mnistops.serving.request_log import REQUESTS_DIR, monitor_dir_of
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

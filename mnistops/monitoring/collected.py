@@ -1,6 +1,6 @@
 """What the endpoint collected (the env's monitoring store, read side), in a time window.
 
-Layout (written by ``mnistops.serving.collector``)::
+Layout (written by ``mnistops.serving.request_log``)::
 
     <home>/<env>/monitoring/<endpoint>/requests/*.jsonl   one line per scoring request
     <home>/<env>/monitoring/<endpoint>/feedback.jsonl     ground truth by request id
@@ -21,7 +21,7 @@ import orjson
 import pandas as pd
 
 from mnistops.errors import MnistopsError
-from mnistops.serving.collector import FEEDBACK_FILE, MIRROR_ROUTE, REQUESTS_DIR, decode_images
+from mnistops.serving.request_log import FEEDBACK_FILE, MIRROR_ROUTE, REQUESTS_DIR, decode_images
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 WINDOW_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")

@@ -141,7 +141,7 @@ def answers_frame(rows: Iterable[Mapping]) -> pd.DataFrame:
 
 
 def record_answer(rec: Mapping, feedback: Mapping[str, int]) -> dict:
-    """One collector record (the local endpoint's, serving/collector.py) as an evidence row."""
+    """One collector record (the local endpoint's, serving/request_log.py) as an evidence row."""
     probs = rec.get("probabilities")
     top = np.asarray(probs, dtype=np.float64).reshape(-1, 10).max(axis=1).tolist() if probs is not None else ()
     n = rec.get("n", 0)

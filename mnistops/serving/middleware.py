@@ -22,7 +22,7 @@ import time
 import uuid
 from typing import List, Optional
 
-from mnistops.serving.collector import Collector
+from mnistops.serving.request_log import RequestLogWriter
 from mnistops.serving.errors import error_response
 from mnistops.serving.prometheus import Metrics
 from mnistops.serving.protocol import InputError, ProtocolError
@@ -96,7 +96,7 @@ class AccessLog:
 
 
 class Frame:
-    def __init__(self, app, metrics: Metrics, max_body: int, timeout: float, collector: Optional[Collector] = None,
+    def __init__(self, app, metrics: Metrics, max_body: int, timeout: float, collector: Optional[RequestLogWriter] = None,
                  access_log: Optional[AccessLog] = None):
         self.app = app
         self.metrics = metrics

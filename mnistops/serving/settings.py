@@ -40,7 +40,7 @@ class _Strict(BaseModel):
 
 
 class CollectSettings(_Strict):
-    """The data collector (``collector.py``); ``endpoint.collect.*``."""
+    """The data collector (``request_log.py``); ``endpoint.collect.*``."""
 
     enabled: bool
     sampling_rate: float = Field(ge=0.0, le=1.0)
