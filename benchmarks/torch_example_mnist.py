@@ -13,7 +13,8 @@ turns shuffling on).
 The data is not downloaded: the four IDX files are read from a local folder (or a `file://` mirror,
 e.g. `MNISTOPS_DATA_MIRROR`), gzipped or not, and laid out where `datasets.MNIST` expects them.
 
-The clock counts the training passes only (the `train()` calls); the per-epoch test passes are timed
+`--all-epochs` trains the example's whole recipe (14 epochs) and notes when the target was first
+reached. The clock counts the training passes only (the `train()` calls); the per-epoch test passes are timed
 apart and reported too. Nothing here asserts a time: it measures and prints.
 
     python benchmarks/torch_example_mnist.py --data file:///work/shared/datasets/mnist --json out.json
@@ -131,6 +132,8 @@ def main(argv=None) -> dict:
     parser.add_argument('--seed', type=int, default=1)
     parser.add_argument('--log-interval', type=int, default=0, help="batches between loss lines; 0: none")
     parser.add_argument('--target', type=float, default=0.99, help="stop once the test accuracy reaches this")
+    parser.add_argument('--all-epochs', action='store_true',
+                        help="train all --epochs (the example's whole recipe), noting when --target was first reached")
     parser.add_argument('--shuffle', action='store_true', help="shuffle the training set (the example does on accelerators only)")
     parser.add_argument('--data', default=None, help="folder or file:// URL holding the IDX files (default: $MNISTOPS_DATA_MIRROR)")
     parser.add_argument('--json', default=None, help="write the measurements here")
@@ -155,7 +158,7 @@ def main(argv=None) -> dict:
         optimizer = optim.Adadelta(model.parameters(), lr=args.lr)
         scheduler = StepLR(optimizer, step_size=1, gamma=args.gamma)
         train_s = test_s = 0.0
-        epochs, reached = [], None
+        epochs, reached, reached_train_s = [], None, None
         for epoch in range(1, args.epochs + 1):
             t0 = time.perf_counter()
             train(args, model, device, train_loader, optimizer, epoch)
@@ -166,16 +169,17 @@ def main(argv=None) -> dict:
             train_s, test_s = train_s + (t1 - t0), test_s + (t2 - t1)
             epochs.append({"epoch": epoch, "test_acc": acc, "train_s": t1 - t0, "test_s": t2 - t1})
             print(f"epoch {epoch}: train {t1 - t0:.1f} s, test {t2 - t1:.1f} s, test acc {acc:.4f}", flush=True)
-            if acc >= args.target:
-                reached = epoch
-                break
+            if acc >= args.target and reached is None:
+                reached, reached_train_s = epoch, train_s
+                if not args.all_epochs:
+                    break
 
-    result = {"target": args.target, "reached_epoch": reached, "test_acc": epochs[-1]["test_acc"],
-              "train_s": train_s, "test_s": test_s, "epochs": epochs, "threads": torch.get_num_threads(),
+    result = {"target": args.target, "reached_epoch": reached, "reached_train_s": reached_train_s,
+              "test_acc": epochs[-1]["test_acc"], "train_s": train_s, "test_s": test_s, "epochs": epochs, "threads": torch.get_num_threads(),
               "shuffle": args.shuffle}
     if reached:
-        print(f"reached {args.target:.1%} test accuracy after {reached} epoch(s): {train_s:.1f} s training "
-              f"(+ {test_s:.1f} s of test passes)")
+        print(f"reached {args.target:.1%} test accuracy after {reached} epoch(s): {reached_train_s:.1f} s training; "
+              f"{len(epochs)} epoch(s): {epochs[-1]['test_acc']:.2%}, {train_s:.1f} s training (+ {test_s:.1f} s of test passes)")
     else:
         print(f"did not reach {args.target:.1%} in {args.epochs} epochs ({train_s:.1f} s training)")
     if args.json:

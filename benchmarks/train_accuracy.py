@@ -6,17 +6,20 @@ MNISTOPS_HOME), then measures the best checkpoint's accuracy on the official 10k
   default  the default config (model=cnn, data=mnist, trainer=default), seeds --seeds
   fast     experiment=fast, the same seeds
   logreg   experiment=logreg (model=logreg with its own epochs), the same seeds
-  peer     benchmarks/torch_example_mnist.py: pytorch/examples mnist/main.py, until 99.0 % test accuracy
+  peer     benchmarks/torch_example_mnist.py --all-epochs: pytorch/examples mnist/main.py, its whole
+           recipe (14 epochs), noting when it first reaches 99.0 % test accuracy
 
 and prints a markdown table (also written to --out). Times are wall-clock on whatever else the
-machine is doing: read them next to the load averages the table records. Nothing is asserted.
+machine is doing: read them next to the load averages the table records, and next to each run's
+process CPU seconds (user + system, from getrusage of the finished child), which depend much less on
+the other jobs than wall time does. Nothing is asserted.
 
 Every run (ours and the peer) gets OMP_WAIT_POLICY=PASSIVE unless the environment sets it
 (`--omp-wait-policy ''` leaves it alone): on a CPU shared with other jobs, OpenMP's default
 spin-waiting makes PyTorch's 2 threads stall behind the other processes, up to ~9x slower.
 
     MNISTOPS_DATA_MIRROR=file:///path/to/mnist python benchmarks/train_accuracy.py
-    python benchmarks/train_accuracy.py --only fast,peer --seeds 0
+    python benchmarks/train_accuracy.py --only default,peer --seeds 42
 """
 
 from __future__ import annotations
@@ -65,6 +68,15 @@ def machine() -> dict:
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset")}
 
 
+def children_cpu_s() -> float:
+    """CPU seconds (user + system) used so far by this process's finished children: a run's CPU time
+    does not depend on what else shares the machine as much as its wall time does."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def loadavg() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -105,6 +117,25 @@ def eval_checkpoint(checkpoint: str, overrides: list[str]) -> float:
     return correct / len(images)
 
 
+EPOCH_LINE = re.compile(r"^epoch (\d+)/\d+\s.*?val/acc ([0-9.]+)\s+(\d+(?::\d+){1,2}) elapsed", re.M)
+
+
+def seconds(clock: str) -> int:
+    total = 0
+    for part in clock.split(":"):
+        total = total * 60 + int(part)
+    return total
+
+
+def time_to(log: str, target: float = 0.99):
+    """(epoch, seconds since the fit began) of the first epoch whose val/acc reaches `target`, from the
+    run's one-line-per-epoch log (EpochLog; the seconds include that epoch's validation pass)."""
+    for match in EPOCH_LINE.finditer(log):
+        if float(match.group(2)) >= target:
+            return int(match.group(1)), seconds(match.group(3))
+    return None, None
+
+
 def run_metrics(home: Path, run_id: str) -> dict:
     import mlflow
 
@@ -123,7 +154,7 @@ def train_once(part: str, seed: int, root: Path, extra: list[str], keep: bool, r
     home, log_path, sidecar = root / f"{part}-seed{seed}", root / f"{part}-seed{seed}.log", root / f"{part}-seed{seed}.json"
     overrides = [f"seed={seed}", *RECIPES[part], *extra]
     result = {"part": part, "seed": seed, "test_acc": None, "val_acc": None, "epochs": None, "train_s": None,
-              "fit_s": None, "wall_s": None, "load": None, "error": None}
+              "fit_s": None, "wall_s": None, "cpu_s": None, "load": None, "error": None}
     try:
         if reuse and sidecar.is_file() and json.loads(sidecar.read_text()).get("test_acc") is not None:
             print(f"[{part} seed {seed}] reused {sidecar}", flush=True)
@@ -131,7 +162,7 @@ def train_once(part: str, seed: int, root: Path, extra: list[str], keep: bool, r
         if reuse and log_path.is_file() and "best checkpoint:" in log_path.read_text():
             log = log_path.read_text()
             if sidecar.is_file():
-                result.update({k: v for k, v in json.loads(sidecar.read_text()).items() if k in ("wall_s", "load")})
+                result.update({k: v for k, v in json.loads(sidecar.read_text()).items() if k in ("wall_s", "cpu_s", "load")})
             print(f"[{part} seed {seed}] reusing the finished run in {home}"
                   + ("" if result["wall_s"] else " (its process time is unknown)"), flush=True)
         else:
@@ -139,9 +170,9 @@ def train_once(part: str, seed: int, root: Path, extra: list[str], keep: bool, r
             cmd = [sys.executable, "-m", "mnistops", "stage=train", *overrides]
             env = dict(os.environ, MNISTOPS_HOME=str(home), PYTHONUNBUFFERED="1")
             print(f"[{part} seed {seed}] {' '.join(cmd[1:])}  (MNISTOPS_HOME={home}; load {loadavg()})", flush=True)
-            t0 = time.perf_counter()
+            t0, cpu0 = time.perf_counter(), children_cpu_s()
             proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            result.update(wall_s=time.perf_counter() - t0, load=loadavg())
+            result.update(wall_s=time.perf_counter() - t0, cpu_s=children_cpu_s() - cpu0, load=loadavg())
             log = proc.stdout
             log_path.write_text(log)
             sidecar.write_text(json.dumps(result, indent=2))
@@ -154,6 +185,7 @@ def train_once(part: str, seed: int, root: Path, extra: list[str], keep: bool, r
         metrics = run_metrics(home, run.group(1))
         result.update(val_acc=metrics.get("best_val/acc"), epochs=metrics.get("epochs"),
                       train_s=metrics.get("time/train_s"), fit_s=metrics.get("time/fit_s"))
+        result["reached_epoch"], result["reached_s"] = time_to(log)
         result["test_acc"] = test_accuracy(home, best.group(1), overrides)
     except Exception as err:  # noqa: BLE001 (report it in the table, measure the rest)
         result["error"] = f"{type(err).__name__}: {err}"
@@ -172,12 +204,12 @@ def run_peer(root: Path, reuse: bool = False) -> dict:
     if reuse and out.is_file() and "wall_s" in json.loads(out.read_text()):
         print(f"[peer] reused {out}", flush=True)
         return json.loads(out.read_text())
-    cmd = [sys.executable, str(REPO / "benchmarks" / "torch_example_mnist.py"), "--json", str(out)]
+    cmd = [sys.executable, str(REPO / "benchmarks" / "torch_example_mnist.py"), "--all-epochs", "--json", str(out)]
     print(f"[peer] {' '.join(cmd[1:])}  (load {loadavg()})", flush=True)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), children_cpu_s()
     subprocess.run(cmd, check=True, cwd=REPO)
     result = json.loads(out.read_text())
-    result.update(part="peer", wall_s=time.perf_counter() - t0, load=loadavg())
+    result.update(part="peer", wall_s=time.perf_counter() - t0, cpu_s=children_cpu_s() - cpu0, load=loadavg())
     out.write_text(json.dumps(result, indent=2))
     return result
 
@@ -192,20 +224,25 @@ def mean(xs):
 
 
 def seed_rows(rows: list[dict]) -> list[str]:
-    lines = ["| seed | test acc | best val acc | epochs | training s | fit s (with val) | process s | load avg at end |",
-             "|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines = ["| seed | test acc | best val acc | epochs | training s | fit s (with val) | to 99 % val s (epoch) "
+             "| process s | process CPU s | load avg at end |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if r.get("error"):
-            lines.append(f"| {r['seed']} | failed: {r['error'][:200]} | | | | | {fmt(r['wall_s'])} | {r['load'] or ''} |")
+            lines.append(f"| {r['seed']} | failed: {r['error'][:200]} | | | | | | {fmt(r['wall_s'])} | {fmt(r.get('cpu_s'))} "
+                         f"| {r['load'] or ''} |")
             continue
+        reached = f"{fmt(r.get('reached_s'), 'd')} ({r['reached_epoch']})" if r.get("reached_epoch") else "–"
         lines.append(f"| {r['seed']} | {r['test_acc']:.2%} | {fmt(r['val_acc'], '.2%')} | {fmt(r['epochs'], 'd')} | "
-                     f"{fmt(r['train_s'])} | {fmt(r['fit_s'])} | {fmt(r['wall_s'])} | {r['load'] or ''} |")
+                     f"{fmt(r['train_s'])} | {fmt(r['fit_s'])} | {reached} | {fmt(r['wall_s'])} | {fmt(r.get('cpu_s'))} "
+                     f"| {r['load'] or ''} |")
     rows = [r for r in rows if not r.get("error")]
     if len(rows) > 1:
         accs = [r["test_acc"] for r in rows]
         lines.append(f"| **mean** | **{mean(accs):.2%}** (min {min(accs):.2%}) | {fmt(mean([r['val_acc'] for r in rows]), '.2%')} "
                      f"| | **{fmt(mean([r['train_s'] for r in rows]))}** | {fmt(mean([r['fit_s'] for r in rows]))} | "
-                     f"{fmt(mean([r['wall_s'] for r in rows]))} | |")
+                     f"{fmt(mean([r.get('reached_s') for r in rows]))} | {fmt(mean([r['wall_s'] for r in rows]))} | "
+                     f"{fmt(mean([r.get('cpu_s') for r in rows]))} | |")
     return lines
 
 
@@ -222,39 +259,45 @@ def report(results: dict, info: dict, started: str, load0: str) -> str:
              "(imports, data check, MLflow, checkpoints).", ""]
     if results.get("default"):
         lines += ["## Default config: `python -m mnistops stage=train seed=S`", "",
-                  "Target: mean test accuracy >= 99.5 % with <= 10 minutes of training per seed.", ""]
+                  "Target: mean test accuracy >= 99.70 % with <= 10 minutes of training per seed on a quiet machine. "
+                  "*to 99 % val s*: from the start of the fit to the end of the first epoch (with its validation "
+                  "pass) whose val/acc reaches 99 % (the run's epoch log).", ""]
         lines += seed_rows(results["default"]) + [""]
-    if results.get("fast") or results.get("peer"):
-        lines += ["## `experiment=fast` vs the pytorch/examples MNIST recipe, to 99.0 % test accuracy", ""]
-        if results.get("fast"):
-            lines += ["`python -m mnistops stage=train experiment=fast seed=S` (`conf/experiment/fast.yaml`; its epochs may "
-                      "each take only part of the batches, `trainer.limit_train_batches`):", ""]
-            lines += seed_rows(results["fast"]) + [""]
-        peer = results.get("peer")
-        if peer:
-            per_epoch = ", ".join(f"{e['test_acc']:.2%}" for e in peer["epochs"])
-            lines += [f"Peer: `benchmarks/torch_example_mnist.py` (pytorch/examples `mnist/main.py`: Adadelta 1.0, "
-                      f"StepLR 0.7, batch 64, per-sample torchvision DataLoader, {'shuffled' if peer['shuffle'] else 'unshuffled as on CPU'}), "
-                      f"test accuracy after each epoch: {per_epoch}; "
-                      + (f"reached {peer['target']:.1%} after epoch {peer['reached_epoch']}." if peer["reached_epoch"]
-                         else f"did not reach {peer['target']:.1%}."), ""]
-        lines += ["| recipe | test acc | epochs | training s (to >= 99.0 %) | with eval passes s | process s |",
-                  "|---|---:|---:|---:|---:|---:|"]
-        fast = [r for r in results.get("fast") or [] if not r.get("error")]
-        if fast:
-            lines.append(f"| mnistops `experiment=fast` (mean of {len(fast)}) | {mean([r['test_acc'] for r in fast]):.2%} | "
-                         f"{fmt(fast[0]['epochs'], 'd')} | {fmt(mean([r['train_s'] for r in fast]))} | "
-                         f"{fmt(mean([r['fit_s'] for r in fast]))} | {fmt(mean([r['wall_s'] for r in fast]))} |")
-        if peer:
-            lines.append(f"| pytorch/examples mnist | {peer['test_acc']:.2%} | {len(peer['epochs'])} | {peer['train_s']:.1f} | "
-                         f"{peer['train_s'] + peer['test_s']:.1f} | {peer['wall_s']:.1f} |")
-        if fast and peer and peer["reached_epoch"] and mean([r["train_s"] for r in fast]):
-            ratio = peer["train_s"] / mean([r["train_s"] for r in fast])
-            ratio_fit = (peer["train_s"] + peer["test_s"]) / mean([r["fit_s"] for r in fast])
-            lines += ["", f"**Speed-up of `experiment=fast` over the peer: {ratio:.1f}x** in training time "
-                      f"({ratio_fit:.1f}x counting each side's evaluation passes: the peer's 10k test pass "
-                      f"per epoch, our 5k validation pass per epoch)."]
+    peer = results.get("peer")
+    if peer:
+        per_epoch = ", ".join(f"{e['test_acc']:.2%}" for e in peer["epochs"])
+        lines += ["## The pytorch/examples MNIST recipe on the same machine", "",
+                  f"Peer: `benchmarks/torch_example_mnist.py --all-epochs` (pytorch/examples `mnist/main.py`: two convs, "
+                  f"dropout, two FC layers, Adadelta 1.0, StepLR(1, 0.7), batch 64, {len(peer['epochs'])} epochs, per-sample "
+                  f"torchvision DataLoader, {'shuffled' if peer['shuffle'] else 'unshuffled as on CPU'}, all 60k training "
+                  f"images), test accuracy after each epoch: {per_epoch}; "
+                  + (f"first >= {peer['target']:.1%} after epoch {peer['reached_epoch']}." if peer["reached_epoch"]
+                     else f"never reached {peer['target']:.1%}."), ""]
+        default = [r for r in results.get("default") or [] if not r.get("error")]
+        lines += ["| recipe | test acc | epochs | training s | to 99 % s | process s | process CPU s |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        if default:
+            lines.append(f"| mnistops default (mean of {len(default)}; 99 % on val, with its val passes) | "
+                         f"{mean([r['test_acc'] for r in default]):.2%} | {fmt(default[0]['epochs'], 'd')} | "
+                         f"{fmt(mean([r['train_s'] for r in default]))} | {fmt(mean([r.get('reached_s') for r in default]))} | "
+                         f"{fmt(mean([r['wall_s'] for r in default]))} | {fmt(mean([r.get('cpu_s') for r in default]))} |")
+        reached_s = peer.get("reached_train_s")
+        if reached_s is not None:
+            reached_s += sum(e["test_s"] for e in peer["epochs"][:peer["reached_epoch"]])
+        lines.append(f"| pytorch/examples mnist (99 % on test, with its test passes) | {peer['test_acc']:.2%} | "
+                     f"{len(peer['epochs'])} | {peer['train_s']:.1f} | {fmt(reached_s)} | {peer['wall_s']:.1f} | "
+                     f"{fmt(peer.get('cpu_s'))} |")
         lines.append("")
+    if results.get("fast"):
+        fast = [r for r in results["fast"] if not r.get("error")]
+        lines += ["## `experiment=fast`: the quickest road to 99.0 % test accuracy", "",
+                  "`python -m mnistops stage=train experiment=fast seed=S` (`conf/experiment/fast.yaml`; its epochs may "
+                  "each take only part of the batches, `trainer.limit_train_batches`):", ""]
+        lines += seed_rows(results["fast"]) + [""]
+        if fast and peer and peer.get("reached_train_s") and mean([r["train_s"] for r in fast]):
+            ratio = peer["reached_train_s"] / mean([r["train_s"] for r in fast])
+            lines += [f"**Speed-up over the peer's training time to 99.0 % test accuracy ({peer['reached_train_s']:.1f} s): "
+                      f"{ratio:.1f}x**.", ""]
     if results.get("logreg"):
         lines += ["## `experiment=logreg` (multinomial logistic regression)", "",
                   "The Azure ML tutorial's scikit-learn LogisticRegression reports 92.04 % test accuracy.", ""]
@@ -265,13 +308,13 @@ def report(results: dict, info: dict, started: str, load0: str) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts: {', '.join(PARTS)}")
-    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds for the mnistops runs")
+    parser.add_argument("--seeds", default="42,1,2", help="comma-separated seeds for the mnistops runs")
     parser.add_argument("--root", default=None, help="folder for the runs' MNISTOPS_HOMEs and logs (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep each run's MNISTOPS_HOME (checkpoints, MLflow store)")
     parser.add_argument("--reuse", action="store_true",
                         help="with --root (and --keep) of an earlier, interrupted benchmark: measure its finished runs, don't retrain them")
     parser.add_argument("--eval-checkpoint", default=None, help=argparse.SUPPRESS)  # internal: see test_accuracy()
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "training.md"),
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "train_accuracy.md"),
                         help="where to write the markdown table ('' = don't)")
     parser.add_argument("--omp-wait-policy", default="PASSIVE",
                         help="OMP_WAIT_POLICY for every run unless already set ('' = leave it alone)")

@@ -191,6 +191,8 @@ class AugmentConfig:
     max_shift: float = 0.0  # pixels
     max_rotate: float = 0.0  # degrees
     max_scale: float = 0.0  # relative, e.g. 0.1 = 90%..110%
+    elastic: float = 0.0  # pixels of smooth random displacement (elastic distortion); 0 = off
+    elastic_cells: int = 4  # its lattice: cells x cells random offsets, upsampled to the image
 
 
 @dataclass

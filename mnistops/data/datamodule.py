@@ -58,8 +58,17 @@ class TensorBatches:
             yield self.images[idx], self.labels[idx]
 
 
+def elastic_field(n: int, size: int, pixels: float, cells: int, device, generator=None) -> torch.Tensor:
+    """A smooth random displacement field (n, size, size, 2) in grid_sample's [-1, 1] units: uniform
+    noise of up to `pixels` on a coarse `cells` x `cells` lattice, upsampled bicubically (Simard et
+    al.'s elastic distortion, with the Gaussian smoothing replaced by the cheaper upsampling)."""
+    coarse = (torch.rand(n, 2, cells, cells, device=device, generator=generator) * 2 - 1) * (2 * pixels / size)
+    return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+
+
 def augment(x: torch.Tensor, cfg: DictConfig, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Random affine jitter per image (shift, rotation, scale) in one grid_sample call."""
+    """Random affine jitter per image (shift, rotation, scale), plus an optional elastic distortion
+    (`elastic` pixels, 0 = off), in one grid_sample call over the whole batch."""
     n = x.shape[0]
     rand = lambda: torch.rand(n, device=x.device, generator=generator) * 2 - 1  # noqa: E731
     angle = rand() * math.radians(cfg.max_rotate)
@@ -69,6 +78,9 @@ def augment(x: torch.Tensor, cfg: DictConfig, generator: Optional[torch.Generato
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    elastic = cfg.get("elastic", 0.0)
+    if elastic:
+        grid = grid + elastic_field(n, x.shape[-1], elastic, cfg.get("elastic_cells", 4), x.device, generator)
     return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
 
 
