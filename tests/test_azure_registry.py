@@ -2,7 +2,8 @@
 run's files (the API Azure's MLflow serves, then the SDK), downloads checked against the weights
 digest, and stage=promote copying QA's approved version into PROD's workspace with its lineage.
 
-Azure ML answers from tests/azure_workspace.py; each workspace's MLflow is a real sqlite store."""
+Azure ML answers from tests/azure_workspace.py; each workspace's MLflow is a real `mlflow server`
+(tests/azure_mlflow_server.py) reached through the workspace's azureml:// URI, by azureml-mlflow."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from conftest import needs_module  # a missing extra fails in CI, skips elsewhere
 needs_module("azure.ai.ml", "pip install -e '.[azure]'")
 
+from azure_mlflow_server import azure_mlflow  # noqa: E402,F401  (the module's MLflow servers)
 from azure_workspace import FakeAzure, FakeWorkspace, StaticToken  # noqa: E402
 from conftest import compose  # noqa: E402
 
@@ -72,17 +74,17 @@ def test_an_alias_moves_to_one_version_new_holder_first(tmp_path):
 
 
 @pytest.mark.integration
-def test_register_makes_the_version_from_the_runs_files_and_download_checks_them(tmp_path):
+def test_register_makes_the_version_from_the_runs_files_and_download_checks_them(tmp_path, azure_mlflow):
     from mlflow.tracking import MlflowClient
 
     from mnistops.backends.azure.workspace import use_transport
 
-    uri = f"sqlite:///{tmp_path / 'workspace-mlflow.db'}"
+    ws = azure_mlflow.attach(FakeWorkspace())
+    uri = ws.mlflow_uri
     client = MlflowClient(uri)
-    run = client.create_run(client.create_experiment("mnistops", artifact_location=(tmp_path / "art").as_uri()))
+    run = client.create_run(client.create_experiment("mnistops"))
     files = model_dir(tmp_path / "model")
     digest = hashlib.sha256(b"onnx weights").hexdigest()
-    ws = FakeWorkspace()
     seed_version(ws, "1")
     with use_transport(ws, StaticToken()):
         registry = registry_of(ws, tmp_path, uri)
@@ -105,17 +107,17 @@ def test_register_makes_the_version_from_the_runs_files_and_download_checks_them
 
 
 @pytest.fixture
-def two_workspaces(tmp_path, monkeypatch):
+def two_workspaces(tmp_path, monkeypatch, azure_mlflow):
     """QA's workspace holding an approved, smoke-tested champion (files in QA's MLflow), PROD's empty;
     QA's settings come from the variables conf/env/qa.yaml reads, as on a PROD agent."""
     from mlflow.tracking import MlflowClient
 
-    qa = FakeWorkspace(subscription="11111111-0000-0000-0000-000000000000", resource_group="rg-qa",
-                       workspace="mlw-qa", mlflow_uri=f"sqlite:///{tmp_path / 'qa-mlflow.db'}")
-    prod = FakeWorkspace(subscription="22222222-0000-0000-0000-000000000000", resource_group="rg-prod",
-                         workspace="mlw-prod", mlflow_uri=f"sqlite:///{tmp_path / 'prod-mlflow.db'}")
+    qa, prod = azure_mlflow.attach(
+        FakeWorkspace(subscription="11111111-0000-0000-0000-000000000000", resource_group="rg-qa", workspace="mlw-qa"),
+        FakeWorkspace(subscription="22222222-0000-0000-0000-000000000000", resource_group="rg-prod",
+                      workspace="mlw-prod"))
     client = MlflowClient(qa.mlflow_uri)
-    run = client.create_run(client.create_experiment("mnistops", artifact_location=(tmp_path / "qa-art").as_uri()))
+    run = client.create_run(client.create_experiment("mnistops"))
     client.log_artifacts(run.info.run_id, str(model_dir(tmp_path / "qa-model")), "model")
     digest = hashlib.sha256(b"onnx weights").hexdigest()
     seed_version(qa, "2", run="r2", **{T.GATE_DECISION: T.REJECTED})
@@ -137,7 +139,7 @@ def test_promote_copies_qas_approved_version_into_prod_once_with_its_lineage(two
     from mnistops.backends.azure.workspace import use_transport
 
     qa, prod = two_workspaces
-    args = [*settings(prod, "prod"), "env.tracking_uri=" + prod.mlflow_uri]
+    args = settings(prod, "prod")  # PROD's MLflow: the azureml:// URI its workspace reports
     with use_transport(FakeAzure(qa, prod), StaticToken()):
         result = mnistops.run("promote", args)
         assert result.model_uri == f"models:/{NAME}/1" and result.metrics["promote/copied"] == 1.0
