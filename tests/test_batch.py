@@ -91,7 +91,9 @@ def test_every_input_form_gives_the_images_the_endpoint_would_see(tmp_path, mnis
 
     # pictures (a folder, or encoded bytes in a parquet column) are framed as /predict frames an upload
     names = write_pngs(tmp_path / "pngs" / "sub", images[:30])
-    uploads = np.concatenate([protocol.decode_upload(png_bytes(im)) for im in images[:30]])
+    from mnistops.serving.images import decode_upload
+
+    uploads = np.concatenate([decode_upload(png_bytes(im)) for im in images[:30]])
     folder = inputs.read(str(tmp_path / "pngs"), threads=2)
     assert folder.kind == "folder" and folder.ids == [f"sub/{n}" for n in names]
     assert np.array_equal(folder.images, uploads)

@@ -1,4 +1,5 @@
 """Uploaded picture (PNG/JPEG/..., any size, colour, polarity) -> one MNIST-style 28x28 uint8 image.
+Imports ``protocol`` (its errors and pixel rule), never the other way round.
 
 The MNIST recipe: grayscale, white digit on black, crop to the ink, scale the longer side to 20 px
 keeping the aspect ratio (anti-aliased), paste into 28x28 so the centre of mass sits at the centre.
@@ -12,7 +13,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from mnistops.serving.protocol import InputError
+from mnistops.serving.protocol import InputError, to_batch
 
 MAX_PIXELS = 16_000_000  # decompression-bomb guard: a 4000x4000 photo is the most we look at
 WORK_SIDE = 1024  # bigger pictures are shrunk first: the digit ends up 20 px tall anyway
@@ -61,6 +62,11 @@ def grayscale(img: Image.Image) -> np.ndarray:
     if img.mode not in ("L", "RGB"):
         img = img.convert("RGB")
     return np.asarray(img.convert("L"), dtype=np.float32)
+
+
+def decode_upload(data: bytes) -> np.ndarray:
+    """The upload format's decoder: picture bytes -> images (1, 1, 28, 28) by the pixel rule (``protocol.to_batch``)."""
+    return to_batch(normalise(data)[None], "file")
 
 
 def normalise(data: bytes) -> np.ndarray:

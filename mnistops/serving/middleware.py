@@ -16,20 +16,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import sys
 import time
-import uuid
 from typing import List, Optional
 
 from mnistops.serving.request_log import RequestLogWriter
 from mnistops.serving.errors import error_response
 from mnistops.serving.prometheus import Metrics
 from mnistops.serving.protocol import InputError, ProtocolError
+from mnistops.serving.wire import request_id_of
 
 log = logging.getLogger("mnistops.serving")
 
-RID_RE = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _timeout_at = getattr(asyncio, "timeout_at", None)  # Python >= 3.11
 COLLECTED_ROUTES = frozenset(("/score", "/invocations", "/v2/models/{name}/infer", "/predict"))
 
@@ -112,10 +110,8 @@ class Frame:
         t_wall = time.time()
         h = dict(scope["headers"])
         scope["mnistops.h"] = h
-        rid_b = h.get(b"x-request-id")
-        if rid_b is None or not RID_RE.match(rid_b):
-            rid_b = uuid.uuid4().hex.encode()
-        rid = rid_b.decode()
+        rid = request_id_of(h.get(b"x-request-id"))  # the one rule (wire.py), as Azure's score.py applies it
+        rid_b = h[b"x-request-id"] = rid.encode()  # what every later reader of the headers sees
         scope["mnistops.rid"] = rid
         deadline = scope["mnistops.deadline"] = asyncio.get_running_loop().time() + self.timeout
         limit = self.max_body

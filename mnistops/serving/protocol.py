@@ -13,7 +13,7 @@ Request formats (each decoder returns float32 images (N, 1, 28, 28) in [0, 1]):
      "dataframe_records" | "input_data": ...}          Azure's MLflow "input_data"
     {"id"?, "inputs": [{"name", "shape",               Open Inference Protocol v2      decode_v2
                         "datatype", "data"}]}
-    PNG/JPEG bytes                                     picture upload                  decode_upload
+    PNG/JPEG bytes                                     picture upload                  images.decode_upload
 
 The pixel rule, the same for every format and for arrays handed to the pyfunc: images are 28x28
 grids or 784-long rows (one image or a batch). **Integers are always on the 0-255 scale** (whatever
@@ -26,7 +26,7 @@ Answers: ``read_outputs`` turns the graph's logits into a ``Scored`` (calibrated
 ``ood_score``, ``ood``); ``score_answer`` ({"predictions": [{"digit", "probabilities", "ood_score",
 "ood"}], "model", "version", "deployment", "request_id"}) for /score, /invocations, /predict and
 score.py; ``v2_answer`` for /v2/.../infer; ``error_body`` for every error ({"error", "field"?,
-"request_id"}).
+"request_id"}). Which route takes which format, the request id and feedback: ``wire.py`` (not in the copy).
 """
 
 from __future__ import annotations
@@ -446,14 +446,7 @@ def decode_v2(payload: Any) -> Tuple[np.ndarray, Optional[str], str]:
 # --------------------------------------------------------------------------- picture uploads
 
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/jpg", "image/gif", "image/bmp", "image/webp", "image/tiff")
-
-
-def decode_upload(data: bytes) -> np.ndarray:
-    """A PNG/JPEG/... picture of one digit (any size, colour, polarity) -> images (1, 1, 28, 28),
-    framed the MNIST way (``mnistops.serving.images``; not part of the pyfunc's copy)."""
-    from mnistops.serving.images import normalise
-
-    return to_batch(normalise(data)[None], "file")
+# the decoder is images.decode_upload (PIL; the pixel rule's to_batch at its end): not in the pyfunc's copy
 
 
 # --------------------------------------------------------------------------- answers

@@ -192,11 +192,6 @@ class Runtime:
         for d in scored.digits.tolist():
             counter.labels(name, str(d)).inc()
 
-    def answer(self, scope, slot: Deployment, scored: protocol.Scored) -> dict:
-        self.count(slot, scored)
-        info = slot.info
-        return protocol.score_answer(scored, info["model_name"], info["version"], slot.name, scope["mnistops.rid"])
-
     def feedback(self, rid: str, label: int, feedback_id: str) -> None:
         now = time.time()
         self.feedback_log.append({"request_id": rid, "label": label, "t": round(now, 4),

@@ -1,16 +1,17 @@
 """The scoring routes: /score, /invocations, /v2/models/{name}/infer (+ the model's metadata and
-readiness), /predict and /feedback. Each decodes with ``protocol.py`` and answers with its shapes."""
+readiness), /predict and /feedback. Thin shells around ``wire.answer`` (the rules Azure's score.py
+follows too): each checks the key and the pinned deployment, reads the body and hands it over with
+how this server scores (traffic pick, micro-batcher, metrics)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Optional
 
-import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from mnistops.serving import protocol, schemas as S
+from mnistops.serving import schemas as S, wire
 from mnistops.serving.errors import NotFound, json_response
 from mnistops.serving.openapi import PIN_HEADER, SCORING_ERRORS, doc
 from mnistops.serving.protocol import IMAGE_TYPES, InputError
@@ -23,26 +24,38 @@ UPLOAD_TYPES = tuple(t.encode() for t in IMAGE_TYPES)
 def router(rt: Runtime) -> APIRouter:
     r = APIRouter()
 
-    async def scored(request: Request, decode: Callable[[Any], np.ndarray]) -> Response:
+    async def offload(fn: Callable, arg: Any) -> Any:  # pictures decode off the event loop
+        return await asyncio.get_running_loop().run_in_executor(rt.image_pool, fn, arg)
+
+    async def reply(scope, fmt: str, body: bytes, pinned: Optional[str]) -> Response:
+        async def score(images, _rid: str):
+            slot = rt.pick(scope, pinned)
+            scored = await rt.infer(scope, slot, images)
+            rt.count(slot, scored)
+            info = slot.info
+            return scored, (info["model_name"], info["version"], slot.name)
+
+        status, body, headers = await wire.answer(fmt, body, scope["mnistops.h"], score, offload=offload)
+        return json_response(body, status, headers)
+
+    async def scored(request: Request, fmt: str) -> Response:
         scope = request.scope
         rt.check_scoring_key(scope)
         pinned = rt.pinned(scope)
-        batch = decode(await rt.json_body(request))
-        slot = rt.pick(scope, pinned)
-        scored = await rt.infer(scope, slot, batch)
-        return json_response(rt.answer(scope, slot, scored))
+        rt.check_json(scope)
+        return await reply(scope, fmt, await request.body(), pinned)
 
     @r.post("/score", tags=["scoring"], **doc(S.PredictionResponse, body=S.ScoreRequest, errors=SCORING_ERRORS,
                                                secured=SECURED, summary="Score images (Azure ML score.py style)",
                                                parameters=[PIN_HEADER]))
     async def score(request: Request) -> Response:
-        return await scored(request, protocol.decode_score)
+        return await scored(request, "score")
 
     @r.post("/invocations", tags=["scoring"],
             **doc(S.PredictionResponse, body=S.InvocationsRequest, errors=SCORING_ERRORS, secured=SECURED,
                   summary="Score images (MLflow scoring protocol, Azure ML input_data)", parameters=[PIN_HEADER]))
     async def invocations(request: Request) -> Response:
-        return await scored(request, protocol.decode_invocations)
+        return await scored(request, "invocations")
 
     def model_slots(name: str) -> List:
         slots = [s for s in rt.live.slots.values() if s.info.get("model_name") == name]
@@ -58,12 +71,8 @@ def router(rt: Runtime) -> APIRouter:
         rt.check_scoring_key(scope)
         model_slots(name)
         pinned = rt.pinned(scope)
-        batch, req_id, _ = protocol.decode_v2(await rt.json_body(request))
-        slot = rt.pick(scope, pinned)
-        scored = await rt.infer(scope, slot, batch)
-        rt.count(slot, scored)
-        return json_response(protocol.v2_answer(scored, slot.info["model_name"], slot.info["version"],
-                                                req_id if req_id is not None else scope["mnistops.rid"]))
+        rt.check_json(scope)
+        return await reply(scope, "v2", await request.body(), pinned)
 
     @r.get("/v2/models/{name}", tags=["open inference protocol"],
            **doc(S.V2ModelMetadata, errors=(401, 404), secured=SECURED))
@@ -109,10 +118,7 @@ def router(rt: Runtime) -> APIRouter:
         else:
             raise InputError("send the image as multipart/form-data (field 'file') or as an image/png or "
                              f"image/jpeg body, not {ctype.decode('latin-1')[:100]!r}", "Content-Type", 415)
-        batch = await asyncio.get_running_loop().run_in_executor(rt.image_pool, protocol.decode_upload, data)
-        slot = rt.pick(scope, pinned)
-        scored = await rt.infer(scope, slot, batch)
-        return json_response(rt.answer(scope, slot, scored))
+        return await reply(scope, "upload", data, pinned)
 
     @r.post("/feedback", tags=["scoring"],
             **doc(S.FeedbackAccepted, 202, body=S.FeedbackRequest, errors=(400, 401, 413, 415, 422), secured=SECURED,
@@ -120,15 +126,9 @@ def router(rt: Runtime) -> APIRouter:
     async def feedback(request: Request) -> Response:
         scope = request.scope
         rt.check_scoring_key(scope)
-        body = await rt.json_body(request)
-        if not isinstance(body, dict):
-            raise InputError("the body must be a JSON object {\"request_id\", \"label\"}", "body")
-        rid, label = body.get("request_id"), body.get("label")
-        if not isinstance(rid, str) or not 1 <= len(rid) <= 128:
-            raise InputError("'request_id' must be a string of 1..128 characters", "request_id")
-        if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label <= 9:
-            raise InputError("'label' must be an integer digit 0..9", "label")
-        rt.feedback(rid, label, scope["mnistops.rid"])
-        return json_response({"status": "accepted", "request_id": rid}, 202)
+        rt.check_json(scope)
+        status, body, headers = await wire.answer(wire.FEEDBACK, await request.body(), scope["mnistops.h"],
+                                                  feedback=rt.feedback)
+        return json_response(body, status, headers)
 
     return r

@@ -1,10 +1,12 @@
 """The scoring script of the Azure ML online deployments (``init()`` / ``run(raw_data)``), as Azure's
 inference server (``azmlinfsrv``, azureml-inference-server-http) runs it.
 
-It answers with the local endpoint's own code: ``mnistops.serving.protocol`` decodes every payload
-(``{"data": …}``, the MLflow scoring protocol, Azure's ``{"input_data": …}``) and shapes every answer
-and error, and ``mnistops.serving.deployments.load_model`` is the ONNX predictor, so Azure and the
-laptop answer alike. A custom script in a pinned environment, because Azure's no-code MLflow
+It is a shell around the local endpoint's own ``mnistops.serving.wire.answer`` (format ``azure``:
+``{"data": …}``, the MLflow scoring protocol, Azure's ``{"input_data": …}`` or a feedback body; the
+request id; every answer and error), and ``mnistops.serving.deployments.load_model`` is the ONNX
+predictor, so Azure and the laptop answer alike. Everything it imports sits in the code snapshot
+(``code_snapshot.py``: mnistops/ beside this script's package) and the inference environment
+(``environments.INFERENCE``). A custom script in a pinned environment, because Azure's no-code MLflow
 deployment cannot load MLflow 3 models.
 
 The data collector (azureml-ai-monitoring) gets what the monitor needs, one row per image
@@ -25,9 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sys
-import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -36,14 +36,11 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from mnistops.backends.azure import collection_format as F  # noqa: E402
-from mnistops.serving import protocol  # noqa: E402
+from mnistops.serving import protocol, wire  # noqa: E402
 from mnistops.serving.deployments import LoadError, load_model  # noqa: E402
 
 log = logging.getLogger("mnistops.backends.azure.score")
 STATE: dict = {}
-REQUEST_ID_HEADER = "x-request-id"
-_RID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-FEEDBACK_KEYS = {"request_id", "label"}
 
 
 def find_model_dir(root: Path) -> Path:
@@ -87,14 +84,6 @@ def init() -> None:
     log.info("mnistops scoring ready: %s, collecting %s", STATE["info"], sorted(STATE["collectors"]) or "nothing")
 
 
-def request_id(headers: Optional[dict]) -> str:
-    """The client's ``x-request-id`` when it is sane, else a fresh id."""
-    for name, value in (headers or {}).items():
-        if name.lower() == REQUEST_ID_HEADER and isinstance(value, str) and _RID_RE.match(value):
-            return value
-    return uuid.uuid4().hex
-
-
 def _collect(batch, scored: protocol.Scored, rid: str) -> None:
     """Inputs and outputs of one request, a row per image, under one correlation context (its id: rid)."""
     collectors = STATE.get("collectors") or {}
@@ -123,7 +112,7 @@ def _collect(batch, scored: protocol.Scored, rid: str) -> None:
         collectors[F.OUTPUTS].collect(outputs, context)
 
 
-def _answer(body: dict, status: int):
+def _respond(body: dict, status: int):
     """A non-200 answer: the body is the JSON object (AMLResponse serialises it once)."""
     try:  # under azmlinfsrv (it aliases azureml.contrib.services to its own API)
         from azureml.contrib.services.aml_response import AMLResponse
@@ -132,21 +121,16 @@ def _answer(body: dict, status: int):
     return AMLResponse(body, status, json_str=True)
 
 
-def _error(err: protocol.ProtocolError, rid: str):
-    return _answer(protocol.error_body(err.message, err.field, rid), err.status)
+async def _score(batch, rid: str):
+    """wire's ``score``: the model, then the collection of the request (a plain call: nothing waits)."""
+    scored = STATE["model"].score(batch)  # calibrated probabilities, ood_score, ood (protocol.read_outputs)
+    _collect(batch, scored, rid)
+    info = STATE["info"]
+    return scored, (info["model"], info["version"], info["deployment"])
 
 
-def is_feedback(payload) -> bool:
-    return isinstance(payload, dict) and set(payload) == FEEDBACK_KEYS
-
-
-def _feedback(payload: dict, rid: str):
-    """Ground truth for an earlier request (the same checks and answer as the local /feedback)."""
-    scored, label = payload["request_id"], payload["label"]
-    if not isinstance(scored, str) or not 1 <= len(scored) <= 128:
-        raise protocol.InputError("'request_id' must be a string of 1..128 characters", "request_id")
-    if not isinstance(label, int) or isinstance(label, bool) or not 0 <= label <= 9:
-        raise protocol.InputError("'label' must be an integer digit 0..9", "label")
+def _keep_feedback(scored: str, label: int, rid: str) -> None:
+    """wire's ``feedback``: ground truth for an earlier request, to the ground_truth collection."""
     collector = (STATE.get("collectors") or {}).get(F.GROUND_TRUTH)
     if collector is None:
         raise protocol.ProtocolError("this deployment does not collect ground truth (its data collector has no "
@@ -155,21 +139,10 @@ def _feedback(payload: dict, rid: str):
     from azureml.ai.monitoring.context import BasicCorrelationContext
 
     collector.collect(pd.DataFrame({F.CORRELATION: [scored], F.LABEL: [label]}), BasicCorrelationContext(id=scored))
-    return _answer({"status": "accepted", "request_id": scored}, 202)
 
 
 def run(raw_data, request_headers: Optional[dict] = None):
     """One request body (JSON text or bytes) -> the local endpoint's answer shape (or its error); a
     feedback body -> 202."""
-    rid = request_id(request_headers)
-    try:
-        payload = protocol.parse_json(raw_data)
-        if is_feedback(payload):
-            return _feedback(payload, rid)
-        batch = protocol.decode_any(payload)
-    except protocol.ProtocolError as err:
-        return _error(err, rid)
-    scored = STATE["model"].score(batch)  # calibrated probabilities, ood_score, ood (protocol.read_outputs)
-    _collect(batch, scored, rid)
-    info = STATE["info"]
-    return protocol.to_jsonable(protocol.score_answer(scored, info["model"], info["version"], info["deployment"], rid))
+    status, body, _ = wire.finish(wire.answer("azure", raw_data, request_headers, _score, _keep_feedback))
+    return protocol.to_jsonable(body) if status == 200 else _respond(body, status)
