@@ -237,3 +237,47 @@ def test_answer_is_awaited_on_a_loop_and_finish_refuses_a_waiting_host():
     assert status == 200 and answer["request_id"] == RID
     with pytest.raises(RuntimeError, match="await answer"):
         wire.finish(wire.answer("score", body, {}, later))
+
+
+# the packages of mnistops that Azure's inference environment (environments.INFERENCE) does not hold
+NOT_IN_INFERENCE = ("hydra", "omegaconf", "torch", "torchvision", "lightning", "mlflow", "onnx", "optuna",
+                    "matplotlib", "tqdm", "fastapi", "starlette", "uvicorn", "gunicorn", "prometheus_client", "PIL",
+                    "multipart", "httpx", "pydantic", "great_expectations", "scipy", "pyarrow", "cleanlab")
+LOAD_SCORE_PY = """
+import importlib.abc, json, sys
+BLOCKED = set(sys.argv[2].split(","))
+class Absent(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{name} is not in the inference environment")
+sys.meta_path.insert(0, Absent())
+import importlib.util
+spec = importlib.util.spec_from_file_location("score", sys.argv[1])
+score = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(score)
+import mnistops
+print(json.dumps({"mnistops": mnistops.__file__, "bad": score.run("not json"),
+                  "feedback": score.run('{"request_id": "r-1", "label": 7}', {"X-Request-Id": "fb-1"})}))
+"""
+
+
+def test_score_py_loads_from_the_code_snapshot_with_the_inference_environment_alone(tmp_path):
+    """Azure runs score.py from the code snapshot (mnistops/ at its root, code_snapshot.py) in an
+    environment of environments.INFERENCE: what it imports at load and per request must be there."""
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from mnistops.backends.azure.code_snapshot import SCORING_SCRIPT
+    from mnistops.backends.azure.environments import INFERENCE
+
+    assert INFERENCE == ["numpy", "pandas", "orjson", "onnxruntime"]  # the list NOT_IN_INFERENCE complements
+    shutil.copytree(REPO / "mnistops", tmp_path / "mnistops", ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([sys.executable, "-c", LOAD_SCORE_PY, str(tmp_path / SCORING_SCRIPT),
+                           ",".join(NOT_IN_INFERENCE)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["mnistops"].startswith(str(tmp_path))  # the snapshot's own copy, not this checkout
+    assert out["bad"]["field"] == "body" and "malformed JSON" in out["bad"]["error"]
+    assert out["feedback"]["request_id"] == "fb-1" and "ground truth" in out["feedback"]["error"]
