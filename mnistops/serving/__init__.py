@@ -4,7 +4,9 @@ registered pyfunc. Nothing here imports torch, lightning or mlflow: a worker sta
 
 Modules, one job each:
 
-    protocol     every request format, answer shape and client error (shared with score.py, pyfunc)
+    wire         answer(): body + headers -> (status, body); request id, feedback, the format table
+                 (the scoring routes and Azure's score.py are shells around it)
+    protocol     the pixel rule, decoders, answer shapes, client errors (also the pyfunc's copy)
     images       upload normalisation (any picture -> an MNIST-style 28x28 digit)
     settings     server.json (one pydantic model, written by the deploy side) and the key files
     deployments  an ONNX session per slot, state.json I/O
@@ -19,6 +21,7 @@ Modules, one job each:
     errors       every non-200 answer; openapi: the description; schemas: its pydantic models
     prometheus   metrics, summed over workers; collector: what was served, for monitoring
     routing      traffic split + mirror; page: the draw-a-digit page
+    traffic_split  the one rule of a split (also the deploy stage's)
     master       the gunicorn master (N uvicorn workers); supervisor: restarts the master
     __main__     ``python -m mnistops.serving --endpoint-dir DIR``
 """
