@@ -11,6 +11,8 @@ schema and sets nothing. Why here and not in YAML: the schema must exist anyway 
 every key), it holds every knob (not only those some option sets), and it is what ``--cfg job``,
 the tests and other code read. tests/test_config_declared_once.py fails on any YAML value that
 restates a schema default, and on a ``default.yaml`` that sets a key the schema already defaults.
+("The schema" includes each flavour's own fields: a flavour owns its config, ``FlavourConfig`` below,
+in ``mnistops/backends/<flavour>/config.py``, joined to the sections users type.)
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ def other_env(cfg, name: str):
         raise MnistopsError(f"env {name!r} has no config file ({path})")
     raw = OmegaConf.load(str(path))
     section = raw["env"] if "env" in raw else raw  # a `# @package _global_` env file holds an env: block
-    merged = OmegaConf.merge(OmegaConf.structured(EnvConfig), section)
+    merged = OmegaConf.merge(OmegaConf.structured(section_schema("env")), section)
     OmegaConf.resolve(merged)
     return merged
 
@@ -70,11 +72,11 @@ if not OmegaConf.has_resolver("cpu_count"):  # endpoint.workers: one per core of
     OmegaConf.register_new_resolver("cpu_count", lambda: os.cpu_count() or 1)
 
 # One knob: the backend picks the endpoint it serves on (env.backend=azure alone means Azure's managed
-# online endpoint), and the endpoint's kind picks the defaults that differ between kinds.
-ENDPOINT_KIND = {"local": "local", "azure": "azure_managed"}  # env.backend -> endpoint.kind
+# online endpoint), and the endpoint's kind picks the defaults that differ between kinds. A flavour
+# adds its own backend -> kind and kind defaults (FlavourConfig.endpoint_kind, .kind_defaults).
+ENDPOINT_KIND = {"local": "local"}  # env.backend -> endpoint.kind
 KIND_DEFAULTS = {  # knob -> {endpoint.kind: default}
-    "startup_timeout_s": {"local": 90.0, "azure_managed": 1800.0},  # a managed deployment takes minutes
-    "max_concurrent_requests_per_instance": {"local": 1, "azure_managed": 4},
+    "startup_timeout_s": {"local": 90.0},
 }
 if not OmegaConf.has_resolver("endpoint_kind"):
     OmegaConf.register_new_resolver("endpoint_kind", lambda backend: ENDPOINT_KIND.get(str(backend), str(backend)))
@@ -90,16 +92,6 @@ class PathsConfig:
 
 
 @dataclass
-class AzureWorkspaceConfig:
-    """The env's Azure ML workspace (env.backend=azure); conf/env/<env>.yaml fills it from environment
-    variables, so no id is ever committed. Authentication is DefaultAzureCredential's chain."""
-
-    subscription_id: Optional[str] = None
-    resource_group: Optional[str] = None
-    workspace: Optional[str] = None
-
-
-@dataclass
 class EnvConfig:
     name: str = MISSING
     backend: str = "local"  # local | azure
@@ -107,18 +99,6 @@ class EnvConfig:
     # None: the env's own sqlite store, <paths.home>/<env>/mlflow.db
     tracking_uri: Optional[str] = None
     model_name: str = "mnist-classifier"
-    azure: AzureWorkspaceConfig = field(default_factory=AzureWorkspaceConfig)
-
-
-@dataclass
-class ProbeConfig:
-    """An Azure ML online deployment's liveness or readiness probe (seconds)."""
-
-    initial_delay: int = 10
-    period: int = 10
-    timeout: int = 2
-    success_threshold: int = 1
-    failure_threshold: int = 30
 
 
 @dataclass
@@ -165,13 +145,7 @@ class EndpointConfig:
     action: str = "status"  # stage=endpoint: status | stop | regenerate-keys
     key: str = "primary"  # stage=endpoint endpoint.action=regenerate-keys: which scoring key (primary | secondary)
     collect: CollectConfig = field(default_factory=CollectConfig)
-    # kind=azure_managed: a managed online endpoint (conf/endpoint/azure_managed.yaml)
-    instance_type: str = "Standard_DS3_v2"
-    instance_count: int = 1
-    max_concurrent_requests_per_instance: int = "${endpoint_kind_default:max_concurrent_requests_per_instance,${.kind}}"  # type: ignore[assignment]
-    max_queue_wait_ms: int = 500
-    liveness_probe: ProbeConfig = field(default_factory=ProbeConfig)
-    readiness_probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(failure_threshold=3))
+    # a flavour's own endpoint kind adds its knobs (azure_managed: mnistops/backends/azure/config.py)
 
 
 @dataclass
@@ -258,11 +232,7 @@ class ComputeConfig:
     num_nodes: int = 1
     strategy: str = "auto"
     num_threads: Optional[int] = None  # torch intra-op threads; None: all cores
-    # An Azure ML compute cluster (compute=azure_cpu_cluster|azure_gpu_cluster, env.backend=azure),
-    # created and sized by Terraform (infra/); null cluster: the stage runs on this machine
-    cluster: Optional[str] = None
-    instance_count: int = 1  # nodes a training job uses (Lightning num_nodes)
-    process_count_per_instance: int = 1  # DDP processes per node (Lightning devices)
+    # a flavour's compute clusters add their knobs (compute.cluster, ...: mnistops/backends/azure/config.py)
 
 
 @dataclass
@@ -502,54 +472,6 @@ class CdStageConfig:
 
 
 @dataclass
-class AzureEnvironmentConfig:
-    """An Azure ML environment: a base image plus a conda file written from this project's dependencies."""
-
-    name: str = MISSING
-    image: str = "mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04"
-
-
-@dataclass
-class AzureSweepConfig:
-    max_concurrent_trials: int = 4
-    timeout_s: int = 86400  # the whole sweep
-    trial_timeout_s: int = 7200
-
-
-@dataclass
-class AzureMonitoringConfig:
-    emails: List[str] = field(default_factory=list)  # alert notification; empty: Azure Monitor only
-    instance_type: str = "standard_e4s_v3"  # the serverless Spark pool that computes the signals
-    runtime_version: str = "3.4"
-    # the data asset the deployments' `ground_truth` collection appends feedback to (the true `label`
-    # of scored requests by `correlation_id`); null: <azure endpoint name>-ground-truth
-    ground_truth: Optional[str] = None
-
-
-@dataclass
-class AzureConfig:
-    """env.backend=azure: how stages become Azure ML entities (the workspace itself is env.azure)."""
-
-    dry_run: bool = False  # write every entity as `az ml ... create -f` YAML; no network, no credentials
-    # set on the command line of the jobs this flavour submits: the steps run there, not submitted again
-    inside_job: bool = False
-    experiment_name: str = "${experiment_name}"  # jobs log into the same MLflow experiment as local runs
-    stream_logs: bool = True  # follow a submitted job until it ends and exit with its status
-    code_asset: str = "mnistops-code"  # the source snapshot jobs and deployments run (version: its digest)
-    train_environment: AzureEnvironmentConfig = field(default_factory=lambda: AzureEnvironmentConfig(
-        name="mnistops-train"))
-    inference_environment: AzureEnvironmentConfig = field(default_factory=lambda: AzureEnvironmentConfig(
-        name="mnistops-inference", image="mcr.microsoft.com/azureml/openmpi4.1.0-ubuntu22.04"))
-    data_asset: str = "${data.name}-raw"  # the verified raw files, version = dataset digest
-    reference_asset: str = "${data.name}-reference-features"  # training-image features: the drift baseline
-    # endpoint names are unique per Azure region; null: <endpoint.name>-<env>-<6 hex of sha1(subscription/env)>,
-    # the name infra/ gives the endpoint it creates (its output endpoint_name)
-    endpoint_name: Optional[str] = None
-    sweep: AzureSweepConfig = field(default_factory=AzureSweepConfig)
-    monitoring: AzureMonitoringConfig = field(default_factory=AzureMonitoringConfig)
-
-
-@dataclass
 class Config:
     defaults: List[Any] = field(default_factory=list)
     env: EnvConfig = MISSING
@@ -577,11 +499,67 @@ class Config:
     canary: CanaryStageConfig = field(default_factory=CanaryStageConfig)
     cd: CdStageConfig = field(default_factory=CdStageConfig)
     batch: BatchStageConfig = field(default_factory=BatchStageConfig)
-    azure: AzureConfig = field(default_factory=AzureConfig)
+    # + each flavour's own sections (azure.*: mnistops/backends/azure/config.py), joined by register_configs
     seed: int = 42
     experiment_name: str = "mnistops"  # MLflow experiment, in the env's store
     # the score a sweep optimises (a metric of the train run, e.g. val/acc)
     optimized_metric: str = "val/acc"
+
+
+@dataclass(frozen=True)
+class FlavourConfig:
+    """What a backend flavour adds to the shared schema, as a ZenML flavour owns its ``config_class``.
+
+    A flavour's module ``mnistops/backends/<flavour>/config.py`` defines ``FLAVOUR = FlavourConfig(...)``
+    with dataclasses only (no SDK); register_configs finds it there, so a new flavour edits nothing
+    here. Its fields join the sections users already type (``azure.*``, ``endpoint.instance_type``)."""
+
+    name: str  # its env.backend value
+    # section ("" for the root, else a top-level key such as "endpoint") -> a dataclass whose fields
+    # join that section
+    sections: Dict[str, type] = field(default_factory=dict)
+    endpoint_kind: str = ""  # the endpoint.kind that env.backend=<name> alone selects ("": local)
+    kind_defaults: Dict[str, Any] = field(default_factory=dict)  # endpoint knob -> that kind's default
+
+
+def flavour_configs() -> List[FlavourConfig]:
+    """Every flavour's FLAVOUR, found by place: mnistops/backends/<name>/config.py. Imported by name at
+    run time (a plugin lookup, as Hydra finds its plugins): the flavour's config depends on this module,
+    never the reverse; those modules import dataclasses only, so `--help` stays SDK-free."""
+    import importlib
+    from pathlib import Path
+
+    found = []
+    backends = Path(__file__).resolve().parent / "backends"
+    for module in sorted(backends.glob("*/config.py")):
+        flavour = getattr(importlib.import_module(f"mnistops.backends.{module.parent.name}.config"), "FLAVOUR", None)
+        if isinstance(flavour, FlavourConfig):
+            found.append(flavour)
+    return found
+
+
+_SCHEMA: Dict[str, type] = {}  # section -> its dataclass with every flavour's fields ("" : the root)
+
+
+def _joined(base: type, extra: List[type], fields_of_root: Optional[Dict[str, type]] = None) -> type:
+    """`base` with the fields of `extra` after its own (a dataclass subclass of each, same name)."""
+    if not extra and not fields_of_root:
+        return base
+    namespace: Dict[str, Any] = {"__module__": base.__module__, "__doc__": base.__doc__, "__annotations__": {}}
+    for name, schema in (fields_of_root or {}).items():  # a root section whose type grew
+        namespace["__annotations__"][name] = schema
+        default = base.__dataclass_fields__[name].default
+        namespace[name] = MISSING if default is MISSING else field(default_factory=schema)
+    name = f"{base.__name__}WithFlavours"  # a module attribute too, so a composed config pickles (DDP spawn)
+    joined = globals()[name] = dataclass(type(name, (*reversed(extra), base), namespace))
+    return joined
+
+
+def section_schema(section: str = "") -> type:
+    """The dataclass of a section (e.g. "env") with every flavour's fields; "": the root schema."""
+    if not _SCHEMA:
+        register_configs()
+    return _SCHEMA[section]
 
 
 def _config_store_copies_as_itself() -> None:
@@ -596,14 +574,40 @@ def _config_store_copies_as_itself() -> None:
         ConfigStore.__deepcopy__ = lambda self, memo: self
 
 
+def build_schema(flavours: List[FlavourConfig]) -> Dict[str, type]:
+    """Section -> its dataclass with the flavours' fields joined ("": the root schema)."""
+    root_fields = Config.__dataclass_fields__
+    schema: Dict[str, type] = {}
+    for name in root_fields:
+        kind = root_fields[name].type
+        schema[name] = globals().get(kind, kind) if isinstance(kind, str) else kind
+    grown = {}
+    for name in sorted({s for f in flavours for s in f.sections if s}):
+        if not isinstance(schema.get(name), type) or not hasattr(schema[name], "__dataclass_fields__"):
+            raise TypeError(f"a flavour extends section {name!r}, which is not a section of the schema")
+        grown[name] = schema[name] = _joined(schema[name], [f.sections[name] for f in flavours if name in f.sections])
+    schema[""] = _joined(Config, [f.sections[""] for f in flavours if "" in f.sections], grown)
+    schema.pop("defaults", None)
+    return schema
+
+
 def register_configs() -> None:
-    """The root schema (every YAML file merges onto it; it types every group) and one `stage` option
-    per stage of the table."""
+    """The root schema (every YAML file merges onto it; it types every group), with each flavour's
+    fields joined to their sections, and one `stage` option per stage of the table."""
     from mnistops.stage_table import STAGES
+
+    flavours = flavour_configs()
+    for flavour in flavours:
+        if flavour.endpoint_kind:
+            ENDPOINT_KIND[flavour.name] = flavour.endpoint_kind
+            for knob, value in flavour.kind_defaults.items():
+                KIND_DEFAULTS[knob][flavour.endpoint_kind] = value
+    _SCHEMA.clear()
+    _SCHEMA.update(build_schema(flavours))
 
     _config_store_copies_as_itself()
     cs = ConfigStore.instance()
-    cs.store(name="config_schema", node=Config)
+    cs.store(name="config_schema", node=_SCHEMA[""])
     for stage in STAGES.values():
         cs.store(group="stage", name=stage.name, node=StageConfig(name=stage.name, steps=list(stage.steps)))
 
