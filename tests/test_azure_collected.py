@@ -56,7 +56,7 @@ def feedback(ws, rid, label, t):
 def read(ws, start, end, id_prefix=None, dry_run=False):
     from mnistops import backends
     from mnistops.backends.azure.workspace import use_transport
-    from mnistops.monitoring.collected import ReadStats
+    from mnistops.monitoring.request_log_reader import ReadStats
 
     cfg = compose(["env=prod", "env.backend=azure", f"env.azure.subscription_id={ws.subscription}",
                    f"env.azure.resource_group={ws.resource_group}", f"env.azure.workspace={ws.workspace}",

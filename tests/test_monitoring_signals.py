@@ -286,7 +286,7 @@ def test_report_is_self_contained(mnist, embedder, reference, suite, mcfg, tmp_p
 def test_bad_monitoring_knobs_fail_with_one_clear_message(tmp_path):
     """A typo in a window, a shift or an action names the key and what it accepts."""
     from mnistops.errors import MnistopsError
-    from mnistops.monitoring.collected import window_bounds
+    from mnistops.monitoring.request_log_reader import window_bounds
     from mnistops.stages import monitor, traffic
 
     assert window_bounds("90m", now=10_000.0) == (10_000.0 - 5400, 10_000.0)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from serving_fixtures import ServerProcess, make_endpoint, metric, mnist, model_dir  # noqa: F401 (fixtures)
-from mnistops.monitoring import collected
+from mnistops.monitoring import request_log_reader
 from mnistops.serving.request_log import RequestLogWriter, decode_images, monitor_dir_of
 
 pytestmark = pytest.mark.integration
@@ -67,7 +67,7 @@ def test_requests_are_collected_with_inputs_outputs_and_feedback(tmp_path, model
     refused = [r for r in recs if r["status"] == 422]
     assert len(refused) == 1 and "inputs" not in refused[0] and refused[0]["deployment"] == ""
 
-    window = collected.load_window(monitor_dir_of(d), 0, 1e12)
+    window = request_log_reader.load_window(monitor_dir_of(d), 0, 1e12)
     assert window.images.shape == (23, 28, 28) and len(window.requests) == 22
     assert (window.labels >= 0).sum() == 10  # feedback joined by request id
     assert set(window.requests["status"]) == {200, 422}

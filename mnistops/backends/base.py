@@ -233,7 +233,7 @@ class MonitoringSchedule(abc.ABC):
         """What the env's endpoint collected in [start, end] (epoch seconds), only requests whose id
         starts with `id_prefix` when given: requests, images, outputs and feedback, for stage=monitor
         to judge here; None where nothing can be read (a dry run). `stats`
-        (monitoring.collected.ReadStats) counts files, lines and torn lines."""
+        (monitoring.request_log_reader.ReadStats) counts files, lines and torn lines."""
 
     def answers(self, cfg: "DictConfig", start: float, end: float, deployments: Sequence[str]):
         """Every answer `deployments` gave in [start, end], live and mirrored copies alike, as

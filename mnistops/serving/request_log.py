@@ -1,4 +1,4 @@
-"""The endpoint's request log (the writing side; monitoring/collected.py reads it back), its data
+"""The endpoint's request log (the writing side; monitoring/request_log_reader.py reads it back), its data
 collector as Azure ML calls it: what each scoring request got and gave back.
 
 The request handler only appends a tuple to a deque (no copying, no serialising: the hot path stays

@@ -46,13 +46,13 @@ def run(cfg: DictConfig) -> StageResult:
 
     from mnistops import layout, tracking
     from mnistops.monitoring import alerts as alerting
-    from mnistops.monitoring import collected, reference_cache, report, signals as sig
+    from mnistops.monitoring import request_log_reader, reference_cache, report, signals as sig
 
-    stats = collected.ReadStats()
+    stats = request_log_reader.ReadStats()
     if cfg.monitor.traffic_run:
         window, start, end, spec = _traffic_window(cfg, backend, stats)
     else:
-        start, end = collected.window_bounds(cfg.monitor.window)
+        start, end = request_log_reader.window_bounds(cfg.monitor.window)
         window, spec = backend.monitoring.collected(cfg, start, end, stats), str(cfg.monitor.window)
     if window is None:  # nothing to read here (a dry run): what the platform was given is the result
         return scheduled

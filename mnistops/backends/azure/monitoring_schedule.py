@@ -46,7 +46,7 @@ class AzureMonitoringSchedule(MonitoringSchedule):
         if cfg.azure.dry_run:
             return None
         from mnistops.backends.azure.collected_data import CollectorFiles, read_answers
-        from mnistops.monitoring.collected import ReadStats
+        from mnistops.monitoring.request_log_reader import ReadStats
 
         return read_answers(CollectorFiles.of_workspace(self.connection), self.endpoint, start, end, deployments,
                             ReadStats())

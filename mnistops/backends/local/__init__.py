@@ -22,21 +22,21 @@ class MonitorHere(MonitoringSchedule):
 
     def collected(self, cfg, start: float, end: float, stats, id_prefix=None):
         from mnistops import layout
-        from mnistops.monitoring import collected
+        from mnistops.monitoring import request_log_reader
 
-        return collected.load_window(layout.endpoint_monitoring_dir(cfg), start, end, stats, id_prefix)
+        return request_log_reader.load_window(layout.endpoint_monitoring_dir(cfg), start, end, stats, id_prefix)
 
     def answers(self, cfg, start: float, end: float, deployments):
         """The collector's records of `deployments`, mirrored copies included (route "mirror")."""
         from mnistops import layout
-        from mnistops.monitoring import collected
+        from mnistops.monitoring import request_log_reader
         from mnistops.quality import canary
 
         where = layout.endpoint_monitoring_dir(cfg)
-        feedback = collected.read_feedback(where)
+        feedback = request_log_reader.read_feedback(where)
         wanted = set(deployments)
         return canary.answers_frame(canary.record_answer(rec, feedback) for rec in
-                                    collected.iter_records(where, start, end, mirrored=True)
+                                    request_log_reader.iter_records(where, start, end, mirrored=True)
                                     if rec.get("deployment") in wanted)
 
 

@@ -1,4 +1,5 @@
-"""What the endpoint collected (the env's monitoring store, read side), in a time window.
+"""The endpoint's request log read back (the monitoring side; serving/request_log.py writes it): what
+the endpoint served in a time window, its feedback and labelled exports.
 
 Layout (written by ``mnistops.serving.request_log``)::
 
