@@ -174,6 +174,33 @@ def test_switch_and_rollback_under_load_fail_no_request(endpoint, model_dir):
     assert after_rollback and set(after_rollback) == {"1"}
 
 
+def test_keep_alive_connections_spread_over_the_workers(endpoint):
+    """Keep-alive connections opened one after another (as wrk opens its 8): the least-connected
+    worker accepts each, so both workers hold some, and each connection stays with its worker."""
+    srv = endpoint
+    clients = [httpx.Client(base_url=srv.url, headers=AUTH, timeout=30) for _ in range(8)]
+    try:
+        rounds = []
+        for _ in range(2):
+            rids = []
+            for c in clients:  # the first round opens each client's one connection; the second reuses it
+                rid = uuid.uuid4().hex
+                assert c.post("/score", json=ROW, headers={"x-request-id": rid}).status_code == 200
+                rids.append(rid)
+            rounds.append(rids)
+        deadline = time.monotonic() + 30
+        while len(served_by(srv, rounds[0] + rounds[1])) < 16:  # the request log is written in batches
+            assert time.monotonic() < deadline, srv.log()[-3000:]
+            time.sleep(0.05)
+        by = served_by(srv, rounds[0] + rounds[1])
+    finally:
+        for c in clients:
+            c.close()
+    first = [by[rid] for rid in rounds[0]]
+    assert len(set(first)) == 2, f"every connection went to one worker: {first}"
+    assert [by[rid] for rid in rounds[1]] == first  # keep-alive: a connection stays with its worker
+
+
 def test_a_killed_worker_comes_back_with_the_state(endpoint, model_dir):
     srv = endpoint
     with srv.admin() as a:

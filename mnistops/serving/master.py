@@ -2,7 +2,9 @@
 
 gunicorn runs ``endpoint.workers`` uvicorn worker processes behind one listening socket and
 restarts any that dies or hangs (a missed heartbeat for ``WORKER_TIMEOUT_S``); each worker builds
-its own app (``create_app``: own models, own micro-batchers) after the fork. The master's hooks keep
+its own app (``create_app``: own models, own micro-batchers) after the fork. Connections spread
+over the workers by ``balancer.py``: the least-connected worker accepts the next one (a shared
+``Board`` the master makes before it forks and keeps one slot of per worker). The master's hooks keep
 ``run/master.json`` (its pid, when it was ready, how many workers it forked) for ``stage=endpoint``,
 and retire a dead worker's metrics and control registration. ``supervisor.py`` runs this process
 and starts it again if it dies.
@@ -19,8 +21,10 @@ import time
 from pathlib import Path
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.arbiter import Arbiter
 from uvicorn_worker import UvicornWorker
 
+from mnistops.serving.balancer import BalancedServer, Board
 from mnistops.serving.settings import RUN_DIR, ConfigError, ServerSettings, load_settings
 
 MASTER_FILE = "master.json"
@@ -33,6 +37,17 @@ class EndpointWorker(UvicornWorker):
 
     CONFIG_KWARGS = {"loop": "auto", "http": "auto", "lifespan": "on", "server_header": False,
                      "access_log": False}
+    board: Board  # set by the master's pre_fork, with board_slot
+    board_slot: int
+
+    async def _serve(self) -> None:
+        """uvicorn_worker's ``_serve`` with the balanced server in place of uvicorn's own."""
+        self.config.app = self.wsgi
+        server = BalancedServer(self.config, self.board, self.board_slot)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -48,6 +63,7 @@ class EndpointMaster(BaseApplication):
         self.log_level = log_level
         self.run_dir = endpoint_dir / RUN_DIR
         self.status = {"pid": os.getpid(), "workers": settings.workers, "forks": 0, "ready_at": None}
+        self.board = Board(max(8, 2 * settings.workers))  # before any fork: every worker shares it
         super().__init__()
 
     def load_config(self) -> None:
@@ -79,6 +95,7 @@ class EndpointMaster(BaseApplication):
         self._save()
 
     def pre_fork(self, server, worker) -> None:
+        worker.board, worker.board_slot = self.board, self.board.claim()
         self.status["forks"] += 1  # forks beyond `workers` are restarts of workers that died
         self._save()
 
@@ -88,6 +105,7 @@ class EndpointMaster(BaseApplication):
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             multiprocess.mark_process_dead(worker.pid)
         (self.run_dir / "workers" / f"{worker.pid}.json").unlink(missing_ok=True)
+        self.board.release(getattr(worker, "board_slot", None))
 
 
 def configure_logging(level: str) -> None:
