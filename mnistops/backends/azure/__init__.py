@@ -14,7 +14,7 @@ this package is free.
     workspace.py (settings, credential, MLClient, the test seam), naming.py (unique names),
     render.py (azure.dry_run=true: every entity as `az ml ... create -f` YAML), the SDK entities
     (command_job, sweep_job, online_specs, monitor_specs, environments, data_assets, code_snapshot,
-    compute), score.py (the online deployments' scoring script) and collection_format.py (the rows it
+    compute), score.py (the online deployments' scoring script) and data_collector_rows.py (the rows it
     hands the data collector, which collected_data.py reads back).
 
 Inside a job it submitted (`azure.inside_job=true`) the flavour is the same, except that its job

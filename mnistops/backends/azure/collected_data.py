@@ -13,7 +13,7 @@ Each line is one record: {"specversion", "id", "source", "type": "azureml.infere
 "xrequestid", "modelversion", "collectdatatype", "agent", "contentrange": "bytes 0-N/N+1"}; a
 payload too large to inline is a blob of its own ("datainblob": "true", "data": its URL). Rows of
 requests close in time may share one record, so the rows' own `correlation_id` column is the key
-(collection_format.py), never the record's `correlationid`.
+(data_collector_rows.py), never the record's `correlationid`.
 
 Access: the datastore's account and container come from the workspace (a GET of the datastore, no
 secrets asked for); the blobs are read with the caller's Entra ID token, as the SDK does for an
@@ -35,7 +35,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 import orjson
 
-from mnistops.backends.azure import collection_format as F
+from mnistops.backends.azure import data_collector_rows as F
 from mnistops.errors import MnistopsError
 
 DATASTORE = "workspaceblobstore"  # where the collector writes by default (data_assets.COLLECTOR_ROOT)

@@ -3,7 +3,7 @@
 on its own serverless Spark; `stage=monitor` computes the same signals and more from the same
 collected files (collected_data.py), and is the one that hands labelled data over for retraining.
 
-Signal mapping (local -> Azure), on the columns score.py collects (collection_format.py):
+Signal mapping (local -> Azure), on the columns score.py collects (data_collector_rows.py):
   data_drift        -> data_drift, normalized_wasserstein_distance on the image features of
                        model_inputs (monitoring.drift.DRIFT_FEATURES, never the pixels or ids),
                        against the training features asset
@@ -29,9 +29,9 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from mnistops import tags as T
-from mnistops.backends.azure.collection_format import CORRELATION as JOIN
-from mnistops.backends.azure.collection_format import DIGIT as PREDICTION
-from mnistops.backends.azure.collection_format import LABEL
+from mnistops.backends.azure.data_collector_rows import CORRELATION as JOIN
+from mnistops.backends.azure.data_collector_rows import DIGIT as PREDICTION
+from mnistops.backends.azure.data_collector_rows import LABEL
 from mnistops.errors import MnistopsError
 
 NOT_ON_AZURE = ("embedding_drift", "max_p99_ms", "max_error_rate")

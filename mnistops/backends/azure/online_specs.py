@@ -2,7 +2,7 @@
 registered model, the pinned inference environment, score.py from the source snapshot, instance
 type/count, request settings, liveness/readiness probes and the data collector.
 
-The collector has three collections (collection_format.py has their columns): `model_inputs` and
+The collector has three collections (data_collector_rows.py has their columns): `model_inputs` and
 `model_outputs` (per deployment, what the monitoring schedule compares and stage=monitor reads) and
 `ground_truth`, the feedback score.py receives, which every deployment of the endpoint appends to
 one asset (azure.monitoring.ground_truth) so the true labels outlive a blue/green swap. The files
@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from mnistops import tags as T
 from mnistops.backends.azure import data_assets
-from mnistops.backends.azure.collection_format import GROUND_TRUTH, INPUTS, OUTPUTS
+from mnistops.backends.azure.data_collector_rows import GROUND_TRUTH, INPUTS, OUTPUTS
 
 ROLLING_RATE = "Hour"  # the collector's folders: .../YYYY/MM/DD/HH/ (collected_data.py reads them)
 

@@ -10,7 +10,7 @@ predictor, so Azure and the laptop answer alike. Everything it imports sits in t
 deployment cannot load MLflow 3 models.
 
 The data collector (azureml-ai-monitoring) gets what the monitor needs, one row per image
-(collection_format.py has the columns): ``model_inputs`` the image features and the image itself,
+(data_collector_rows.py has the columns): ``model_inputs`` the image features and the image itself,
 ``model_outputs`` the digit, its confidence, the ten (calibrated) probabilities and the "not a
 digit" ``ood_score``/``ood`` with the model version, both
 under the request's correlation context. Its id is the request's ``x-request-id`` when the client
@@ -35,7 +35,7 @@ _ROOT = Path(__file__).resolve().parents[3]  # the code snapshot: mnistops/ sits
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from mnistops.backends.azure import collection_format as F  # noqa: E402
+from mnistops.backends.azure import data_collector_rows as F  # noqa: E402
 from mnistops.serving import protocol, wire  # noqa: E402
 from mnistops.serving.deployments import LoadError, load_model  # noqa: E402
 
