@@ -7,7 +7,7 @@ this package is free.
     endpoint     managed_endpoint.py    a managed online endpoint, deployments = slots, traffic, rollback
     jobs         job_runner.py          compute steps as ONE command (or sweep) job running this entrypoint
     monitoring   monitoring_schedule.py a model-monitoring schedule that follows the live deployment, and
-                 collected_data.py      what the deployments' data collector wrote, read back for stage=monitor
+                 data_collector_reader.py what the deployments' data collector wrote, read back for stage=monitor
     provisioner  provisioner.py         environments and data assets (clusters are Terraform's)
     batch        batch_scoring.py       a batch endpoint + model deployment on the cluster (batch_specs.py,
                  batch_score.py: the node's scoring script), its job followed, its rows fetched
@@ -15,7 +15,7 @@ this package is free.
     render.py (azure.dry_run=true: every entity as `az ml ... create -f` YAML), the SDK entities
     (command_job, sweep_job, online_specs, monitor_specs, environments, data_assets, code_snapshot,
     compute), score.py (the online deployments' scoring script) and data_collector_rows.py (the rows it
-    hands the data collector, which collected_data.py reads back).
+    hands the data collector, which data_collector_reader.py reads back).
 
 Inside a job it submitted (`azure.inside_job=true`) the flavour is the same, except that its job
 runner is not remote: the steps run there, against the workspace's MLflow and registry.

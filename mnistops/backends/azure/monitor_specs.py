@@ -1,7 +1,7 @@
 """The Azure ML model-monitoring schedule with the local monitor's signals and thresholds
 (cfg.monitor.*), on cfg.monitor.schedule (cron), alerting by email or Azure Monitor. Azure runs it
 on its own serverless Spark; `stage=monitor` computes the same signals and more from the same
-collected files (collected_data.py), and is the one that hands labelled data over for retraining.
+collected files (data_collector_reader.py), and is the one that hands labelled data over for retraining.
 
 Signal mapping (local -> Azure), on the columns score.py collects (data_collector_rows.py):
   data_drift        -> data_drift, normalized_wasserstein_distance on the image features of

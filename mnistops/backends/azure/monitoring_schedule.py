@@ -6,7 +6,7 @@
   endpoint calls `follow` after every traffic change, so the schedule keeps watching the deployment
   that takes the traffic after a blue/green swap or a rollback, with its thresholds unchanged;
 - here: `collected` reads what the deployments' data collector wrote for the endpoint in a window
-  (collected_data.py: every deployment, ground truth joined), so `stage=monitor` computes every
+  (data_collector_reader.py: every deployment, ground truth joined), so `stage=monitor` computes every
   signal the local monitor does, raises its alerts and hands the feedback-labelled images over."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class AzureMonitoringSchedule(MonitoringSchedule):
         datastore; None in a dry run (nothing is read)."""
         if cfg.azure.dry_run:
             return None
-        from mnistops.backends.azure.collected_data import CollectorFiles, read_window
+        from mnistops.backends.azure.data_collector_reader import CollectorFiles, read_window
 
         return read_window(CollectorFiles.of_workspace(self.connection), self.endpoint, start, end, stats, id_prefix)
 
@@ -45,7 +45,7 @@ class AzureMonitoringSchedule(MonitoringSchedule):
         deployment's responses, its score.py collects them); None in a dry run."""
         if cfg.azure.dry_run:
             return None
-        from mnistops.backends.azure.collected_data import CollectorFiles, read_answers
+        from mnistops.backends.azure.data_collector_reader import CollectorFiles, read_answers
         from mnistops.monitoring.request_log_reader import ReadStats
 
         return read_answers(CollectorFiles.of_workspace(self.connection), self.endpoint, start, end, deployments,

@@ -18,7 +18,7 @@ from mnistops import tags as T
 from mnistops.backends.azure import data_assets
 from mnistops.backends.azure.data_collector_rows import GROUND_TRUTH, INPUTS, OUTPUTS
 
-ROLLING_RATE = "Hour"  # the collector's folders: .../YYYY/MM/DD/HH/ (collected_data.py reads them)
+ROLLING_RATE = "Hour"  # the collector's folders: .../YYYY/MM/DD/HH/ (data_collector_reader.py reads them)
 
 
 def endpoint(cfg: DictConfig, name: str):

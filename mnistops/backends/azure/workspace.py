@@ -19,7 +19,7 @@ agent): QA and PROD live in one Microsoft Entra tenant, in one subscription or t
 reads QA through a role assignment in QA (infra/identity.tf), which a user-assigned managed identity
 can only get in its own tenant.
 
-Tests route every SDK request (and the blob reads of collected_data.py) through their own HTTP
+Tests route every SDK request (and the blob reads of data_collector_reader.py) through their own HTTP
 transport and a static token with `use_transport(transport, credential)`: the one seam between this
 flavour and the network.
 """
@@ -48,7 +48,7 @@ IN_JOB = {  # key -> what Azure ML sets in every job's environment
     "workspace": "AZUREML_ARM_WORKSPACE_NAME",
 }
 MANAGEMENT_SCOPE = "https://management.azure.com/.default"  # azure-ai-ml, azureml-mlflow
-STORAGE_SCOPE = "https://storage.azure.com/.default"  # collected_data.py reads the collector's blobs
+STORAGE_SCOPE = "https://storage.azure.com/.default"  # data_collector_reader.py reads the collector's blobs
 # Every scope this flavour asks a credential for. The GitHub workflows ask the CLI for each one right
 # after azure/login, while its federated sign-in is fresh (a later first request fails: AADSTS700024).
 TOKEN_SCOPES = (MANAGEMENT_SCOPE, STORAGE_SCOPE)
