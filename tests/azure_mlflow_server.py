@@ -42,6 +42,13 @@ def scope(subscription: str, resource_group: str, workspace: str) -> str:
     return f"/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/{PROVIDER}/workspaces/{workspace}"
 
 
+def unreachable(ws):
+    """Point a FakeWorkspace's mlflowTrackingUri at a port where nothing listens: for tests of stages that
+    must not touch MLflow (any call would fail them after MLflow's retries). Returns the workspace."""
+    ws.mlflow_uri = f"azureml://127.0.0.1:{free_port()}/mlflow/v1.0{scope(ws.subscription, ws.resource_group, ws.workspace)}"
+    return ws
+
+
 class Authority:
     """A local certificate authority: ca.pem for the clients, a server certificate for 127.0.0.1."""
 

@@ -23,6 +23,7 @@ from conftest import needs_module  # a missing extra fails in CI, skips elsewher
 needs_module("azure.ai.ml", "pip install -e '.[azure]'")
 pytestmark = pytest.mark.integration  # CLI subprocesses, MLflow stores, a trained model
 
+from azure_mlflow_server import unreachable  # noqa: E402
 from azure_workspace import FakeWorkspace, StaticToken  # noqa: E402
 
 NO_WORKSPACE = {"AZURE_SUBSCRIPTION_ID": "", "AZURE_QA_SUBSCRIPTION_ID": "", "AZURE_PROD_SUBSCRIPTION_ID": "",
@@ -209,10 +210,9 @@ def test_provision_creates_what_terraform_does_not_and_never_a_cluster(home):
     from mnistops.data import mirrors
     from mnistops.errors import MnistopsError
 
-    ws = FakeWorkspace()
+    ws = unreachable(FakeWorkspace())  # provisioning logs no run: nothing may reach the workspace's MLflow
     args = ["env=qa", "env.backend=azure", "compute=azure_cpu_cluster", f"env.azure.subscription_id={ws.subscription}",
-            f"env.azure.resource_group={ws.resource_group}", f"env.azure.workspace={ws.workspace}",
-            "env.tracking_uri=sqlite:///unused.db"]
+            f"env.azure.resource_group={ws.resource_group}", f"env.azure.workspace={ws.workspace}"]
     with use_transport(ws, StaticToken()), pytest.raises(MnistopsError, match=(
             r"compute cluster cpu-cluster is not in workspace mlw-mnistops-qa: Terraform owns the clusters, apply it "
             r"first \(terraform -chdir=infra apply -var-file=qa.tfvars\); stage=provision never creates one")):
@@ -257,9 +257,9 @@ def test_a_job_on_a_local_compute_is_refused_before_anything_is_sent(home):
     from mnistops.backends.azure.workspace import use_transport
     from mnistops.errors import MnistopsError
 
-    ws = FakeWorkspace()
+    ws = unreachable(FakeWorkspace())
     with use_transport(ws, StaticToken()), pytest.raises(MnistopsError, match="compute=cpu is not an Azure ML cluster"):
-        mnistops.run("train", ["env=qa", "env.backend=azure", "compute=cpu", "env.tracking_uri=sqlite:///unused.db",
+        mnistops.run("train", ["env=qa", "env.backend=azure", "compute=cpu",
                                f"env.azure.subscription_id={ws.subscription}",
                                f"env.azure.resource_group={ws.resource_group}", f"env.azure.workspace={ws.workspace}"])
     assert not ws.sent("PUT", ".*")

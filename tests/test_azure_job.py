@@ -4,7 +4,8 @@ workspace named by AZUREML_ARM_*, MLFLOW_TRACKING_URI), registers through the az
 registry and keeps the baselines in the workspace's MLflow, where a later job finds them.
 
 Azure ML answers from tests/azure_workspace.py (the SDK's requests are recorded at its HTTP
-transport); the workspace's MLflow is a real sqlite store; training is a real, small one."""
+transport); the workspace's MLflow is a real `mlflow server` reached through its azureml:// URI by
+azureml-mlflow (tests/azure_mlflow_server.py); training is a real, small one."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import yaml
 from conftest import needs_module  # a missing extra fails in CI, skips elsewhere
 needs_module("azure.ai.ml", "pip install -e '.[azure]'")
 
+from azure_mlflow_server import azure_mlflow, unreachable  # noqa: E402,F401  (azure_mlflow: a fixture)
 from azure_workspace import FakeWorkspace, StaticToken  # noqa: E402
 from conftest import QUICK, compose, failing_tests  # noqa: E402
 
@@ -54,8 +56,8 @@ def test_ci_runs_the_tests_here_then_submits_the_other_steps_as_one_job(home, mo
     import mnistops
     from mnistops.backends.azure.workspace import use_transport
 
-    ws = FakeWorkspace()
-    args = [*QA, *workspace_settings(ws), "env.tracking_uri=sqlite:///unused.db", FAST_TESTS, *QUICK]
+    ws = unreachable(FakeWorkspace())  # the agent submits; the job logs the runs
+    args = [*QA, *workspace_settings(ws), FAST_TESTS, *QUICK]
     ready_workspace(ws, compose(args, home))
     with use_transport(ws, StaticToken()):
         result = mnistops.run("ci", args)
@@ -78,9 +80,8 @@ def test_a_failing_test_stops_ci_before_anything_is_submitted(home):
     from mnistops.backends.azure.workspace import use_transport
     from mnistops.errors import MnistopsError
 
-    ws = FakeWorkspace()
-    args = [*QA, *workspace_settings(ws), "env.tracking_uri=sqlite:///unused.db",
-            failing_tests(home)]
+    ws = unreachable(FakeWorkspace())
+    args = [*QA, *workspace_settings(ws), failing_tests(home)]
     ready_workspace(ws, compose(args, home))
     with use_transport(ws, StaticToken()), pytest.raises(MnistopsError, match=r"code tests failed \(pytest exit 1\)"):
         mnistops.run("ci", args)
@@ -92,8 +93,8 @@ def test_a_job_that_fails_fails_the_stage_and_a_missing_cluster_names_terraform(
     from mnistops.backends.azure.workspace import use_transport
     from mnistops.errors import MnistopsError
 
-    ws = FakeWorkspace(job_status="Failed")
-    args = [*QA, *workspace_settings(ws), "env.tracking_uri=sqlite:///unused.db", "azure.stream_logs=true", *QUICK]
+    ws = unreachable(FakeWorkspace(job_status="Failed"))
+    args = [*QA, *workspace_settings(ws), "azure.stream_logs=true", *QUICK]
     ready_workspace(ws, compose(args, home))
     with use_transport(ws, StaticToken()), pytest.raises(MnistopsError, match=r"Azure ML job \S+ ended Failed"):
         mnistops.run("train", args)
@@ -101,11 +102,11 @@ def test_a_job_that_fails_fails_the_stage_and_a_missing_cluster_names_terraform(
     assert job.body["properties"]["distribution"]["distributionType"] == "PyTorch"  # 2 nodes of DDP
     assert job.body["properties"]["resources"]["instanceCount"] == 2
 
-    empty = FakeWorkspace()
+    empty = unreachable(FakeWorkspace())
     with use_transport(empty, StaticToken()), \
             pytest.raises(MnistopsError, match=r"compute cluster cpu-cluster is not in workspace .*terraform -chdir=infra "
                                                r"apply -var-file=qa.tfvars"):
-        mnistops.run("train", [*QA, *workspace_settings(empty), "env.tracking_uri=sqlite:///unused.db"])
+        mnistops.run("train", [*QA, *workspace_settings(empty)])
     assert not empty.sent("PUT", r".*")
 
 
@@ -121,7 +122,7 @@ def job_command(home: Path, tmp_path: Path, stage: str, extra) -> list:
 
 def run_inside_job(args: list, ws: FakeWorkspace, job_home: Path, monkeypatch):
     """`python -m mnistops ARGS` as the job runs it: Azure ML's variables, a fresh MNISTOPS_HOME with
-    the mounted data, the workspace's MLflow (a sqlite store here)."""
+    the mounted data, the workspace's MLflow (its azureml:// URI, as Azure ML sets it)."""
     import mnistops
     from mnistops.backends.azure.workspace import use_transport
 
@@ -135,11 +136,12 @@ def run_inside_job(args: list, ws: FakeWorkspace, job_home: Path, monkeypatch):
         return mnistops.run(stage, [a for a in args if not a.startswith("stage=")] + [f"paths.home={job_home}"])
 
 
+@pytest.mark.ci_training  # the in-job steps, in this process, against a fake workspace
 def test_the_ci_job_registers_through_the_flavour_and_leaves_baselines_for_the_next_job(home, tmp_path, data_cache,
-                                                                                         monkeypatch):
+                                                                                         monkeypatch, azure_mlflow):
     import shutil
 
-    ws = FakeWorkspace(mlflow_uri=f"sqlite:///{tmp_path / 'workspace-mlflow.db'}")
+    ws = azure_mlflow.attach(FakeWorkspace())
     args = job_command(home, tmp_path, "pipeline", [*QUICK, GATE])
     assert "azure.inside_job=true" in args and "model=logreg" in args and GATE in args
     args = [a for a in args if not a.startswith("stage=")] + ["stage=ci", "stage.steps=[data,validate,train,evaluate,"
