@@ -97,7 +97,7 @@ def _class_plot(reference: Reference, window: Window) -> Optional[str]:
 
 
 def _confusion(window: Window) -> Optional[str]:
-    from mnistops.performance import confusion
+    from mnistops.classification_report import confusion
 
     labelled = np.asarray(window.labels) >= 0
     if not labelled.any():

@@ -240,7 +240,7 @@ def quality_signals(window: Window, monitor_cfg, suite=None) -> List[Signal]:
 
 def performance_signals(window: Window, monitor_cfg) -> List[Signal]:
     """Accuracy and per-class recall / precision on the images with ground truth."""
-    from mnistops.performance import performance_matrix
+    from mnistops.classification_report import classification_report
 
     t = monitor_cfg.thresholds
     min_fb = int(monitor_cfg.min_feedback)
@@ -255,7 +255,7 @@ def performance_signals(window: Window, monitor_cfg) -> List[Signal]:
                 + [not_computed("model_performance", f"recall/{c}", t.min_class_recall, why, "below") for c in classes]
                 + [not_computed("model_performance", f"precision/{c}", p_threshold, why, "below") for c in classes])
     y, pred = np.asarray(window.labels)[labelled], np.asarray(window.digits)[labelled]
-    pm = performance_matrix(y, pred, classes)
+    pm = classification_report(y, pred, classes)
     out = [signal("model_performance", "accuracy", pm["accuracy"], t.min_accuracy, "below",
                   note=f"{int(round(pm['accuracy'] * n))} of {n} labelled images right")]
     predicted = np.bincount(pred, minlength=10)

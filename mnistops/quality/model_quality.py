@@ -22,9 +22,9 @@ def measure(cfg: DictConfig, model_dir: Path, model_uri: str) -> Dict[str, Any]:
 
 def quality_of(model_uri: str, labels, predicted, classes) -> Dict[str, Any]:
     """The quality dict the gate compares, from true and predicted labels."""
-    from mnistops.performance import performance_matrix
+    from mnistops.classification_report import classification_report
 
-    report = performance_matrix(labels, predicted, classes)
+    report = classification_report(labels, predicted, classes)
     return {"model_uri": model_uri, "accuracy": report["accuracy"], "n": int(len(labels)),
             "recall": {row["class"]: row["recall"] for row in report["per_class"]},
             "precision": {row["class"]: row["precision"] for row in report["per_class"]}}

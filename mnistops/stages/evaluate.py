@@ -65,7 +65,7 @@ def run(cfg: DictConfig) -> StageResult:
 
     from mnistops import plots, tags, tracking
     from mnistops.data import catalog
-    from mnistops.performance import performance_matrix
+    from mnistops.classification_report import classification_report
     from mnistops.models.calibration import ece, mahalanobis, reliability
     from mnistops.models.checkpoint import load_network, predict_with_embeddings
     from mnistops.serving.protocol import read_outputs, softmax
@@ -89,7 +89,7 @@ def run(cfg: DictConfig) -> StageResult:
     proba = scored.probabilities
     pred = proba.argmax(1)
     classes = list(cfg.data.classes)
-    report = performance_matrix(labels, pred, classes)
+    report = classification_report(labels, pred, classes)
 
     out = tracking.output_dir(cfg, "evaluate")
     cm = np.array(report["confusion_matrix"])

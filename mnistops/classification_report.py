@@ -1,5 +1,6 @@
-"""The performance matrix from labels and predictions: accuracy, per-class precision / recall /
-F1 / support, macro averages and the confusion matrix (rows: true class, columns: predicted)."""
+"""The classification report from labels and predictions (what stage=evaluate logs as its
+performance matrix, and what model quality and monitoring judge): accuracy, per-class precision /
+recall / F1 / support, macro averages and the confusion matrix (rows: true class, columns: predicted)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.nd
     return np.bincount(num_classes * y_true + y_pred, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-def performance_matrix(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> Dict[str, Any]:
+def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> Dict[str, Any]:
     k = len(classes)
     cm = confusion(np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64), k)
     tp = np.diag(cm).astype(float)
