@@ -110,11 +110,11 @@ def collected_record(endpoint_dir: Path, request_id: str, timeout: float = 30.0)
     import json
     import time
 
-    from mnistops.serving.request_log import REQUESTS_DIR, monitor_dir_of
+    from mnistops.serving.request_log import REQUESTS_DIR, request_log_dir_of
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for path in sorted((monitor_dir_of(endpoint_dir) / REQUESTS_DIR).glob("*.jsonl")):
+        for path in sorted((request_log_dir_of(endpoint_dir) / REQUESTS_DIR).glob("*.jsonl")):
             for line in path.read_text().splitlines():
                 if request_id in line:
                     rec = json.loads(line)

@@ -15,7 +15,7 @@ import pytest
 
 from serving_fixtures import ServerProcess, make_endpoint, metric, mnist, model_dir  # noqa: F401 (fixtures)
 from mnistops.monitoring import request_log_reader
-from mnistops.serving.request_log import RequestLogWriter, decode_images, monitor_dir_of
+from mnistops.serving.request_log import RequestLogWriter, decode_images, request_log_dir_of
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ def wait_until(condition, what: str, timeout: float = 60.0) -> None:
 
 
 def records(endpoint_dir: Path) -> list:
-    files = sorted((monitor_dir_of(endpoint_dir) / "requests").glob("*.jsonl"))
+    files = sorted((request_log_dir_of(endpoint_dir) / "requests").glob("*.jsonl"))
     return [json.loads(line) for f in files for line in f.read_text().splitlines()]
 
 
@@ -67,7 +67,7 @@ def test_requests_are_collected_with_inputs_outputs_and_feedback(tmp_path, model
     refused = [r for r in recs if r["status"] == 422]
     assert len(refused) == 1 and "inputs" not in refused[0] and refused[0]["deployment"] == ""
 
-    window = request_log_reader.load_window(monitor_dir_of(d), 0, 1e12)
+    window = request_log_reader.load_window(request_log_dir_of(d), 0, 1e12)
     assert window.images.shape == (23, 28, 28) and len(window.requests) == 22
     assert (window.labels >= 0).sum() == 10  # feedback joined by request id
     assert set(window.requests["status"]) == {200, 422}
@@ -115,7 +115,7 @@ def test_collection_survives_restart_and_kill(tmp_path, model_dir, mnist):
     assert srv.stop() == 0
     assert sorted(r["id"] for r in records(d)) == sorted(sent)
     # a restart opens new files (one per worker); the old ones are never written again
-    files = {f: f.stat().st_size for f in (monitor_dir_of(d) / "requests").glob("*.jsonl")}
+    files = {f: f.stat().st_size for f in (request_log_dir_of(d) / "requests").glob("*.jsonl")}
     pids = {f.name.split("-")[1] for f in files}
     assert len(pids) == len(files)  # one file per writer process
 
@@ -194,15 +194,15 @@ def test_collection_off_writes_nothing_and_still_serves(tmp_path, model_dir, mni
             metrics = c.get("/metrics").text
     finally:
         assert srv.stop() == 0
-    assert not list((monitor_dir_of(d) / "requests").glob("*.jsonl"))
+    assert not list((request_log_dir_of(d) / "requests").glob("*.jsonl"))
     assert "mnistops_collector_records_total{" not in metrics
     assert metric(metrics, "mnistops_requests_total", route="/score", status="200") == 5
 
 
-def _append_feedback(monitor_dir: str, writer: int, n: int) -> None:
+def _append_feedback(log_dir: str, writer: int, n: int) -> None:
     from mnistops.serving.request_log import FeedbackLog
 
-    log = FeedbackLog(Path(monitor_dir))
+    log = FeedbackLog(Path(log_dir))
     for i in range(n):
         log.append({"request_id": f"w{writer}-{i}", "label": i % 10, "pad": "x" * 3000})
 

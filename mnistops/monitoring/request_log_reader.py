@@ -61,13 +61,13 @@ def json_lines(path: Path, stats: ReadStats) -> Iterator[dict]:
             yield rec
 
 
-def iter_records(monitor_dir: Path, start: float, end: float, stats: Optional[ReadStats] = None,
+def iter_records(log_dir: Path, start: float, end: float, stats: Optional[ReadStats] = None,
                  id_prefix: Optional[str] = None, mirrored: bool = False) -> Iterator[dict]:
     """Every collected request record with ``start <= t <= end`` (and an id starting with
     ``id_prefix``, when given), oldest file first; mirrored copies' answers only when ``mirrored``
     (canary analysis reads them, the monitor judges what clients got)."""
     stats = stats if stats is not None else ReadStats()
-    files = sorted((Path(monitor_dir) / REQUESTS_DIR).glob("*.jsonl"))
+    files = sorted((Path(log_dir) / REQUESTS_DIR).glob("*.jsonl"))
     for path in files:
         if path.stat().st_mtime < start:  # last written before the window opened
             continue
@@ -78,15 +78,15 @@ def iter_records(monitor_dir: Path, start: float, end: float, stats: Optional[Re
                 yield rec
 
 
-def read_feedback(monitor_dir: Path) -> Dict[str, int]:
+def read_feedback(log_dir: Path) -> Dict[str, int]:
     """request id -> label; a later answer for the same request wins."""
-    path = Path(monitor_dir) / FEEDBACK_FILE
+    path = Path(log_dir) / FEEDBACK_FILE
     if not path.is_file():
         return {}
     return {rec["request_id"]: int(rec["label"]) for rec in json_lines(path, ReadStats())}
 
 
-def load_window(monitor_dir: Path, start: float, end: float, stats: Optional[ReadStats] = None,
+def load_window(log_dir: Path, start: float, end: float, stats: Optional[ReadStats] = None,
                 id_prefix: Optional[str] = None):
     """The collected requests of ``[start, end]`` (only those whose id starts with ``id_prefix``, when
     given) as a ``Window``, feedback joined by request id.
@@ -102,7 +102,7 @@ def load_window(monitor_dir: Path, start: float, end: float, stats: Optional[Rea
     ood: List[np.ndarray] = []  # per answered record, while every one carries the flag
     all_ood = True
     meta: List[Tuple[str, str, str, int]] = []  # per image: request id, deployment, version, images in request
-    for rec in iter_records(monitor_dir, start, end, stats, id_prefix):
+    for rec in iter_records(log_dir, start, end, stats, id_prefix):
         n = rec.get("n", 0)
         requests.append((rec["t"], rec["route"], rec["status"], rec["latency_ms"], rec.get("deployment", ""),
                          rec.get("version", ""), n))
@@ -114,7 +114,7 @@ def load_window(monitor_dir: Path, start: float, end: float, stats: Optional[Rea
             if all_ood:
                 ood.append(np.asarray(rec["ood"], dtype=bool).reshape(n))
             meta.extend([(rec["id"], rec.get("deployment", ""), rec.get("version", ""), n)] * n)
-    feedback = read_feedback(monitor_dir)
+    feedback = read_feedback(log_dir)
     labels = np.array([feedback.get(rid, -1) if n == 1 else -1 for rid, _, _, n in meta], dtype=np.int64)
     frame = pd.DataFrame(requests, columns=list(REQUEST_COLUMNS))
     if start <= 0 and len(frame):  # window "all": it starts with the first record

@@ -3,12 +3,12 @@ collector as Azure ML calls it: what each scoring request got and gave back.
 
 The request handler only appends a tuple to a deque (no copying, no serialising: the hot path stays
 lean); a writer thread wakes every ``flush_ms``, serialises what is pending and appends it, one JSON
-line per request, to ``<monitor_dir>/requests/<start>-<pid>-<seq>.jsonl`` (one writer per file: each
+line per request, to ``<log_dir>/requests/<start>-<pid>-<seq>.jsonl`` (one writer per file: each
 worker process of the endpoint writes its own files, and the monitor reads them all). Files are append-only and
 rotated by size and age; a closed file is never written again. A clean shutdown writes everything
 still pending; a killed server loses at most the last ``flush_ms`` of records (lines reach the OS as
 whole writes, and a reader skips a torn last line). Ground truth (``POST /feedback``) is appended to
-``<monitor_dir>/feedback.jsonl`` before the 202 goes out.
+``<log_dir>/feedback.jsonl`` before the 202 goes out.
 
 One line per request::
 
@@ -51,7 +51,7 @@ DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY
 CHUNK = 64  # records serialised per turn of the writer (~0.3 ms holding the GIL)
 
 
-def monitor_dir_of(endpoint_dir: Path) -> Path:
+def request_log_dir_of(endpoint_dir: Path) -> Path:
     """``<home>/<env>/endpoints/<name>`` -> ``<home>/<env>/monitoring/<name>``: the env's monitoring store."""
     endpoint_dir = Path(endpoint_dir)
     return endpoint_dir.parent.parent / "monitoring" / endpoint_dir.name
@@ -68,9 +68,9 @@ Pending = Tuple[float, str, str, int, float, str, Optional[tuple]]
 
 
 class RequestLogWriter:
-    def __init__(self, monitor_dir: Path, *, sampling_rate: float = 1.0, rotate_mb: float = 64.0,
+    def __init__(self, log_dir: Path, *, sampling_rate: float = 1.0, rotate_mb: float = 64.0,
                  rotate_minutes: float = 60.0, flush_ms: float = 200.0, max_pending: int = 50000, metrics=None):
-        self.dir = Path(monitor_dir) / REQUESTS_DIR
+        self.dir = Path(log_dir) / REQUESTS_DIR
         self.sampling_rate = sampling_rate
         self.rotate_bytes = int(rotate_mb * 1024 * 1024)
         self.rotate_seconds = rotate_minutes * 60.0
@@ -212,8 +212,8 @@ class FeedbackLog:
     Every worker process appends to the same file: each record is one ``write`` of one line on a
     descriptor opened with O_APPEND, which the kernel never interleaves with another's."""
 
-    def __init__(self, monitor_dir: Path):
-        self.path = Path(monitor_dir) / FEEDBACK_FILE
+    def __init__(self, log_dir: Path):
+        self.path = Path(log_dir) / FEEDBACK_FILE
 
     def append(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from fastapi import Request
 from mnistops.serving import protocol
 from mnistops.serving.batching import BatcherClosed, InferenceFailed, QueueFull
 from mnistops.serving.cluster import Cluster
-from mnistops.serving.request_log import MIRROR_ROUTE, RequestLogWriter, FeedbackLog, monitor_dir_of
+from mnistops.serving.request_log import MIRROR_ROUTE, RequestLogWriter, FeedbackLog, request_log_dir_of
 from mnistops.serving.deployments import Deployment
 from mnistops.serving.errors import NotFound, ServerFault, Timeout, Unauthorized, Unavailable
 from mnistops.serving.live_state import LiveState
@@ -39,10 +39,10 @@ class Runtime:
         self.live = LiveState(self.dir, settings, self.metrics)
         self.cluster = Cluster(self.dir, self.live, self.admin_keys)
         self.timeout = settings.request_timeout_ms / 1000.0
-        self.monitor_dir = monitor_dir_of(self.dir)
-        self.feedback_log = FeedbackLog(self.monitor_dir)
+        self.log_dir = request_log_dir_of(self.dir)
+        self.feedback_log = FeedbackLog(self.log_dir)
         c = settings.collect
-        self.collector = RequestLogWriter(self.monitor_dir, sampling_rate=c.sampling_rate, rotate_mb=c.rotate_mb,
+        self.collector = RequestLogWriter(self.log_dir, sampling_rate=c.sampling_rate, rotate_mb=c.rotate_mb,
                                    rotate_minutes=c.rotate_minutes, flush_ms=c.flush_ms, max_pending=c.max_pending,
                                    metrics=self.metrics) if c.enabled else None
         self.access_log = AccessLog()
