@@ -15,7 +15,7 @@ class HereRunner(JobRunner):
     remote = False
 
 
-class MonitorHere(MonitoringSchedule):
+class MonitoringHere(MonitoringSchedule):
     """The endpoint's data collector writes under <home>/<env>/monitoring/<endpoint>/ on this host."""
 
     remote = False
@@ -70,7 +70,7 @@ class LocalBackend(Backend):
 
     @property
     def monitoring(self) -> MonitoringSchedule:
-        return MonitorHere()
+        return MonitoringHere()
 
     @property
     def batch(self) -> BatchScoring:
