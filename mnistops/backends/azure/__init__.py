@@ -13,7 +13,7 @@ this package is free.
                  batch_score.py: the node's scoring script), its job followed, its rows fetched
     workspace.py (settings, credential, MLClient, the test seam), naming.py (unique names),
     render.py (azure.dry_run=true: every entity as `az ml ... create -f` YAML), the SDK entities
-    (command_job, sweep_job, online_specs, monitor_specs, environments, data_assets, code_snapshot,
+    (command_job, sweep_job, online_specs, monitoring_specs, environments, data_assets, code_snapshot,
     compute), score.py (the online deployments' scoring script) and data_collector_rows.py (the rows it
     hands the data collector, which data_collector_reader.py reads back).
 

@@ -1,6 +1,6 @@
 """Monitoring on Azure, in two places that read the same collected files:
 
-- the platform: `stage=monitor` creates or updates the model-monitoring schedule (monitor_specs.py)
+- the platform: `stage=monitor` creates or updates the model-monitoring schedule (monitoring_specs.py)
   on the endpoint's live deployment, after making sure the ground-truth asset it joins feedback
   from exists; Azure then computes its signals on `monitor.schedule` on serverless Spark. The
   endpoint calls `follow` after every traffic change, so the schedule keeps watching the deployment
@@ -52,23 +52,23 @@ class AzureMonitoringSchedule(MonitoringSchedule):
                             ReadStats())
 
     def apply(self, cfg: DictConfig) -> StageResult:
-        from mnistops.backends.azure import monitor_specs, naming, render
+        from mnistops.backends.azure import monitoring_specs, naming, render
 
         truth = naming.ground_truth_asset(cfg, self.endpoint)
         if cfg.azure.dry_run:  # the deployment endpoint.traffic would make live, else the first slot
             traffic = dict(cfg.endpoint.traffic or {})
             live = max(traffic, key=lambda d: traffic[d]) if traffic else (cfg.deploy.deployment or "blue")
-            (path,) = render.emit(cfg, [monitor_specs.schedule(cfg, self.endpoint, live, truth)])
+            (path,) = render.emit(cfg, [monitoring_specs.schedule(cfg, self.endpoint, live, truth)])
             return StageResult("monitor", artifacts={"schedule": str(path)})
         from mnistops.backends.azure.managed_endpoint import ManagedEndpoint
 
         live = self._live(ManagedEndpoint(cfg, self.connection, self.endpoint, self).state())
         self._ensure_ground_truth(truth)
         ml = self.connection.ml
-        created = ml.schedules.begin_create_or_update(monitor_specs.schedule(cfg, self.endpoint, live, truth)).result()
+        created = ml.schedules.begin_create_or_update(monitoring_specs.schedule(cfg, self.endpoint, live, truth)).result()
         print(f"monitoring schedule {created.name} on {self.endpoint}:{live} ({cfg.monitor.schedule}, window "
               f"{cfg.monitor.window}): data_drift, prediction_drift, data_quality, model_performance (ground truth "
-              f"{truth}); not on Azure: {', '.join(monitor_specs.NOT_ON_AZURE)}")
+              f"{truth}); not on Azure: {', '.join(monitoring_specs.NOT_ON_AZURE)}")
         return StageResult("monitor", artifacts={"schedule": created.name, "deployment": live})
 
     def _ensure_ground_truth(self, name: str) -> None:
@@ -89,18 +89,18 @@ class AzureMonitoringSchedule(MonitoringSchedule):
     def follow(self, endpoint_state: EndpointState) -> None:
         from azure.core.exceptions import ResourceNotFoundError
 
-        from mnistops.backends.azure import monitor_specs
+        from mnistops.backends.azure import monitoring_specs
 
         live = endpoint_state.live()
         if self.cfg.azure.dry_run or not live:
             return
         ml = self.connection.ml
         try:
-            existing = ml.schedules.get(monitor_specs.schedule_name(self.endpoint))
+            existing = ml.schedules.get(monitoring_specs.schedule_name(self.endpoint))
         except ResourceNotFoundError:
             return
-        if monitor_specs.followed_deployment(existing) == live[0]:
+        if monitoring_specs.followed_deployment(existing) == live[0]:
             return
-        monitor_specs.follow_deployment(existing, self.endpoint, live[0])
+        monitoring_specs.follow_deployment(existing, self.endpoint, live[0])
         ml.schedules.begin_create_or_update(existing).result()
         print(f"  monitoring schedule {existing.name} now watches {self.endpoint}:{live[0]}")
