@@ -36,6 +36,7 @@ class Runtime:
         self.scoring_keys = KeyRing(self.dir, SCORING_KEYS, required=settings.auth)
         self.admin_keys = KeyRing(self.dir, ("admin",))
         self.metrics = Metrics()
+        self._counted: dict = {}  # deployment -> its images and per-digit prediction counters
         self.live = LiveState(self.dir, settings, self.metrics)
         self.cluster = Cluster(self.dir, self.live, self.admin_keys)
         self.timeout = settings.request_timeout_ms / 1000.0
@@ -186,11 +187,15 @@ class Runtime:
             self.collector.record(time.time(), rid, MIRROR_ROUTE, status, seconds, name, payload)
 
     def count(self, slot: Deployment, scored: protocol.Scored) -> None:
-        name = slot.name
-        self.metrics.images.labels(name, "live").inc(len(scored))
-        counter = self.metrics.predictions
+        children = self._counted.get(slot.name)
+        if children is None:  # a deployment's labelled counters, looked up once (labels() costs per call)
+            name = slot.name
+            children = self._counted[name] = (self.metrics.images.labels(name, "live"),
+                                              [self.metrics.predictions.labels(name, str(d)) for d in range(10)])
+        images, digits = children
+        images.inc(len(scored))
         for d in scored.digits.tolist():
-            counter.labels(name, str(d)).inc()
+            digits[d].inc()
 
     def feedback(self, rid: str, label: int, feedback_id: str) -> None:
         now = time.time()
