@@ -1,6 +1,6 @@
 """What stage=monitor reads on Azure: the files the deployments' data collector wrote in the
 workspace's default blob datastore, in the layout and record format Azure ML documents, read through
-the flavour (`backend.monitoring.collected`) into a Window. The blob service and the workspace
+the flavour (`backend.monitoring.read_window`) into a Window. The blob service and the workspace
 answer from tests/azure_workspace.py at the SDK's HTTP transport; the SDK, azure-storage-blob and
 the reader run for real. The rows are the columns score.py collects, spelt out here."""
 
@@ -63,7 +63,7 @@ def read(ws, start, end, id_prefix=None, dry_run=False):
                    f"azure.endpoint_name={ENDPOINT}", f"azure.dry_run={str(dry_run).lower()}"])
     stats = ReadStats()
     with use_transport(ws, StaticToken()):
-        return backends.get(cfg).monitoring.collected(cfg, start, end, stats, id_prefix), stats, cfg
+        return backends.get(cfg).monitoring.read_window(cfg, start, end, stats, id_prefix), stats, cfg
 
 
 @pytest.fixture

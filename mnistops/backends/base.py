@@ -228,7 +228,7 @@ class MonitoringSchedule(abc.ABC):
     remote: bool = False
 
     @abc.abstractmethod
-    def collected(self, cfg: "DictConfig", start: float, end: float, stats,
+    def read_window(self, cfg: "DictConfig", start: float, end: float, stats,
                   id_prefix: Optional[str] = None) -> Optional["Window"]:
         """What the env's endpoint collected in [start, end] (epoch seconds), only requests whose id
         starts with `id_prefix` when given: requests, images, outputs and feedback, for stage=monitor

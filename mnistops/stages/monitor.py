@@ -53,7 +53,7 @@ def run(cfg: DictConfig) -> StageResult:
         window, start, end, spec = _traffic_window(cfg, backend, stats)
     else:
         start, end = request_log_reader.window_bounds(cfg.monitor.window)
-        window, spec = backend.monitoring.collected(cfg, start, end, stats), str(cfg.monitor.window)
+        window, spec = backend.monitoring.read_window(cfg, start, end, stats), str(cfg.monitor.window)
     if window is None:  # nothing to read here (a dry run): what the platform was given is the result
         return scheduled
     mdir = layout.endpoint_monitoring_dir(cfg)
@@ -138,7 +138,7 @@ def _traffic_window(cfg: DictConfig, backend, stats):
     deadline = time.monotonic() + cfg.monitor.collect_wait_s
     while True:
         stats.__init__()
-        window = backend.monitoring.collected(cfg, since, time.time(), stats, prefix)
+        window = backend.monitoring.read_window(cfg, since, time.time(), stats, prefix)
         if window is None or len(window.requests) >= expected or time.monotonic() >= deadline:
             break
         time.sleep(0.25)

@@ -31,7 +31,7 @@ class AzureMonitoringSchedule(MonitoringSchedule):
                                 "run stage=cd first, then stage=monitor")
         return live[0]
 
-    def collected(self, cfg: DictConfig, start: float, end: float, stats, id_prefix=None):
+    def read_window(self, cfg: DictConfig, start: float, end: float, stats, id_prefix=None):
         """What every deployment of the endpoint collected in [start, end], from the workspace's blob
         datastore; None in a dry run (nothing is read)."""
         if cfg.azure.dry_run:

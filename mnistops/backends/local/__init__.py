@@ -20,7 +20,7 @@ class MonitoringHere(MonitoringSchedule):
 
     remote = False
 
-    def collected(self, cfg, start: float, end: float, stats, id_prefix=None):
+    def read_window(self, cfg, start: float, end: float, stats, id_prefix=None):
         from mnistops import layout
         from mnistops.monitoring import request_log_reader
 
