@@ -13,6 +13,15 @@ tracking URI is a real MLflow store the test passes in (Azure's MLflow server ca
 Nothing here is a stand-in for a part that runs on this machine: the SDK, its serialisation and
 the stages run for real; only the remote service answers from this table.
 
+What Azure would refuse, it refuses, from sources the project did not write:
+- every PUT/POST/PATCH body is checked against azure-ai-ml's own generated REST models for its route
+  (tests/azure_rest_models.py: required fields, types, enums, discriminators) and answered 400
+  (UserError, each problem naming its field); read-only fields are dropped from what is stored;
+- every call carries a token naming its principal (`StaticToken("cluster:cpu")`; the default is the
+  env's pipeline identity) and is answered 403 AuthorizationFailed unless a role assignment in
+  infra/*.tf covers its action at its scope (tests/azure_rbac.py; `FakeWorkspace(infra=...)` reads a
+  changed copy). `denied` and `refused` list what was answered 403 / 400.
+
 `BlobContainer` is the workspace's default blob datastore as Azure Storage answers azure-storage-blob
 (List Blobs XML, Get Blob with its range headers): tests put the files the deployments' data
 collector writes there (`put`), and the flavour reads them the way it reads the real one.
@@ -35,20 +44,38 @@ from xml.sax.saxutils import escape
 from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import HttpTransport
 
+from azure_rbac import Names, Rbac, arm_action, authorization_failed, blob_data_action, principal_of
+from azure_rest_models import model_class, strip_read_only, validate_request
+
 ARM = "https://management.azure.com"
 PROVIDER = "Microsoft.MachineLearningServices"
 
 
+PIPELINE = "pipeline"  # the env's CI/CD identity (infra/identity.tf), who acts unless a test says otherwise
+
+
 class StaticToken:
-    """A credential that never calls Entra ID."""
+    """A credential that never calls Entra ID; its token names the principal it signs in as
+    (azure_rbac: "<env>/<identity>", or just "<identity>" for the identity of the env whose workspace
+    is called: "pipeline", "cluster:cpu", "endpoint", ...). The fake allows a call only where
+    infra/ gives that principal a role covering it."""
+
+    def __init__(self, principal: str = PIPELINE):
+        self.principal = principal
+
+    @property
+    def token(self) -> str:
+        from azure_rbac import token_for
+
+        return token_for(self.principal)
 
     def get_token(self, *scopes, **kwargs) -> AccessToken:
-        return AccessToken("test-token", int(time.time()) + 3600)
+        return AccessToken(self.token, int(time.time()) + 3600)
 
     def get_token_info(self, *scopes, **kwargs):
         from azure.core.credentials import AccessTokenInfo
 
-        return AccessTokenInfo("test-token", int(time.time()) + 3600)
+        return AccessTokenInfo(self.token, int(time.time()) + 3600)
 
 
 @dataclass
@@ -57,6 +84,7 @@ class Recorded:
     path: str  # lower-cased ARM path, no query
     query: Dict[str, str]
     body: Any  # parsed JSON, or None
+    stored: Any = None  # the body without the fields the service sets (what a PUT keeps), once validated
 
     def __repr__(self) -> str:
         return f"{self.method} {self.path}"
@@ -96,7 +124,7 @@ def raw_response(request, status: int, content: bytes, headers: Dict[str, str]):
     from azure.core.utils import case_insensitive_dict
 
     reason = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 206: "Partial Content",
-              404: "Not Found", 416: "Range Not Satisfiable"}.get(status, "Error")
+              400: "Bad Request", 403: "Forbidden", 404: "Not Found", 416: "Range Not Satisfiable"}.get(status, "Error")
     response = HttpResponseImpl(
         request=request, internal_response=_Closed(), status_code=status, reason=reason,
         content_type=headers.get("Content-Type", "application/octet-stream"), block_size=None,
@@ -185,9 +213,16 @@ class BlobContainer:
                 + f"<Blobs>{''.join(items)}</Blobs><NextMarker /></EnumerationResults>").encode()
 
     @staticmethod
-    def _error(code: str) -> bytes:
+    def _error(code: str, message: str = "") -> bytes:
         return (f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code>'
-                f"<Message>{code}</Message></Error>").encode()
+                f"<Message>{escape(message or code)}</Message></Error>").encode()
+
+
+def bad_request(problems: List[str]) -> dict:
+    """Azure ML's 400 for a body its models refuse: UserError, each problem naming its field."""
+    return {"error": {"code": "UserError", "message": f"The request is invalid: {'; '.join(problems)}",
+                      "details": [{"code": "BadRequest", "target": p.split(":", 1)[0], "message": p} for p in problems],
+                      "innerError": {"code": "BadArgument"}}}
 
 
 def not_found(what: str) -> dict:
@@ -218,18 +253,29 @@ class FakeWorkspace(_InMemoryTransport):
     def __init__(self, subscription: str = "00000000-0000-0000-0000-000000000000",
                  resource_group: str = "rg-mnistops-qa", workspace: str = "mlw-mnistops-qa",
                  mlflow_uri: str = "", location: str = "westeurope",
-                 job_status: str = "Completed", scoring_base: Optional[str] = None):
+                 job_status: str = "Completed", scoring_base: Optional[str] = None, env: Optional[str] = None,
+                 infra=None, variables: Optional[dict] = None, validate: bool = True):
         self.subscription, self.resource_group, self.workspace = subscription, resource_group, workspace
         self.location, self.mlflow_uri, self.job_status = location, mlflow_uri, job_status
         self.scoring_base = scoring_base  # where the endpoints' scoring URIs point (a real server), if set
+        self.env = env or ("prod" if "prod" in workspace else "qa")
         self.prefix = (f"/subscriptions/{subscription}/resourcegroups/{resource_group}/providers/"
                        f"{PROVIDER}/workspaces/{workspace}").lower()
         self.resources: Dict[str, dict] = {}
         self.requests: List[Recorded] = []
         self.handlers: List[tuple] = []  # (method, path regex, fn(recorded) -> (status, body)) tried first
         self.clock = 0
+        self.workspace_id = "11111111-1111-1111-1111-111111111111"
         # the workspace's default datastore, as Azure ML creates it: a blob container of its storage account
-        self.blobstore = BlobContainer(f"st{workspace.replace('-', '')[:20]}", "azureml-blobstore-11111111")
+        self.blobstore = BlobContainer(f"st{workspace.replace('-', '')[:20]}", f"azureml-blobstore-{self.workspace_id}")
+        # who may do what: infra/*.tf as applied to this env (azure_rbac); QA's cross-env role is given to
+        # PROD's pipeline identity, as the README's first run does (qa.tfvars cross_env_principal_ids)
+        self.infra, self.validate = infra, validate
+        self.variables = variables if variables is not None else (
+            {"cross_env_principal_ids": ["prod/pipeline"]} if self.env == "qa" else {})
+        self._rbac = None
+        self.denied: List[tuple] = []  # (principal, action, scope) answered 403
+        self.refused: List[tuple] = []  # (recorded, problems) answered 400
         self.seed("datastores/workspaceblobstore", {
             "datastoreType": "AzureBlob", "accountName": self.blobstore.account,
             "containerName": self.blobstore.container, "endpoint": "core.windows.net", "protocol": "https",
@@ -251,15 +297,75 @@ class FakeWorkspace(_InMemoryTransport):
         recorded = Recorded(request.method, url.path.rstrip("/").lower(),
                             {k: v[0] for k, v in parse_qs(url.query).items()}, body)
         self.requests.append(recorded)
+        principal = self.principal(request.headers.get("Authorization"))
         if url.netloc == self.blobstore.host:
+            if "sig" not in recorded.query:  # a SAS carries its own permission; a bearer token needs a role
+                blob = unquote(url.path).lstrip("/")
+                scope = f"{self.names.references()['azurerm_storage_account.this.id']}/blobServices/default/containers/{blob}"
+                refusal = self.authorize(principal, blob_data_action(request.method), scope, data=True)
+                if refusal:
+                    return raw_response(request, 403, BlobContainer._error(
+                        "AuthorizationPermissionMismatch", "This request is not authorized to perform this "
+                        "operation using this permission. " + refusal), {"Content-Type": "application/xml"})
             return self.blobstore.send(request)
         if url.netloc == f"{self.location}.api.azureml.ms":
+            if recorded.path != "/discovery":
+                refusal = self.authorize(principal, self.data_plane_action(recorded), self._cased(self.prefix))
+                if refusal:
+                    return json_response(request, 403, authorization_failed(refusal))
             status, answer = self.data_plane(recorded)
             return json_response(request, status, answer)
         if url.netloc != urlparse(ARM).netloc:
             return json_response(request, 404, not_found(request.url))
+        refusal = self.authorize(principal, arm_action(request.method, url.path), url.path)
+        if refusal:
+            return json_response(request, 403, authorization_failed(refusal))
+        problems = self.invalid(recorded, url.path)
+        if problems:
+            return json_response(request, 400, bad_request(problems))
         status, answer = self.answer(recorded)
         return json_response(request, status, answer)
+
+    # ------------------------------------------------------------------ who may, and what is well-formed
+    @property
+    def names(self) -> Names:
+        return Names(self.subscription, self.resource_group, self.workspace, self.workspace_id, self.blobstore.account)
+
+    @property
+    def rbac(self) -> Rbac:
+        """infra/*.tf's role assignments for this env (built on first use; `infra` may be a changed copy)."""
+        if self._rbac is None:
+            self._rbac = Rbac(self.env, self.names, **({"infra": self.infra} if self.infra else {}),
+                              variables=self.variables)
+        return self._rbac
+
+    def principal(self, authorization: Optional[str]) -> Optional[str]:
+        """The principal a request's bearer token names, "<env>/" added where the token left it out."""
+        named = principal_of(authorization)
+        return named if named is None or "/" in named else f"{self.env}/{named}"
+
+    def authorize(self, principal: Optional[str], action: str, scope: str, data: bool = False) -> Optional[str]:
+        refusal = self.rbac.denied(principal, action, scope, data=data)
+        if refusal:
+            self.denied.append((principal, action, scope))
+        return refusal
+
+    @staticmethod
+    def data_plane_action(r: Recorded) -> str:
+        """Run history (what ml.jobs.stream polls) is the workspace's experiments' runs."""
+        verb = "read" if r.method == "GET" else "write"
+        return f"{PROVIDER}/workspaces/experiments/runs/{verb}"
+
+    def invalid(self, r: Recorded, path: str) -> List[str]:
+        """What azure-ai-ml's own REST models refuse in the body of a PUT/POST/PATCH (azure_rest_models)."""
+        if not self.validate or r.method not in ("PUT", "POST", "PATCH"):
+            return []
+        route, problems = validate_request(r.method, path, r.body if r.body is not None else {}, r.query.get("api-version"))
+        if route is not None and not problems and r.method == "PUT" and isinstance(r.body, dict):
+            r.stored = strip_read_only(model_class(route.model), r.body)
+        if problems:
+            self.refused.append((r, problems))
+        return problems
 
     # ------------------------------------------------------------------ what tests look at
     def sent(self, method: str, pattern: str) -> List[Recorded]:
@@ -357,11 +463,12 @@ class FakeWorkspace(_InMemoryTransport):
                 "type": f"{PROVIDER}/workspaces",
                 "properties": {"friendlyName": self.workspace, "mlFlowTrackingUri": self.mlflow_uri,
                                "discoveryUrl": f"https://{self.location}.api.azureml.ms/discovery",
-                               "workspaceId": "11111111-1111-1111-1111-111111111111",
+                               "workspaceId": self.workspace_id,
                                "provisioningState": "Succeeded"}}
 
     def _put(self, r: Recorded) -> tuple:
-        body = copy.deepcopy(r.body) if isinstance(r.body, dict) else {"properties": {}}
+        sent = r.stored if r.stored is not None else r.body  # what ARM keeps: read-only fields dropped
+        body = copy.deepcopy(sent) if isinstance(sent, dict) else {"properties": {}}
         rel = self.relative(r.path)
         if rel.startswith("jobs/"):
             body.setdefault("properties", {})["status"] = self.job_status

@@ -78,6 +78,28 @@ def fetch_once(final: Path, fetch: Callable[[Path], Path], version: ModelVersion
     return final
 
 
+def root_cause(err: BaseException) -> str:
+    """What an HTTP failure under MLflow's own message said: the innermost error's line, with the
+    service's error code and message where its response carried them (Azure: AuthorizationFailed,
+    naming the action)."""
+    import json
+
+    while (err.__cause__ or err.__context__) is not None:
+        err = err.__cause__ or err.__context__
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    response = getattr(err, "response", None)
+    body = getattr(response, "text", "") or (text.split("Response text: ", 1)[1] if "Response text: " in text else "")
+    try:
+        data = json.loads(body) if body else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        error = data["error"] if isinstance(data.get("error"), dict) else data
+        status = getattr(response, "status_code", "")
+        text = f"HTTP {status} {error.get('code', '')}: {error.get('message', body)}".replace("  ", " ")
+    return text[:600]
+
+
 def mlmodel_dir(root: Path) -> Path:
     found = sorted(Path(root).rglob("MLmodel"))
     if not found:
@@ -175,10 +197,17 @@ class AzureModelRegistry(ModelRegistry):
         version registered some other way) the asset's files through the SDK."""
         def fetch(scratch: Path) -> Path:
             if version.run_id:
-                import mlflow
+                from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+                from mlflow.tracking import MlflowClient
 
-                return Path(mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{version.run_id}/model",
-                                                                dst_path=str(scratch), tracking_uri=self._mlflow_uri()))
+                try:  # the run's own artifact repository: a runs:/ URI would turn a 403 into "check the path"
+                    uri = self._mlflow_uri()
+                    run = MlflowClient(tracking_uri=uri).get_run(version.run_id)
+                    repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=uri)
+                    return Path(repo.download_artifacts("model", str(scratch)))
+                except Exception as err:  # noqa: BLE001 - any failure, said in one line with its cause
+                    raise MnistopsError(f"cannot download runs:/{version.run_id}/model ({version.uri}) from "
+                                        f"{self.where}: {root_cause(err)}") from None
             self.ml.models.download(name=version.name, version=version.version, download_path=str(scratch))
             return mlmodel_dir(scratch)
 
