@@ -24,7 +24,7 @@ import pytest
 from conftest import REPO, compose, needs_module
 
 needs_module("azure.ai.ml", "pip install -e '.[azure]'")
-needs_module("hcl2", "pip install -e '.[dev]'")
+needs_module("hcl2", "pip install -e '.[test]'")
 
 from azure_rbac import INFRA, Names, Rbac, arm_action, builtin_roles, matches, mlflow_action, token_for  # noqa: E402
 from azure_workspace import FakeAzure, FakeWorkspace, StaticToken  # noqa: E402
