@@ -132,7 +132,7 @@ def run_inside_job(args: list, ws: FakeWorkspace, job_home: Path, monkeypatch):
     monkeypatch.setenv("AZUREML_ARM_WORKSPACE_NAME", ws.workspace)
     monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", "")  # nothing from the agent reaches the job
     (stage,) = [a.split("=", 1)[1] for a in args if a.startswith("stage=")]
-    with use_transport(ws, StaticToken()):
+    with use_transport(ws, StaticToken("cluster:cpu")):  # a job runs as its cluster's managed identity
         return mnistops.run(stage, [a for a in args if not a.startswith("stage=")] + [f"paths.home={job_home}"])
 
 

@@ -80,10 +80,12 @@ def test_a_scope_config_and_the_sdk_agree(studio):
 def test_the_sdk_calls_go_to_the_config_json_workspace(studio):
     from mnistops.backends.azure.workspace import Connection, use_transport
 
-    ws = FakeWorkspace(SUBSCRIPTION, "rg-studio", "mlw-studio")
+    # the notebook signs in as the compute instance's identity, which infra/ creates with its role when
+    # compute_instance_enabled = true (README "In Azure ML Studio")
+    ws = FakeWorkspace(SUBSCRIPTION, "rg-studio", "mlw-studio", variables={"compute_instance_enabled": True})
     ws.seed("computes/cpu-cluster", {"computeType": "AmlCompute", "properties": {}}, location="westeurope")
     (studio / "code" / "config.json").write_text(json.dumps(CONFIG))
-    with use_transport(ws, StaticToken()):
+    with use_transport(ws, StaticToken("instance:notebook")):
         assert Connection(azure_cfg()).ml.compute.get("cpu-cluster").name == "cpu-cluster"
     assert ws.sent("GET", "computes/cpu-cluster")
 
