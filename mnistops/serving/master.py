@@ -32,7 +32,7 @@ WORKER_TIMEOUT_S = 60  # a worker silent this long (a hung event loop) is killed
 GRACEFUL_TIMEOUT_S = 15  # on stop: in-flight requests get this long to finish
 
 
-class EndpointWorker(UvicornWorker):
+class ServerWorker(UvicornWorker):
     """uvicorn in a gunicorn worker: the lifespan must succeed (models loaded) before it serves."""
 
     CONFIG_KWARGS = {"loop": "auto", "http": "auto", "lifespan": "on", "server_header": False,
@@ -56,7 +56,7 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-class EndpointMaster(BaseApplication):
+class ServerMaster(BaseApplication):
     def __init__(self, endpoint_dir: Path, settings: ServerSettings, log_level: str):
         self.endpoint_dir = endpoint_dir
         self.settings = settings
@@ -71,7 +71,7 @@ class EndpointMaster(BaseApplication):
         shm = Path("/dev/shm")
         options = {
             "bind": [f"{s.host}:{s.port}"], "workers": s.workers,
-            "worker_class": "mnistops.serving.master.EndpointWorker", "control_socket_disable": True,
+            "worker_class": "mnistops.serving.master.ServerWorker", "control_socket_disable": True,
             "timeout": WORKER_TIMEOUT_S, "graceful_timeout": GRACEFUL_TIMEOUT_S, "keepalive": 30,
             "accesslog": None, "errorlog": "-", "loglevel": self.log_level,
             "proc_name": f"mnistops-endpoint-{s.name}-{s.env}",
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     (endpoint_dir / RUN_DIR).mkdir(parents=True, exist_ok=True)
     import mnistops.serving.app  # noqa: F401  (imported once here: workers fork with it, restarts are quicker)
 
-    EndpointMaster(endpoint_dir, settings, args.log_level).run()
+    ServerMaster(endpoint_dir, settings, args.log_level).run()
     return 0
 
 
