@@ -50,7 +50,7 @@ def run(cfg: DictConfig) -> StageResult:
 
     stats = request_log_reader.ReadStats()
     if cfg.monitor.traffic_run:
-        window, start, end, spec = _traffic_window(cfg, backend, stats)
+        window, start, end, spec = _traffic_run_window(cfg, backend, stats)
     else:
         start, end = request_log_reader.window_bounds(cfg.monitor.window)
         window, spec = backend.monitoring.read_window(cfg, start, end, stats), str(cfg.monitor.window)
@@ -123,7 +123,7 @@ def run(cfg: DictConfig) -> StageResult:
                                   "alerts": str(out / "alerts.json"), "alert_log": str(layout.alerts_file(cfg))})
 
 
-def _traffic_window(cfg: DictConfig, backend, stats):
+def _traffic_run_window(cfg: DictConfig, backend, stats):
     """(window, start, end, spec) of exactly the requests a stage=traffic run sent, once the endpoint's
     collector has written them all (or monitor.collect_wait_s has passed: then judged as they are)."""
     from mnistops import tracking
