@@ -299,7 +299,8 @@ class FakeWorkspace(_InMemoryTransport):
         self.requests.append(recorded)
         principal = self.principal(request.headers.get("Authorization"))
         if url.netloc == self.blobstore.host:
-            if "sig" not in recorded.query:  # a SAS carries its own permission; a bearer token needs a role
+            shared_key = (request.headers.get("Authorization") or "").startswith("SharedKey ")
+            if "sig" not in recorded.query and not shared_key:  # a SAS or the account key carries its own permission
                 blob = unquote(url.path).lstrip("/")
                 scope = f"{self.names.references()['azurerm_storage_account.this.id']}/blobServices/default/containers/{blob}"
                 refusal = self.authorize(principal, blob_data_action(request.method), scope, data=True)
