@@ -6,19 +6,24 @@
                              champion: the last the gate approved, or any alias a stage set)
 
 A flavour lists a name's versions and aliases (MLflow aliases locally; on Azure ML, whose registry
-has none, tags the flavour keeps); this module decides. Nothing here imports an SDK.
+has none, tags the flavour keeps); this module decides. Nothing here imports an SDK, nor base.py
+(which imports this module): a version is anything with a `version` (base.ModelVersion, here).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Protocol, Sequence, TypeVar
 
 from mnistops.errors import MnistopsError
 
-if TYPE_CHECKING:
-    from mnistops.backends.base import ModelVersion
+
+class Versioned(Protocol):
+    version: str
+
+
+V = TypeVar("V", bound=Versioned)
 
 MODEL_URI = re.compile(r"^models:/(?P<name>[A-Za-z0-9][\w.-]*)(?:@(?P<alias>[A-Za-z][\w-]*)|/(?P<version>\d+|latest))$")
 FORMS = "models:/<name>/<version>, models:/<name>/latest or models:/<name>@<alias>"
@@ -42,8 +47,7 @@ def parse(reference: str, key: str = "model") -> Reference:
     return Reference(match["name"], match["version"], match["alias"])
 
 
-def resolve(ref: Reference, versions: Sequence["ModelVersion"], aliases: Mapping[str, str],
-            where: str) -> "ModelVersion":
+def resolve(ref: Reference, versions: Sequence[V], aliases: Mapping[str, str], where: str) -> V:
     """The version `ref` names among `versions` (all versions of ref.name) and `aliases`."""
     if not versions:
         raise MnistopsError(f"model {ref.name!r} has no registered version in {where}")
