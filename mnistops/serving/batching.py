@@ -8,8 +8,10 @@ no added latency. High load: requests pile up while the previous batch runs, so 
 themselves. The queue is bounded (``max_queue`` images, queued or in inference): a full queue
 refuses at once (``QueueFull`` -> 503) instead of letting latency grow.
 
-Where a batch runs: a model that answers a batch in under ``INLINE_MAX_MS`` (a moving average of what
-it took) runs right on the event loop, as a minimal server would: with one worker per core there is
+Where a batch runs: a model that answers a batch in under ``INLINE_MAX_MS`` (a moving average of the
+CPU time it took, sampled every ``CPU_SAMPLE_EVERY`` batches; not the wall time, which on a busy
+machine jumps to tens of ms whenever the scheduler preempts the worker and flipped fast models onto
+the thread) runs right on the event loop, as a minimal server would: with one worker per core there is
 no idle core for a second thread, and handing each batch to one costs CPU (wake-ups, GIL hand-offs)
 that the requests pay for. A slower model runs in the deployment's own thread, so the loop keeps
 answering probes and deadlines (408) hold while it computes. A batcher starts on the thread, until
@@ -31,6 +33,7 @@ import numpy as np
 log = logging.getLogger("mnistops.serving")
 
 INLINE_MAX_MS = 20.0
+CPU_SAMPLE_EVERY = 8  # batches between two measurements of the model's CPU time
 
 
 class QueueFull(Exception):
@@ -58,7 +61,9 @@ class MicroBatcher:
         self._idle: Optional[asyncio.Event] = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"infer-{name}")
         self._on_result = on_result
-        self._batch_seconds: Optional[float] = None  # moving average of one batch's inference time
+        self._batch_seconds: Optional[float] = None  # moving average of one batch's inference CPU time
+        self._cpu_seconds: Optional[float] = None  # the last timed batch's CPU time (one intra-op thread: the caller's)
+        self._batches = 0
         # future -> the model time of the batch that answered it (the collector's model_ms: what canary
         # analysis compares, free of the event loop's queueing); weak: an unread entry goes with its future
         self.model_seconds: "weakref.WeakKeyDictionary[asyncio.Future, float]" = weakref.WeakKeyDictionary()
@@ -161,9 +166,15 @@ class MicroBatcher:
                         break
             await self._infer(loop, items, n)
 
-    def _timed(self, x: np.ndarray):  # runs in the deployment's thread
-        t0 = time.perf_counter()
+    def _timed(self, x: np.ndarray):  # runs in the deployment's thread, or on the loop
+        self._batches += 1
+        if self._batches % CPU_SAMPLE_EVERY != 1:  # the CPU clock is a system call (~4 us): every few batches
+            t0 = time.perf_counter()
+            probs = self.predict(x)
+            return probs, time.perf_counter() - t0
+        t0, c0 = time.perf_counter(), time.thread_time()
         probs = self.predict(x)
+        self._cpu_seconds = time.thread_time() - c0
         return probs, time.perf_counter() - t0
 
     @property
@@ -188,9 +199,9 @@ class MicroBatcher:
         except Exception as exc:  # a broken model: every waiting request learns it
             probs, error, seconds = None, exc, 0.0
             log.error("deployment %s: inference failed on a batch of %d: %r", self.name, n, exc)
-        if error is None:
-            avg = self._batch_seconds
-            self._batch_seconds = seconds if avg is None else 0.8 * avg + 0.2 * seconds
+        if error is None and self._cpu_seconds is not None:
+            avg, cpu, self._cpu_seconds = self._batch_seconds, self._cpu_seconds, None
+            self._batch_seconds = cpu if avg is None else 0.8 * avg + 0.2 * cpu
         if self._m_batch is not None:
             self._m_batch.observe(n)
             self._m_infer.observe(seconds)
