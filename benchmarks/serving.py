@@ -1,21 +1,25 @@
 """Serving speed on every core: our endpoint with 1 and N workers vs a minimal FastAPI server and
 `mlflow models serve` with the same worker counts, same registered model, same load generator.
 
-One run, one machine, one server at a time (the others stopped), side by side in one table:
+Servers of one worker count run side by side; each is measured alone (the others idle), in
+--rounds rounds that take the servers in turn (the order alternating), so ours and its peer meet
+the same background load; the tables give the median of the rounds and their range:
 
   ours      `python -m mnistops stage=deploy endpoint.workers=W` (supervised gunicorn + uvicorn
-            workers; scoring key on, the data collector keeping every request, one log line per
-            request), POST /score {"data": [<one 28x28 image>]}
+            workers, connections spread by the least-connected-worker acceptor; scoring key on, the
+            data collector keeping every request, one log line per request),
+            POST /invocations {"inputs": [<one 28x28 image>]} (--ours-route /score: {"data": [...]})
   minimal   the peer: FastAPI + onnxruntime + orjson in ~30 lines (MINIMAL below: no auth, no
-            logging, no collection, no batching), `uvicorn --workers W`, the same body on /score
+            logging, no collection, no batching), `uvicorn --workers W`, POST /score {"data": [...]}
   mlflow    `mlflow models serve -m models:/<name>/<version> --env-manager local --workers W`,
             POST /invocations {"inputs": [<one 28x28 image>]}
 
-W is 1 and N (--workers, default: the CPU count). Load: Debian's `wrk -t1` on 127.0.0.1, for each
-of --connections (8,32) a warm-up (--warmup s) then a measured run (--duration s). The image is MNIST
-test image 0. The Lua script's done() prints one JSON line (p50/p99, errors). Then a kill test:
-ours with N workers under `wrk -c8`, one worker SIGKILLed: wrk's failed requests, and the time until
-a new worker has loaded the model and joined.
+W is 1 and N (--workers, default: the CPU count; --only-n: N alone). Load: Debian's `wrk -t1` on
+127.0.0.1, for each of --connections (8,32) a warm-up (--warmup s) then a measured run (--duration
+s). The image is MNIST test image 0. The Lua script's done() prints one JSON line (p50/p99, errors).
+Each of ours' runs also reports the share of requests each worker logged (how the connections
+spread). Then a kill test: ours with N workers under `wrk -c8`, one worker SIGKILLed: wrk's failed
+requests, and the time until a new worker has loaded the model and joined.
 
 The model comes from the pipeline run into a fresh MNISTOPS_HOME (`--model-args`, default: the
 default `cnn` architecture trained briefly: serving speed depends on the architecture, not on the
@@ -24,7 +28,7 @@ starts is stopped at the end (also on Ctrl-C or an error). The markdown table go
 stdout. Nothing is asserted.
 
     MNISTOPS_DATA_MIRROR=file:///path/to/mnist python benchmarks/serving.py
-    python benchmarks/serving.py --home ~/.mnistops --connections 8,32,64
+    python benchmarks/serving.py --home ~/.mnistops --only ours,minimal --only-n --connections 8 --rounds 5
     python benchmarks/serving.py --quick --duration 5          # a trial; the table says so
 """
 
@@ -302,8 +306,10 @@ class Server:
 class Ours(Server):
     label = "ours"
 
-    def __init__(self, home: Path, env: dict, port: int, model_uri: str, log: Path, workers: Optional[int] = None):
+    def __init__(self, home: Path, env: dict, port: int, model_uri: str, log: Path, workers: Optional[int] = None,
+                 route: str = "/invocations"):
         self.home, self.env, self.port, self.model_uri, self.log = home, env, port, model_uri, log
+        self.path = route
         self.workers = workers
         self.overrides = [f"endpoint.name={ENDPOINT_NAME}", f"endpoint.port={port}",
                           *([f"endpoint.workers={workers}"] if workers else [])]
@@ -330,9 +336,16 @@ class Ours(Server):
                 pass
         return sorted(pids)
 
-    def log_lines(self) -> int:
+    def log_lines(self) -> Dict[int, int]:
+        """Request log lines of the benchmarked route so far, per worker pid (the line carries it)."""
+        needle = f" POST {self.path} ".encode()
+        out: Dict[int, int] = {}
         with open(self.server_log, "rb") as f:
-            return sum(1 for line in f if b" mnistops.serving " in line and b" POST /score " in line)
+            for line in f:
+                if b" mnistops.serving " in line and needle in line:
+                    pid = int(line.split(b" ", 4)[3])
+                    out[pid] = out.get(pid, 0) + 1
+        return out
 
     def stop(self) -> None:
         if not self.started:
@@ -429,7 +442,7 @@ def wrk_run(wrk: str, script: Path, url: str, connections: int, threads: int, se
     return out
 
 
-def measure(wrk: str, case: dict, connections: int, args) -> dict:
+def measure(wrk: str, case: dict, connections: int, args, round_no: int = 0) -> dict:
     server = case["server"]
     load = loadavg()
     wrk_run(wrk, case["script"], case["url"], connections, args.wrk_threads, args.warmup)
@@ -441,7 +454,7 @@ def measure(wrk: str, case: dict, connections: int, args) -> dict:
     sched1, busy1, kids1 = tree_sched(server.pid), machine_cpu(), children_cpu()
     time.sleep(0.3)  # the last log lines reach the file
     secs = r["duration_us"] / 1e6
-    row = {"name": case["name"], "server": server.label, "workers": case.get("workers", 1),
+    row = {"name": case["name"], "server": server.label, "round": round_no, "workers": case.get("workers", 1),
            "connections": connections, "load": load, "requests": int(r["requests"]),
            "seconds": secs, "rps": r["requests"] / secs, "p50_ms": r["p50_us"] / 1000, "p90_ms": r["p90_us"] / 1000,
            "p99_ms": r["p99_us"] / 1000, "max_ms": r["max_us"] / 1000, "mean_ms": r["mean_us"] / 1000,
@@ -454,12 +467,18 @@ def measure(wrk: str, case: dict, connections: int, args) -> dict:
            "machine_cpu": (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]) * (os.cpu_count() or 1)}
     row["other_cpu"] = max(0.0, row["machine_cpu"] - row["server_cpu"] - row["wrk_cpu"])
     if lines0 is not None:
-        row["logged"] = server.log_lines() - lines0
+        lines1 = server.log_lines()
+        per_worker = sorted((n - lines0.get(pid, 0) for pid, n in lines1.items() if n > lines0.get(pid, 0)),
+                            reverse=True)
+        row["logged"] = sum(per_worker)
+        row["per_worker"] = per_worker  # requests each worker logged: how the connections spread
     row["errors"] = row["non2xx"] + row["socket"]
-    print(f"  {case['name']:<22} c={connections:<3} {row['rps']:8.0f} req/s  p50 {row['p50_ms']:6.2f} ms  "
+    spread = "/".join(f"{n / max(1, sum(row.get('per_worker', [])) ) * 100:.0f}" for n in row.get("per_worker", []))
+    print(f"  r{round_no} {case['name']:<22} c={connections:<3} {row['rps']:8.0f} req/s  p50 {row['p50_ms']:6.2f} ms  "
           f"p99 {row['p99_ms']:6.2f} ms  errors {row['errors']}  server CPU {row['server_cpu']:.2f} cores "
           f"({row['cpu_ms_per_req']:.2f} ms/req, waited {row['server_wait']:.2f}), wrk {row['wrk_cpu']:.2f}, "
-          f"others {row['other_cpu']:.2f} (load before: {load})", flush=True)
+          f"others {row['other_cpu']:.2f} (load before: {load})" + (f" per worker % {spread}" if spread else ""),
+          flush=True)
     return row
 
 
@@ -470,7 +489,7 @@ def kill_test(wrk: str, ours: Ours, script: Path, args) -> dict:
     result: dict = {}
 
     def load():
-        result["wrk"] = wrk_run(wrk, script, f"{ours.url}/score", 8, args.wrk_threads, seconds)
+        result["wrk"] = wrk_run(wrk, script, f"{ours.url}{ours.path}", 8, args.wrk_threads, seconds)
 
     import threading
 
@@ -498,62 +517,105 @@ def kill_test(wrk: str, ours: Ours, script: Path, args) -> dict:
 
 # --------------------------------------------------------------------------- report
 
+def median(xs: List[float]) -> float:
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def spread(xs: List[float], fmt: str = "{:,.0f}") -> str:
+    """``median (min-max)`` of several rounds; the one value when there is one round."""
+    if len(xs) == 1:
+        return fmt.format(xs[0])
+    return f"{fmt.format(median(xs))} ({fmt.format(min(xs))}–{fmt.format(max(xs))})"
+
+
 def report(rows: List[dict], info: dict, args, model_uri: str, model_desc: str, started: str, load0: str,
-           trial: bool, checks: Dict[str, str], kill: Optional[dict], n: int) -> str:
+           trial: bool, checks: Dict[str, str], kill: Optional[dict], n: int, ours_route: str) -> str:
     conns = sorted({r["connections"] for r in rows})
-    lines = ["# Serving: mnistops endpoint (1 and N workers) vs a minimal server and `mlflow models serve`", ""]
+    rounds = max(r["round"] for r in rows) + 1 if rows else 0
+    groups: Dict[tuple, List[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["server"], r["workers"], r["connections"]), []).append(r)
+    order = sorted(groups, key=lambda k: (k[2], k[1], ["ours", "minimal", "mlflow"].index(k[0])))
+    lines = ["# Serving: mnistops endpoint vs a minimal server and `mlflow models serve`", ""]
     if trial:
         lines += [f"> **TRIAL RUN** (`--quick`, {args.duration} s per run): not a reported measurement.", ""]
+    loads = [float(r["load"].split()[0]) for r in rows if r["load"] != "?"]
     lines += [f"Run {started} with `{' '.join(['python benchmarks/serving.py', *map(shlex.quote, sys.argv[1:])])}`.", "",
               f"Machine: {info['nproc']} CPUs ({info['cpu']}), Linux {info['kernel']}, Python {info['python']}; "
               f"mlflow {info['mlflow']}, gunicorn {info['gunicorn']}, uvicorn {info['uvicorn']}, "
               f"onnxruntime {info['onnxruntime']}, fastapi {info['fastapi']}, starlette {info['starlette']}, "
               f"uvloop {info['uvloop']}, httptools {info['httptools']}, numpy {info['numpy']}; wrk {info['wrk']}. "
-              f"Load average (1/5/15 min) at the start: {load0}; at the end: {loadavg()}. "
+              f"Load average (1/5/15 min) at the start: {load0}; at the end: {loadavg()}; 1-min load before the "
+              f"measured runs: {spread(loads, '{:.2f}') if loads else '?'}. "
               "The machine is shared with other jobs: read the numbers next to the load and CPU columns.", "",
               f"Model: `{model_uri}` ({model_desc}); every server runs its ONNX graph on the CPU (MLflow through "
-              "the registered pyfunc wrapper). N = {n} (the CPU count).".replace("{n}", str(n)), "",
+              f"the registered pyfunc wrapper). N = {n}.", "",
               f"Load: `wrk -t{args.wrk_threads} -c<connections> -d{args.duration}s --latency` on 127.0.0.1 (keep-alive), "
               f"one 28x28 image per request (MNIST test image 0, integers 0-255, ~2.6 kB of JSON), after a "
-              f"{args.warmup} s warm-up at the same concurrency; one server at a time.", "",
-              "- **ours**: `python -m mnistops stage=deploy endpoint.workers=W`: scoring key checked, every "
-              "request's inputs and outputs collected, one log line per request, metrics; `POST /score`.",
+              f"{args.warmup} s warm-up at the same concurrency. **{rounds} round(s)**: the servers run side by side "
+              "(idle but for the one measured); each round measures each server in turn (the order alternates "
+              "between rounds), one at a time; cells are the median of the rounds (min–max).", "",
+              f"- **ours**: `python -m mnistops stage=deploy endpoint.workers=W`: scoring key checked, every "
+              f"request's inputs and outputs collected, one log line per request, metrics; `POST {ours_route}`.",
               "- **minimal**: FastAPI + onnxruntime + orjson, nothing else (the `MINIMAL` app in the script), "
-              "`uvicorn --workers W`; `POST /score`, the same body.",
+              "`uvicorn --workers W`; `POST /score` `{\"data\": [image]}`.",
               "- **mlflow**: `mlflow models serve --env-manager local --workers W`; `POST /invocations` "
               "`{\"inputs\": [image]}`.", "",
-              "| server | workers | conns | req/s | p50 ms | p99 ms | max ms | errors | load avg before |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for c in conns:
-        for r in [r for r in rows if r["connections"] == c]:
-            lines.append(f"| {r['server']} | {r['workers']} | {c} | {r['rps']:,.0f} | {r['p50_ms']:.2f} | "
-                         f"{r['p99_ms']:.2f} | {r['max_ms']:.1f} | {r['errors']} | {r['load']} |")
-    lines += ["", "Errors: wrk's count of answers with status >= 400 plus socket errors (connect, read, write, "
-                  "timeout at 10 s).", "",
-              "Where the CPU went during each measured run, in cores (CPU seconds per second; the machine has "
-              f"{info['nproc']}). *server*: all the server's processes and threads (kernel schedstat); *waited*: "
-              "time its threads were runnable but queued for a CPU; *others*: CPU used by neither the server nor "
-              "wrk (other jobs).", "",
-              "| server | workers | conns | server CPU ms / request | server | waited | wrk | others |",
+              "| server | workers | conns | req/s | p50 ms | p99 ms | max ms | errors |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for c in conns:
-        for r in [r for r in rows if r["connections"] == c]:
-            lines.append(f"| {r['server']} | {r['workers']} | {c} | {r['cpu_ms_per_req']:.2f} | {r['server_cpu']:.2f} | "
-                         f"{r['server_wait']:.2f} | {r['wrk_cpu']:.2f} | {r['other_cpu']:.2f} |")
+    for key in order:
+        g = groups[key]
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {spread([r['rps'] for r in g])} | "
+                     f"{spread([r['p50_ms'] for r in g], '{:.2f}')} | {spread([r['p99_ms'] for r in g], '{:.2f}')} | "
+                     f"{spread([r['max_ms'] for r in g], '{:.1f}')} | {sum(r['errors'] for r in g)} |")
+    lines += ["", "Errors: wrk's count of answers with status >= 400 plus socket errors (connect, read, write, "
+                  "timeout at 10 s), summed over the rounds.", "",
+              "Every measured run, in order (load: the 1/5/15-minute load average before it; *per worker*: the "
+              "share of the run's requests each of ours' workers logged, i.e. how the connections spread):", "",
+              "| round | server | workers | conns | req/s | p99 ms | server CPU ms / req | server cores | waited | wrk | "
+              "others | per worker % | load before |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for r in rows:
+        pw = r.get("per_worker")
+        share = "/".join(f"{x / max(1, sum(pw)) * 100:.0f}" for x in pw) if pw else "-"
+        lines.append(f"| {r['round'] + 1} | {r['server']} | {r['workers']} | {r['connections']} | {r['rps']:,.0f} | "
+                     f"{r['p99_ms']:.2f} | {r['cpu_ms_per_req']:.2f} | {r['server_cpu']:.2f} | {r['server_wait']:.2f} | "
+                     f"{r['wrk_cpu']:.2f} | {r['other_cpu']:.2f} | {share} | {r['load']} |")
+    lines += ["", "CPU columns in cores (CPU seconds per second; the machine has "
+              f"{info['nproc']}): *server*: all the server's processes and threads (kernel schedstat); *waited*: "
+              "time its threads were runnable but queued for a CPU; *others*: CPU used by neither the server nor "
+              "wrk (other jobs)."]
     mark = lambda ok: "met" if ok else "**missed**"  # noqa: E731
-    by = {(r["server"], r["workers"], r["connections"]): r for r in rows}
+    by_round = {(r["server"], r["workers"], r["connections"], r["round"]): r for r in rows}
+
+    def ratios(a: str, wa: int, b: str, wb: int, c: int, key: str = "rps") -> List[float]:
+        out = []
+        for k in range(rounds):
+            x, y = by_round.get((a, wa, c, k)), by_round.get((b, wb, c, k))
+            if x and y and y[key]:
+                out.append(x[key] / y[key])
+        return out
+
+    def cell(xs: List[float], target: Optional[float] = None, low: bool = True) -> str:
+        if not xs:
+            return "-"
+        m = median(xs)
+        text = spread(xs, "{:.2f}")
+        return text if target is None else f"{text} ({mark(m >= target if low else m <= target)})"
+
     lines += ["", "## Against the targets", "",
+              "Ratios per round (ours and its peer measured in the same round), median (min–max) over the rounds; "
+              "the target is judged on the median.", "",
               "| conns | ours N / ours 1 (>= 1.7x) | ours / minimal, 1 worker (>= 0.90) | ours / minimal, N workers "
               "(>= 0.90) | ours p99 / minimal p99, N workers (<= 1.25 at 8) | ours / mlflow, N workers |",
               "|---:|---:|---:|---:|---:|---:|"]
     for c in conns:
-        o1, on = by.get(("ours", 1, c)), by.get(("ours", n, c))
-        m1, mn, fn = by.get(("minimal", 1, c)), by.get(("minimal", n, c)), by.get(("mlflow", n, c))
-        cell = lambda a, b, key="rps", target=None, low=True: (  # noqa: E731
-            "-" if not (a and b) else f"{a[key] / b[key]:.2f}" + (
-                "" if target is None else f" ({mark(a[key] / b[key] >= target if low else a[key] / b[key] <= target)})"))
-        lines.append(f"| {c} | {cell(on, o1, target=1.7)} | {cell(o1, m1, target=0.9)} | {cell(on, mn, target=0.9)} | "
-                     f"{cell(on, mn, 'p99_ms', 1.25 if c == 8 else None, low=False)} | {cell(on, fn)} |")
+        lines.append(f"| {c} | {cell(ratios('ours', n, 'ours', 1, c), 1.7)} | "
+                     f"{cell(ratios('ours', 1, 'minimal', 1, c), 0.9)} | {cell(ratios('ours', n, 'minimal', n, c), 0.9)} | "
+                     f"{cell(ratios('ours', n, 'minimal', n, c, 'p99_ms'), 1.25 if c == 8 else None, low=False)} | "
+                     f"{cell(ratios('ours', n, 'mlflow', n, c))} |")
     errors = sum(r["errors"] for r in rows if r["server"] == "ours")
     lines += ["", f"Errors of ours over every run: {errors} ({mark(errors == 0)})."]
     if kill:
@@ -567,8 +629,8 @@ def report(rows: List[dict], info: dict, args, model_uri: str, model_desc: str, 
     logged = [r for r in rows if "logged" in r]
     if logged:
         lines.append("- request log lines written by our server during each measured run (vs requests answered): "
-                     + ", ".join(f"{r['workers']} worker(s) c={r['connections']}: {r['logged']:,} / {r['requests']:,}"
-                                 for r in logged))
+                     + ", ".join(f"r{r['round'] + 1} {r['workers']}w c={r['connections']}: {r['logged']:,} / "
+                                 f"{r['requests']:,}" for r in logged))
     return "\n".join(lines) + "\n"
 
 
@@ -597,6 +659,10 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="seconds of warm-up before each measured run")
     p.add_argument("--connections", default="8,32", help="comma-separated wrk connection counts")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="N (default: the CPU count)")
+    p.add_argument("--only-n", action="store_true", help="measure N workers only (not 1 as well)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds; each measures every server in turn (default 3)")
+    p.add_argument("--ours-route", default="/invocations", choices=["/invocations", "/score"],
+                   help="the route of ours under load (default /invocations, the MLflow protocol)")
     p.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (-t)")
     p.add_argument("--only", default="ours,minimal,mlflow", help="which of ours,minimal,mlflow to run")
     p.add_argument("--no-kill", action="store_true", help="skip the worker-kill test")
@@ -606,6 +672,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.duration < 15 and not args.quick:
         p.error("--duration must be >= 15 s for a reported run (use --quick for a trial)")
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
     if args.duration < 1 or args.warmup < 1:
         p.error("--duration and --warmup must be >= 1 s")
     conns = [int(c) for c in args.connections.split(",") if c.strip()]
@@ -616,7 +684,7 @@ def main(argv=None) -> int:
     if wrk is None:
         raise SystemExit("wrk not found: apt-get install -y wrk")
     n = args.workers
-    counts = sorted({1, n})
+    counts = [n] if args.only_n else sorted({1, n})
 
     started = time.strftime("%Y-%m-%d %H:%M %Z")
     load0 = loadavg()
@@ -659,13 +727,14 @@ def main(argv=None) -> int:
         def servers(workers: int):
             for kind in only:
                 if kind == "ours":
-                    yield Ours(home, env, free_port(), model_uri, log, workers)
+                    yield Ours(home, env, free_port(), model_uri, log, workers, args.ours_route)
                 elif kind == "minimal":
                     yield Minimal(root, env, free_port(), onnx, root / "minimal.log", workers)
                 else:
                     yield Mlflow(home, env, free_port(), model_uri, root / "mlflow.log", workers)
 
         for workers in counts:
+            cases = []
             for server in servers(workers):
                 name = f"{server.label} w={workers}"
                 print(f"[{name}] starting ({model_uri})", flush=True)
@@ -678,7 +747,7 @@ def main(argv=None) -> int:
                     auth = f'wrk.headers["Authorization"] = "Bearer {server.key}"'
                     if len(server.worker_pids()) != workers:
                         raise SystemExit(f"ours runs {len(server.worker_pids())} workers, not {workers}")
-                body = inv_body if isinstance(server, Mlflow) else score_body
+                body = inv_body if server.path == "/invocations" else score_body
                 script = root / f"{server.label}-{workers}.lua"
                 script.write_text(LUA % {"body": json.dumps(str(body)), "auth": auth})
                 url = server.url + server.path
@@ -690,12 +759,16 @@ def main(argv=None) -> int:
                 checks[name] = check
                 if status != 200:
                     raise SystemExit(f"{name} is not ready to measure: {check} {answer[:300]!r}")
-                case = {"name": name, "server": server, "url": url, "script": script, "workers": workers}
-                for c in conns:
-                    rows.append(measure(wrk, case, c, args))
+                cases.append({"name": name, "server": server, "url": url, "script": script, "workers": workers})
+            for round_no in range(args.rounds):  # interleaved: each round measures every server in turn
+                for case in (cases if round_no % 2 == 0 else cases[::-1]):
+                    for c in conns:
+                        rows.append(measure(wrk, case, c, args, round_no))
+            for case in cases:
+                server = case["server"]
                 if isinstance(server, Ours) and workers == n and n > 1 and not args.no_kill:
-                    print(f"[{name}] killing a worker under load", flush=True)
-                    kill = kill_test(wrk, server, script, args)
+                    print(f"[{case['name']}] killing a worker under load", flush=True)
+                    kill = kill_test(wrk, server, case["script"], args)
                     print(f"  {kill}", flush=True)
                 server.stop()
                 running.remove(server)
@@ -715,7 +788,8 @@ def main(argv=None) -> int:
         elif not ok:
             print(f"logs kept in {root}", flush=True)
 
-    text = report(rows, info, args, model_uri, model_desc, started, load0, args.quick, checks, kill, n)
+    text = report(rows, info, args, model_uri, model_desc, started, load0, args.quick, checks, kill, n,
+                  args.ours_route)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print()
