@@ -255,3 +255,28 @@ def test_promotion_downloads_qas_run_files_as_prods_identity_only_with_the_artif
         assert f"{ML}/metadata/artifacts/read" in message
     finally:
         guard.stop()
+
+
+# --------------------------------------------------------------------------- stage=monitor's blob reads
+
+def test_the_monitor_reads_the_collectors_blobs_with_the_pipelines_own_blob_role(tmp_path):
+    """stage=monitor reads what the endpoint's data collector wrote with the pipeline identity's own
+    token: AzureML Data Scientist reads the datastore but no blob; infra/'s Storage Blob Data Reader
+    on that one container does."""
+    import numpy as np
+    from test_azure_data_collector_reader import T0, read, served
+
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 28, 28), dtype=np.uint8)
+    ws = FakeWorkspace(workspace="mlw-prod")
+    served(ws, "blue", "r-1", T0 + 300, images[0:1], [3], "4")
+    window, _, _ = read(ws, T0, T0 + 3600)
+    assert len(window.digits) == 1 and not ws.denied
+
+    reverted = infra_copy(tmp_path)
+    without_resource(reverted / "identity.tf", "azurerm_role_assignment", "pipeline_collected_read")
+    ws = FakeWorkspace(workspace="mlw-prod", infra=reverted)
+    served(ws, "blue", "r-1", T0 + 300, images[0:1], [3], "4")
+    with pytest.raises(MnistopsError, match="reading the collected data in .*: This request is not authorized to "
+                                            "perform this operation using this permission"):
+        read(ws, T0, T0 + 3600)
+    assert ws.denied[0][:2] == ("prod/pipeline", "Microsoft.Storage/storageAccounts/blobServices/containers/blobs/read")
