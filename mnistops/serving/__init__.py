@@ -19,7 +19,7 @@ Modules, one job each:
     ops          /health, /ready, /v2/health/*, /metrics, / (open)
     middleware   request id, body limit, log line, metrics, collection
     errors       every non-200 answer; openapi: the description; schemas: its pydantic models
-    prometheus   metrics, summed over workers; collector: what was served, for monitoring
+    prometheus   metrics, summed over workers; request_log: what was served, for monitoring
     routing      traffic split + mirror; page: the draw-a-digit page
     traffic_split  the one rule of a split (also the deploy stage's)
     master       the gunicorn master (N uvicorn workers); supervisor: restarts the master

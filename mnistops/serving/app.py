@@ -46,5 +46,5 @@ def create_app(endpoint_dir, freeze_gc: bool = False) -> FastAPI:
     errors.install(app)
     openapi.install(app)
     app.add_middleware(Frame, metrics=rt.metrics, max_body=settings.max_body_bytes, timeout=rt.timeout,
-                       collector=rt.collector, access_log=rt.access_log)
+                       request_log=rt.request_log, access_log=rt.access_log)
     return app

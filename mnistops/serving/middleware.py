@@ -3,7 +3,7 @@
 A request id (an incoming ``x-request-id`` when it is sane, else a fresh one; echoed in the answer),
 the body limit enforced while the body streams in (``max_body_bytes``: 413) and a deadline for a
 body that trickles in (``request_timeout_ms``: 408), then one log line, the metrics and (on scoring
-routes) a data-collector record per request. Pure ASGI: no per-request objects beyond a closure.
+routes) a request-log record per request. Pure ASGI: no per-request objects beyond a closure.
 
 The request log (``AccessLog``) writes the same line format as the logging setup of ``master.py``
 (``<time> INFO <pid> mnistops.serving <request id> <method> <route> <status> <ms> <deployment>``),
@@ -94,11 +94,11 @@ class AccessLog:
 
 
 class Frame:
-    def __init__(self, app, metrics: Metrics, max_body: int, timeout: float, collector: Optional[RequestLogWriter] = None,
+    def __init__(self, app, metrics: Metrics, max_body: int, timeout: float, request_log: Optional[RequestLogWriter] = None,
                  access_log: Optional[AccessLog] = None):
         self.app = app
         self.metrics = metrics
-        self.collector = collector
+        self.request_log = request_log
         self.max_body = max_body
         self.timeout = timeout
         self.access_log = access_log
@@ -161,8 +161,8 @@ class Frame:
             deployment = scope.get("mnistops.deployment", "")
             status = seen[1]
             self.metrics.observe_request(template, status, deployment, elapsed)
-            if self.collector is not None and template in COLLECTED_ROUTES:
-                self.collector.record(t_wall, rid, template, status, elapsed, deployment, scope.get("mnistops.collect"))
+            if self.request_log is not None and template in COLLECTED_ROUTES:
+                self.request_log.record(t_wall, rid, template, status, elapsed, deployment, scope.get("mnistops.collect"))
             access = self.access_log
             if access is not None and access.enabled:
                 access.line(rid, scope["method"],

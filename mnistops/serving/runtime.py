@@ -1,5 +1,5 @@
 """What the routes of one worker share: settings, keys, the live state, the cluster, metrics, the
-collector; and the steps every scoring request takes (key, pinned deployment, traffic pick,
+request log; and the steps every scoring request takes (key, pinned deployment, traffic pick,
 inference through the micro-batcher with its deadline, mirror copies, the answer)."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class Runtime:
         self.log_dir = request_log_dir_of(self.dir)
         self.feedback_log = FeedbackLog(self.log_dir)
         c = settings.collect
-        self.collector = RequestLogWriter(self.log_dir, sampling_rate=c.sampling_rate, rotate_mb=c.rotate_mb,
+        self.request_log = RequestLogWriter(self.log_dir, sampling_rate=c.sampling_rate, rotate_mb=c.rotate_mb,
                                    rotate_minutes=c.rotate_minutes, flush_ms=c.flush_ms, max_pending=c.max_pending,
                                    metrics=self.metrics) if c.enabled else None
         self.access_log = AccessLog()
@@ -53,8 +53,8 @@ class Runtime:
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         self.access_log.start()
-        if self.collector is not None:
-            self.collector.start()
+        if self.request_log is not None:
+            self.request_log.start()
         await self.live.startup()
         await self.cluster.join()
 
@@ -62,8 +62,8 @@ class Runtime:
         await self.cluster.leave()
         await self.live.shutdown()
         self.image_pool.shutdown(wait=False)
-        if self.collector is not None:  # after the drain: the last answered requests are recorded too
-            self.collector.close()
+        if self.request_log is not None:  # after the drain: the last answered requests are recorded too
+            self.request_log.close()
         await self.access_log.stop()
 
     # ---------------------------------------------------------------- request steps
@@ -150,7 +150,7 @@ class Runtime:
         return scored
 
     def mirror(self, rid: str, primary: str, batch: np.ndarray) -> None:
-        """Copies of the request to the mirror deployments; their answers go to the collector (route
+        """Copies of the request to the mirror deployments; their answers go to the request log (route
         ``mirror``, the same request id) for canary analysis, never to the client."""
         live = self.live
         for name in live.router.mirrors(primary):
@@ -183,8 +183,8 @@ class Runtime:
         return done
 
     def _record_mirror(self, rid: str, name: str, status: int, seconds: float, payload: Optional[tuple]) -> None:
-        if self.collector is not None:
-            self.collector.record(time.time(), rid, MIRROR_ROUTE, status, seconds, name, payload)
+        if self.request_log is not None:
+            self.request_log.record(time.time(), rid, MIRROR_ROUTE, status, seconds, name, payload)
 
     def count(self, slot: Deployment, scored: protocol.Scored) -> None:
         children = self._counted.get(slot.name)
