@@ -142,6 +142,8 @@ class EndpointConfig:
     max_wait_ms: float = 2.0
     max_queue: int = 2048  # images waiting per deployment and worker; beyond it: 503 at once
     startup_timeout_s: float = "${endpoint_kind_default:startup_timeout_s,${.kind}}"  # type: ignore[assignment]
+    # stage=endpoint's own options: its section is the one named after it (DESIGN §2 pins
+    # `endpoint.action=status|stop`); no server reads them (ServerSettings leaves them out)
     action: str = "status"  # stage=endpoint: status | stop | regenerate-keys
     key: str = "primary"  # stage=endpoint endpoint.action=regenerate-keys: which scoring key (primary | secondary)
     collect: CollectConfig = field(default_factory=CollectConfig)
