@@ -140,7 +140,7 @@ def test_promote_copies_qas_approved_version_into_prod_once_with_its_lineage(two
 
     qa, prod = two_workspaces
     args = settings(prod, "prod")  # PROD's MLflow: the azureml:// URI its workspace reports
-    with use_transport(FakeAzure(qa, prod), StaticToken()):
+    with use_transport(FakeAzure(qa, prod), StaticToken("prod/pipeline")):  # PROD's agent, reading QA
         result = mnistops.run("promote", args)
         assert result.model_uri == f"models:/{NAME}/1" and result.metrics["promote/copied"] == 1.0
         put = prod.sent("PUT", f"models/{NAME}/versions/1")[0]  # then again, with the @champion tag
