@@ -28,6 +28,7 @@ needs_module("azure.ai.ml", "pip install -e '.[azure]'")
 needs_module("azureml_inference_server_http", "pip install -e '.[test]'")
 needs_module("azureml.ai.monitoring", "pip install -e '.[azure]'")
 
+from azure_mlflow_server import azure_mlflow  # noqa: E402,F401  (the module's MLflow servers)
 from azure_workspace import FakeAzure, FakeWorkspace, StaticToken, sidecar_records, write_collector_files  # noqa: E402
 from conftest import free_port  # noqa: E402
 from serving_fixtures import mnist  # noqa: E402,F401  (fixture)
@@ -162,9 +163,7 @@ def seed_version(ws: FakeWorkspace, model_dir: Path) -> None:
     from mnistops.backends.azure import code_snapshot
 
     client = MlflowClient(ws.mlflow_uri)
-    experiment = client.create_experiment("promoted", artifact_location=(Path(ws.mlflow_uri[len("sqlite:///"):]).parent
-                                                                         / "prod-artifacts").as_uri())
-    run = client.create_run(experiment)
+    run = client.create_run(client.create_experiment("promoted"))
     client.log_artifacts(run.info.run_id, str(model_dir), "model")
     ws.seed(f"models/{NAME}/versions/1", {
         "modelType": "mlflow_model", "modelUri": f"runs:/{run.info.run_id}/model", "flavors": {},
@@ -173,17 +172,17 @@ def seed_version(ws: FakeWorkspace, model_dir: Path) -> None:
     ws.seed(f"codes/mnistops-code/versions/{code_snapshot.digest(code_snapshot.root())}", {"codeUri": "https://x/y"})
 
 
-def test_prod_monitor_on_azure_alerts_and_hands_labelled_traffic_to_qa(scoring, sink, home, tmp_path, monkeypatch):
+def test_prod_monitor_on_azure_alerts_and_hands_labelled_traffic_to_qa(scoring, sink, home, tmp_path, monkeypatch,
+                                                                        azure_mlflow):
     import mnistops
     from mlflow.tracking import MlflowClient
 
     from mnistops.backends.azure.workspace import use_transport
 
-    prod = FakeWorkspace(subscription="22222222-0000-0000-0000-000000000000", resource_group="rg-prod",
-                         workspace="mlw-prod", mlflow_uri=f"sqlite:///{tmp_path / 'prod-mlflow.db'}",
-                         scoring_base=scoring["url"])
-    qa = FakeWorkspace(subscription="11111111-0000-0000-0000-000000000000", resource_group="rg-qa",
-                       workspace="mlw-qa", mlflow_uri=f"sqlite:///{tmp_path / 'qa-mlflow.db'}")
+    prod, qa = azure_mlflow.attach(  # each workspace's MLflow: reached through its azureml:// URI
+        FakeWorkspace(subscription="22222222-0000-0000-0000-000000000000", resource_group="rg-prod",
+                      workspace="mlw-prod", scoring_base=scoring["url"]),
+        FakeWorkspace(subscription="11111111-0000-0000-0000-000000000000", resource_group="rg-qa", workspace="mlw-qa"))
     for key, value in {"AZURE_QA_SUBSCRIPTION_ID": qa.subscription, "AZUREML_QA_RESOURCE_GROUP": qa.resource_group,
                        "AZUREML_QA_WORKSPACE": qa.workspace}.items():  # what a PROD agent knows of QA
         monkeypatch.setenv(key, value)
@@ -191,7 +190,7 @@ def test_prod_monitor_on_azure_alerts_and_hands_labelled_traffic_to_qa(scoring, 
     endpoint = "mnist-prod-e2e"
     args = ["env=prod", "env.backend=azure", "endpoint=azure_managed", f"env.azure.subscription_id={prod.subscription}",
             f"env.azure.resource_group={prod.resource_group}", f"env.azure.workspace={prod.workspace}",
-            f"env.tracking_uri={prod.mlflow_uri}", f"azure.endpoint_name={endpoint}"]
+            f"azure.endpoint_name={endpoint}"]
     request_file = tmp_path / "retrain-request.json"
 
     with use_transport(FakeAzure(prod, qa), StaticToken()):
