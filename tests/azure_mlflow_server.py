@@ -45,7 +45,8 @@ def scope(subscription: str, resource_group: str, workspace: str) -> str:
 def unreachable(ws):
     """Point a FakeWorkspace's mlflowTrackingUri at a port where nothing listens: for tests of stages that
     must not touch MLflow (any call would fail them after MLflow's retries). Returns the workspace."""
-    ws.mlflow_uri = f"azureml://127.0.0.1:{free_port()}/mlflow/v1.0{scope(ws.subscription, ws.resource_group, ws.workspace)}"
+    where = scope(ws.subscription, ws.resource_group, ws.workspace)
+    ws.mlflow_uri = f"azureml://127.0.0.1:{free_port()}/mlflow/v1.0{where}"
     return ws
 
 

@@ -120,13 +120,34 @@ def job_command(home: Path, tmp_path: Path, stage: str, extra) -> list:
     return shlex.split(command.split("python -m mnistops ", 1)[1])
 
 
+def job_run(ws: FakeWorkspace, experiment: str = "mnistops") -> dict:
+    """What Azure ML does before a job's command starts: the job's MLflow run, in the job's experiment
+    (azure.experiment_name), and the job's token; returned as the MLFLOW_* variables it sets."""
+    import time
+
+    import jwt
+    from mlflow.tracking import MlflowClient
+
+    service = MlflowClient(ws.mlflow_server.base_url)  # Azure ML's side (plain https), not the job's
+    found = service.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else service.create_experiment(experiment)
+    run = service.create_run(experiment_id)
+    token = jwt.encode({"exp": int(time.time()) + 3600, "appid": "cluster-identity"},
+                       "a stand-in signing key: nothing here checks it", algorithm="HS256")  # azureml-mlflow reads exp
+    return {"MLFLOW_TRACKING_URI": ws.mlflow_uri, "MLFLOW_TRACKING_TOKEN": token, "MLFLOW_RUN_ID": run.info.run_id,
+            "MLFLOW_EXPERIMENT_NAME": experiment, "MLFLOW_EXPERIMENT_ID": experiment_id,
+            "AZUREML_RUN_ID": run.info.run_id}
+
+
 def run_inside_job(args: list, ws: FakeWorkspace, job_home: Path, monkeypatch):
-    """`python -m mnistops ARGS` as the job runs it: Azure ML's variables, a fresh MNISTOPS_HOME with
-    the mounted data, the workspace's MLflow (its azureml:// URI, as Azure ML sets it)."""
+    """`python -m mnistops ARGS` as the job runs it: Azure ML's variables (the workspace's azureml://
+    MLflow URI, the job's run and token: azureml-mlflow signs with MLFLOW_TRACKING_TOKEN), a fresh
+    MNISTOPS_HOME with the mounted data."""
     import mnistops
     from mnistops.backends.azure.workspace import use_transport
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", ws.mlflow_uri)
+    for key, value in job_run(ws).items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setenv("AZUREML_ARM_SUBSCRIPTION", ws.subscription)
     monkeypatch.setenv("AZUREML_ARM_RESOURCEGROUP", ws.resource_group)
     monkeypatch.setenv("AZUREML_ARM_WORKSPACE_NAME", ws.workspace)

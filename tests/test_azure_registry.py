@@ -15,7 +15,7 @@ import pytest
 from conftest import needs_module  # a missing extra fails in CI, skips elsewhere
 needs_module("azure.ai.ml", "pip install -e '.[azure]'")
 
-from azure_mlflow_server import azure_mlflow  # noqa: E402,F401  (the module's MLflow servers)
+from azure_mlflow_server import TOKEN, azure_mlflow  # noqa: E402,F401  (azure_mlflow: the module's MLflow servers)
 from azure_workspace import FakeAzure, FakeWorkspace, StaticToken  # noqa: E402
 from conftest import compose  # noqa: E402
 
@@ -82,6 +82,10 @@ def test_register_makes_the_version_from_the_runs_files_and_download_checks_them
     ws = azure_mlflow.attach(FakeWorkspace())
     uri = ws.mlflow_uri
     client = MlflowClient(uri)
+    # the workspace's azureml:// URI is served by azureml-mlflow's store, at the URL it derives from it
+    assert type(client._tracking_client.store).__name__ == "AzureMLRestStore"
+    creds = client._tracking_client.store.get_host_creds()
+    assert (creds.host, creds.token) == (ws.mlflow_server.base_url, TOKEN)  # signed with the agent's az token
     run = client.create_run(client.create_experiment("mnistops"))
     files = model_dir(tmp_path / "model")
     digest = hashlib.sha256(b"onnx weights").hexdigest()
