@@ -8,7 +8,8 @@ sent carries what the config asked for. The answers are handwritten JSON of the 
 ARM resource (`id`, `name`, `type`, `properties`, `systemData`), PUT returns what it stored with
 `provisioningState: Succeeded` (so long-running operations end at once), GET of a collection
 returns `{"value": [...]}`, an unknown resource 404 with ARM's error body. The workspace's MLflow
-tracking URI is a real MLflow store the test passes in (Azure's MLflow server cannot run here).
+tracking URI (`mlflow_uri`) is what tests point at a real `mlflow server` reached through azureml-mlflow
+(tests/azure_mlflow_server.py).
 
 Nothing here is a stand-in for a part that runs on this machine: the SDK, its serialisation and
 the stages run for real; only the remote service answers from this table.
@@ -398,8 +399,12 @@ class FakeWorkspace(_InMemoryTransport):
         stored = copy.deepcopy(body)
         stored.update(id=self._cased(path), name=parts[-1],
                       type=f"{PROVIDER}/workspaces/{kind}".rstrip("/"),
+                      # ARM's systemData carries who made it too (azure-ai-ml copies createdBy into an
+                      # endpoint's properties and sends it back on the next PUT)
                       systemData={"createdAt": f"2026-01-01T00:00:{self.clock:02d}.000000+00:00",
-                                  "lastModifiedAt": f"2026-01-01T00:00:{self.clock:02d}.000000+00:00"})
+                                  "createdBy": "mnistops-pipeline", "createdByType": "Application",
+                                  "lastModifiedAt": f"2026-01-01T00:00:{self.clock:02d}.000000+00:00",
+                                  "lastModifiedBy": "mnistops-pipeline", "lastModifiedByType": "Application"})
         stored.setdefault("properties", {})
         if isinstance(stored["properties"], dict):
             stored["properties"].setdefault("provisioningState", "Succeeded")

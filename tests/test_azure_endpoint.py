@@ -17,6 +17,7 @@ from conftest import needs_module  # a missing extra fails in CI, skips elsewher
 needs_module("azure.ai.ml", "pip install -e '.[azure]'")
 needs_module("azureml_inference_server_http", "pip install -e '.[test]'")
 
+from azure_mlflow_server import azure_mlflow  # noqa: E402,F401  (the module's MLflow server)
 from azure_workspace import FakeWorkspace, StaticToken  # noqa: E402
 
 from mnistops import tags as T  # noqa: E402
@@ -46,16 +47,17 @@ def version(ws: FakeWorkspace, number: str, run_id: str, **tags):
 
 
 @pytest.fixture
-def qa(scoring_server, home, tmp_path):
+def qa(scoring_server, home, tmp_path, azure_mlflow):
     """QA's workspace: versions 1 (@champion) and 2 (their files in a run of its MLflow: stage=monitor
-    embeds with them), the source snapshot, the scoring server."""
+    embeds with them), the source snapshot, the scoring server; its MLflow is reached through the
+    workspace's azureml:// URI (tests/azure_mlflow_server.py)."""
     from mlflow.tracking import MlflowClient
 
     from mnistops.backends.azure import code_snapshot
 
-    ws = FakeWorkspace(scoring_base=scoring_server, mlflow_uri=f"sqlite:///{tmp_path / 'qa-mlflow.db'}")
+    ws = azure_mlflow.attach(FakeWorkspace(scoring_base=scoring_server))
     client = MlflowClient(ws.mlflow_uri)
-    run = client.create_run(client.create_experiment("registered", (tmp_path / "qa-artifacts").as_uri()))
+    run = client.create_run(client.create_experiment("registered"))
     client.log_artifacts(run.info.run_id, str(SERVED["model"]), "model")
     version(ws, "1", run.info.run_id, **{T.alias("champion"): "2026-01-01T00:00:00.000000Z"})
     version(ws, "2", run.info.run_id, **{T.alias("candidate"): "2026-01-02T00:00:00.000000Z"})
@@ -65,8 +67,7 @@ def qa(scoring_server, home, tmp_path):
 
 def args_for(ws: FakeWorkspace, *extra):
     return ["env=qa", "env.backend=azure", "endpoint=azure_managed", f"env.azure.subscription_id={ws.subscription}",
-            f"env.azure.resource_group={ws.resource_group}", f"env.azure.workspace={ws.workspace}",
-            f"env.tracking_uri={ws.mlflow_uri}", *extra]
+            f"env.azure.resource_group={ws.resource_group}", f"env.azure.workspace={ws.workspace}", *extra]
 
 
 def run(stage, ws, *extra):
