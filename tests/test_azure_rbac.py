@@ -11,6 +11,7 @@ fixes reverted:
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -135,7 +136,7 @@ def register_and_move_alias(registry, tmp_path: Path, mlflow_uri: str) -> str:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(mlflow_uri)
-    experiment = client.get_experiment_by_name("mnistops") or None
+    experiment = client.get_experiment_by_name("mnistops")
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(
         "mnistops", artifact_location=(tmp_path / "art").as_uri())
     run = client.create_run(experiment_id)
@@ -177,7 +178,7 @@ class GuardedMlflow:
         self.log = tmp_path / "guard.log"
         self.proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "azure_mlflow_guard.py"), json.dumps(settings_)],
                                      stdout=subprocess.PIPE, stderr=self.log.open("wb"), text=True,
-                                     env={**__import__("os").environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+                                     env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
         self.url = self._wait(180)
 
     def _wait(self, timeout: float) -> str:
