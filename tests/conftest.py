@@ -163,10 +163,49 @@ LONGEST_FIRST = ("test_canary.py", "test_cicd.py", "test_ci_steps.py", "test_pip
 # marked neither gets `unit`, the tier `-m unit` selects (make test-unit, stage=ci's tests step).
 
 
+# --- stage=ci with training: the costliest thing a test does, on a budget ------------------------
+# A test that runs stage=ci with its train step (through the CLI, the API, a pipeline file, the
+# monitor's retraining trigger or a notebook) is marked @pytest.mark.ci_training(runs=N);
+# tests/test_ci_steps.py fails an unmarked one and a total over CI_TRAINING_BUDGET, and every run
+# ends with a line listing the marked tests that ran (grep "stage=ci with training"). Tests that only
+# need a store after CI build it with the stages (pipeline, baseline, gate), or run one CI step alone.
+CI_TRAINING_BUDGET = 6  # issue 20 asks for 3: the fresh-clone CI could be the rehearsal's first one
+CI_TRAINING = "ci_training"
+_ci_training_runs: List[tuple] = []
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", f"{CI_TRAINING}(runs=1): runs stage=ci with its train step `runs` times "
+                                      f"(at most CI_TRAINING_BUDGET in all: tests/conftest.py)")
+
+
+def ci_training_runs(item) -> int:
+    marker = item.get_closest_marker(CI_TRAINING)
+    return 0 if marker is None else int(marker.kwargs.get("runs", 1))
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Collects the ci_training tests that ran (here, or on the xdist workers: their user_properties)."""
+    runs = dict(report.user_properties).get(CI_TRAINING)
+    if runs and report.when == "call":
+        _ci_training_runs.append((report.nodeid, runs, report.outcome))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _ci_training_runs:
+        total = sum(runs for _, runs, _ in _ci_training_runs)
+        terminalreporter.write_line(f"stage=ci with training: {total} run(s) in {len(_ci_training_runs)} test(s) "
+                                    f"(budget {CI_TRAINING_BUDGET}):")
+        for nodeid, runs, outcome in sorted(_ci_training_runs):
+            terminalreporter.write_line(f"  stage=ci with training x{runs}: {nodeid} ({outcome})")
+
+
 def pytest_collection_modifyitems(items) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keeps its order
     for item in items:
+        if ci_training_runs(item):
+            item.user_properties.append((CI_TRAINING, ci_training_runs(item)))
         if item.get_closest_marker("azure_live") and not item.get_closest_marker("integration"):
             item.add_marker(pytest.mark.integration)
         if not item.get_closest_marker("integration"):

@@ -108,6 +108,7 @@ def test_quickstart_has_a_parameters_cell():
 
 
 @pytest.mark.integration
+@pytest.mark.ci_training  # the quickstart's CI cell (no tests step)
 def test_quickstart_runs_top_to_bottom(tmp_path_factory, data_cache, tmp_path):
     home = fresh_home(tmp_path_factory, data_cache, "notebook-home")
     ports = {env: free_port() for env in ("dev", "qa", "prod")}
