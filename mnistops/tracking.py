@@ -43,6 +43,20 @@ def configure(cfg: DictConfig) -> str:
     return ensure_experiment(MlflowClient(), cfg, cfg.env.name, uri)
 
 
+@contextlib.contextmanager
+def global_tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to `uri` for the while. azureml-mlflow's artifact repository
+    (azureml:// run files) takes its workspace (host, scope, token) from MLflow's global tracking store,
+    not from the URI it is handed: another workspace's run files must be read with that workspace's
+    URI set globally, or they are looked up in this one's."""
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
 def ensure_experiment(client: MlflowClient, cfg: DictConfig, env: str, uri: str) -> str:
     """The id of the experiment (`experiment_name`) in `env`'s store at `uri`, created on first use (a
     sqlite store keeps its artifacts beside it, in layout.artifacts_dir)."""

@@ -166,3 +166,32 @@ def test_promote_copies_qas_approved_version_into_prod_once_with_its_lineage(two
         with pytest.raises(MnistopsError, match="was not approved by the qa gate"):
             mnistops.run("promote", [*args, f"promote.model=models:/{NAME}/2"])
     assert not prod.sent("PUT", f"models/{NAME}/versions/2")
+
+
+def test_another_workspaces_run_files_are_read_in_that_workspace(monkeypatch):
+    """azureml-mlflow's artifact repository for an azureml:// run-files URI takes its workspace from
+    MLflow's global tracking store, not from the tracking URI it is handed (its get_service_context):
+    PROD's promotion reading QA's run files would ask PROD's workspace for them. The registry's
+    download sets the source workspace's URI globally meanwhile (tracking.global_tracking_uri)."""
+    import mlflow
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    from azure_mlflow_server import scope
+    from mnistops import tracking
+
+    monkeypatch.setenv("AZUREML_CURRENT_CLOUD", "AzureCloud")  # no cloud metadata lookup (nothing is called)
+    qa, prod = scope("11111111", "rg-qa", "mlw-qa"), scope("22222222", "rg-prod", "mlw-prod")
+    qa_uri, prod_uri = f"azureml://qa.example:443/mlflow/v1.0{qa}", f"azureml://prod.example:443/mlflow/v1.0{prod}"
+    files = f"azureml://qa.example:443/mlflow/v2.0{qa}/experiments/1/runs/abc/artifacts"  # Azure's run-files URI
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(prod_uri)
+    try:
+        as_is = get_artifact_repository(files, tracking_uri=qa_uri).artifacts._service_context
+        assert (as_is.workspace_name, as_is.host_url) == ("mlw-prod", "https://prod.example:443")  # the trap
+        with tracking.global_tracking_uri(qa_uri):
+            fixed = get_artifact_repository(files, tracking_uri=qa_uri).artifacts._service_context
+        assert (fixed.workspace_name, fixed.subscription_id, fixed.host_url) == ("mlw-qa", "11111111",
+                                                                                 "https://qa.example:443")
+        assert mlflow.get_tracking_uri() == prod_uri  # restored
+    finally:
+        mlflow.set_tracking_uri(previous)

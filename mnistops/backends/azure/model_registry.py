@@ -200,11 +200,14 @@ class AzureModelRegistry(ModelRegistry):
                 from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
                 from mlflow.tracking import MlflowClient
 
+                from mnistops import tracking
+
                 try:  # the run's own artifact repository: a runs:/ URI would turn a 403 into "check the path"
                     uri = self._mlflow_uri()
-                    run = MlflowClient(tracking_uri=uri).get_run(version.run_id)
-                    repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=uri)
-                    return Path(repo.download_artifacts("model", str(scratch)))
+                    with tracking.global_tracking_uri(uri):  # azureml-mlflow's repository reads the global one
+                        run = MlflowClient(tracking_uri=uri).get_run(version.run_id)
+                        repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=uri)
+                        return Path(repo.download_artifacts("model", str(scratch)))
                 except Exception as err:  # noqa: BLE001 - any failure, said in one line with its cause
                     raise MnistopsError(f"cannot download runs:/{version.run_id}/model ({version.uri}) from "
                                         f"{self.where}: {root_cause(err)}") from None
