@@ -30,6 +30,7 @@ def test_the_board_prefers_the_least_connected_serving_worker():
     assert board.connections()[:2] == [9, None]
     board.release(a)  # the master clears a dead worker's slot, and hands it out again
     assert board.connections()[0] is None and board.claim() == 0
+    assert [board.claim(), board.claim(), board.claim()] == [2, 3, None]  # full: that worker goes unbalanced
 
 
 class Echo(asyncio.Protocol):

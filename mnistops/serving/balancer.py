@@ -49,11 +49,13 @@ class Board:
         self._taken: set = set()
 
     # ---------------------------------------------------------------- the master's side
-    def claim(self) -> int:
-        """A free slot for a worker about to be forked (cleared)."""
-        slot = next(i for i in range(self.slots) if i not in self._taken)
-        self._taken.add(slot)
-        self.clear(slot)
+    def claim(self) -> Optional[int]:
+        """A free slot for a worker about to be forked (cleared); None when all are taken (more workers
+        than the board was made for: that worker accepts as uvicorn would, unbalanced)."""
+        slot = next((i for i in range(self.slots) if i not in self._taken), None)
+        if slot is not None:
+            self._taken.add(slot)
+            self.clear(slot)
         return slot
 
     def release(self, slot: Optional[int]) -> None:

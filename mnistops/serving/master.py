@@ -19,9 +19,11 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
 from mnistops.serving.balancer import BalancedServer, Board
@@ -38,12 +40,15 @@ class ServerWorker(UvicornWorker):
     CONFIG_KWARGS = {"loop": "auto", "http": "auto", "lifespan": "on", "server_header": False,
                      "access_log": False}
     board: Board  # set by the master's pre_fork, with board_slot
-    board_slot: int
+    board_slot: Optional[int]
 
     async def _serve(self) -> None:
         """uvicorn_worker's ``_serve`` with the balanced server in place of uvicorn's own."""
         self.config.app = self.wsgi
-        server = BalancedServer(self.config, self.board, self.board_slot)
+        if self.board_slot is None:  # no slot left on the board: uvicorn's own accept loop
+            server = Server(config=self.config)
+        else:
+            server = BalancedServer(self.config, self.board, self.board_slot)
         self._install_sigquit_handler()
         await server.serve(sockets=self.sockets)
         if not server.started:
