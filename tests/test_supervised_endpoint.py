@@ -277,6 +277,37 @@ def test_a_broken_settings_file_is_one_clear_line(tmp_path, model_dir):
     assert not (d / "server.pid").exists()
 
 
+HOLD_WITH_REUSEPORT = ("import socket, sys\ns = socket.socket()\n"
+                       "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)\n"
+                       "s.bind(('127.0.0.1', 0))\ns.listen()\nprint(s.getsockname()[1], flush=True)\nsys.stdin.read()\n")
+
+
+def test_a_port_another_program_holds_even_with_so_reuseport_is_refused(tmp_path, model_dir):
+    """The server itself (not only stage=deploy's check) refuses a port another program listens on,
+    also one that set SO_REUSEPORT (which would let any later same-user socket that sets it share the
+    port): the endpoint's socket does not set it, so the kernel refuses the bind, and the server
+    exits without serving."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_WITH_REUSEPORT], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(holder.stdout.readline())
+        d = make_endpoint(tmp_path, model_dir, port=port)
+        with open(d / "server.log", "ab") as log:
+            proc = subprocess.run([sys.executable, "-m", "mnistops.serving", "--endpoint-dir", str(d)],
+                                  stdout=log, stderr=subprocess.STDOUT, timeout=120)
+        assert holder.poll() is None, "the holder still holds the port"
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    text = (d / "server.log").read_text(errors="replace")
+    assert proc.returncode != 0, text[-3000:]
+    assert f"Connection in use: ('127.0.0.1', {port})" in text, text[-3000:]
+    assert not worker_pids(d) and not (d / "server.pid").exists()
+
+
 def test_feedback_from_concurrent_clients_lands_whole(endpoint):
     """Ground truth from many connections at once (spread over the workers): every record whole."""
     srv = endpoint
