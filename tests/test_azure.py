@@ -116,12 +116,12 @@ def test_deploy_renders_the_endpoint_its_unique_name_and_a_blue_green_deployment
     from azure.ai.ml import load_online_deployment, load_online_endpoint
 
     files = dry_run(tmp_path, "env=qa", "stage=deploy", "endpoint=azure_managed", "deploy.model=models:/mnist-classifier/4",
-                    "deploy.deployment=green", "endpoint.traffic={blue:90,green:10}", "endpoint.mirror_traffic={blue:20}",
+                    "deploy.deployment=green", "endpoint.traffic={blue:100,green:0}", "endpoint.mirror_traffic={green:20}",
                     "endpoint.instance_count=2", "endpoint.instance_type=Standard_F4s_v2",
                     "endpoint.readiness_probe.failure_threshold=5", "endpoint.collect.sampling_rate=0.5",
                     env={**NO_WORKSPACE, "AZURE_SUBSCRIPTION_ID": SUBSCRIPTION, "AZURE_QA_SUBSCRIPTION_ID": SUBSCRIPTION})
     endpoint = load_online_endpoint(files[f"online-endpoint-{QA_ENDPOINT}"])
-    assert (endpoint.auth_mode, endpoint.traffic, endpoint.mirror_traffic) == ("key", {"blue": 90, "green": 10}, {"blue": 20})
+    assert (endpoint.auth_mode, endpoint.traffic, endpoint.mirror_traffic) == ("key", {"blue": 100, "green": 0}, {"green": 20})
     dep = load_online_deployment(files["online-deployment-green"])
     assert (dep.name, dep.endpoint_name, dep.model.removeprefix("azureml:")) == ("green", QA_ENDPOINT, "mnist-classifier:4")
     assert (dep.instance_type, dep.instance_count) == ("Standard_F4s_v2", 2)
