@@ -54,7 +54,10 @@ def hand_over(cfg: DictConfig, images: np.ndarray, labels: np.ndarray, *, to_env
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(ARTIFACT).name
         path.write_bytes(buf.getvalue())
-        client.log_artifact(run.info.run_id, str(path), str(Path(ARTIFACT).parent))
+        from mnistops import tracking
+
+        with tracking.global_tracking_uri(uri):  # azureml-mlflow writes run files where the global URI says
+            client.log_artifact(run.info.run_id, str(path), str(Path(ARTIFACT).parent))
     dataset = Dataset(name=KEYWORD, digest=digest, source_type="mnistops",
                       source=f"{cfg.env.name} feedback ({len(images)} labelled images)")
     client.log_inputs(run.info.run_id, datasets=[DatasetInput(dataset, tags=[InputTag("mlflow.data.context",
