@@ -17,6 +17,7 @@ unchanged). Small training slices come in through the pipelines' MNISTOPS_ARGS v
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -252,6 +253,7 @@ def runs_with(server: TrackingServer, stage: str) -> list:
     return client.search_runs(experiments, filter_string=f"tags.`{tags.STAGE}` = '{stage}'") if experiments else []
 
 
+@pytest.mark.ci_training(runs=2)  # CI in QA, and the retraining CI that monitoring queues
 def test_the_pipelines_connect_through_each_envs_store(process):
     agents, qa, prod = process
 
@@ -261,6 +263,21 @@ def test_the_pipelines_connect_through_each_envs_store(process):
     approved = champion(qa)
     assert approved is not None, "CI passed but QA's tracking server has no @champion: " + ci.of("ci").stdout[-1500:]
     assert approved.tags[tags.GATE_DECISION] == tags.APPROVED
+    # (moved from test_cicd.py) the steps ran under one ci run, the tests step too, and the first CI finds
+    # no baseline suite yet; the baselines it leaves are in QA's server, not on the agent (scratch home)
+    out = ci.of("ci").stdout
+    assert "no baseline suite in env 'qa' yet" in out and "1 passed" in out, out[-3000:]
+    assert f"gate approved models:/{MODEL}/{approved.version}" in out
+    assert "model-quality baseline: no " in out, out[-3000:]
+    (parent,) = runs_with(qa, "ci")
+    assert parent.info.status == "FINISHED"
+    for stage in ("data", "train", "baseline", "gate"):
+        (child,) = runs_with(qa, stage)
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id, stage
+    names = {a.path for a in qa.client().list_artifacts(runs_with(qa, "baseline")[0].info.run_id, "quality")}
+    assert {"quality/data_docs", "quality/suite.json"} <= names, names
+    scratch = Path(ci.of("ci").step.env["MNISTOPS_HOME"])
+    assert not (scratch / "qa" / "quality").exists() and not (scratch / "dev").exists(), "env=qa wrote elsewhere"
 
     # 2. CD to QA whose smoke test fails: rolled back, tagged failed; the chain stops and promotion refuses
     cd_bad = agents.run("cd-qa", "qa", [*CI_ARGS, "smoke.min_accuracy=0.999"])
@@ -268,7 +285,7 @@ def test_the_pipelines_connect_through_each_envs_store(process):
     assert qa.client().get_model_version(MODEL, approved.version).tags.get(tags.smoke("qa")) == "failed"
     forced = agents.run("cd-prod", "prod", CI_ARGS)  # as if someone approved it anyway
     assert forced.of("promote").returncode != 0 and forced.of("cd").returncode is None, forced.report()
-    assert "smoke" in forced.of("promote").stderr, forced.report()
+    assert "has not passed a smoke test in qa" in forced.of("promote").stderr, forced.report()
     assert not versions(prod), "a version QA's smoke test failed reached PROD"
 
     # 3. CD to QA: deployed and smoke-tested in QA
@@ -285,6 +302,16 @@ def test_the_pipelines_connect_through_each_envs_store(process):
     assert promoted.tags[tags.WEIGHTS_SHA256] == approved.tags[tags.WEIGHTS_SHA256]
     assert promoted.tags[tags.GATE_DECISION] == tags.APPROVED and promoted.tags[tags.smoke("qa")] == "passed"
     assert agents.served_versions("prod") == [str(promoted.version)], "PROD serves another version than QA approved"
+    # (moved from test_cicd.py) the lineage travels with it, PROD serves the very weights QA approved,
+    # and promoting again copies nothing
+    for tag in (tags.DATASET_DIGEST, tags.RUN_ID):
+        assert promoted.tags[tag] == approved.tags[tag], tag
+    (served,) = (agents.hosts["prod"] / "home" / "prod" / "endpoints").glob(
+        f"*/models/{MODEL}-v{promoted.version}/artifacts/model.onnx")
+    assert hashlib.sha256(served.read_bytes()).hexdigest() == approved.tags[tags.WEIGHTS_SHA256]
+    again = agents.driver("prod", ["stage=promote"])
+    assert again.returncode == 0 and "no change" in again.stdout, again.tail()
+    assert [v.version for v in versions(prod)] == [promoted.version]
 
     # 5. production traffic, rotated, with feedback (a test driver, not a pipeline)
     traffic = agents.driver("prod", ["stage=traffic", "traffic.shift=rotate", "traffic.severity=1.0",
@@ -309,6 +336,11 @@ def test_the_pipelines_connect_through_each_envs_store(process):
     assert "gate refused" in retrain.of("ci").stderr, retrain.report()
     new = [v for v in versions(qa) if v.version not in before]
     assert len(new) == 1 and new[0].tags[tags.GATE_DECISION] == tags.REJECTED, "retraining did not happen in QA"
+    # (moved from test_cicd.py) this agent's scratch home is new: the suite and the champion's
+    # model-quality baseline that its validate and baseline steps use come from QA's server
+    out = retrain.of("ci").stdout
+    assert "PASSED: " in out and " against suite " in out, out[-3000:]
+    assert f"model-quality baseline: models:/{MODEL}/{approved.version}" in out, out[-3000:]
     overrides = " ".join(r.data.tags.get(tags.OVERRIDES, "") for r in runs_with(qa, "ci"))
     assert request["ci_overrides"][0] in overrides, "QA's CI did not train with the handed-over data"
     assert champion(qa).version == approved.version
