@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
 import shutil
@@ -49,6 +51,7 @@ def test_a_failing_validate_stops_ci_before_training(tmp_path_factory, data_cach
 
 
 @pytest.mark.integration  # the one run of stage=ci with the default ci.pytest_args: the whole unit tier inside
+@pytest.mark.ci_training
 def test_stage_ci_passes_on_a_fresh_agent_clone_with_the_default_tests(tmp_path, data_cache):
     """What a GitHub or Azure DevOps agent does: a clone of the committed HEAD with nothing beside it (no
     ../shared/), CI=true, `python -m mnistops env=qa stage=ci` with the default ci.pytest_args (the unit
@@ -83,3 +86,98 @@ def test_stage_ci_passes_on_a_fresh_agent_clone_with_the_default_tests(tmp_path,
     (ci,) = runs_of(client, "ci")
     assert ci.info.status == "FINISHED" and ci.data.metrics["ci/tests_passed"] == 1.0
     assert runs_of(client, "train"), "stage=ci stopped after its tests step"
+
+
+# --- the budget of stage=ci runs with training (CI_TRAINING_BUDGET in tests/conftest.py) --------------
+# Tests whose stage=ci never reaches its train step (or runs nothing), and why; any other test that
+# runs stage=ci must be marked ci_training, and the marked ones stay within the budget.
+NO_TRAINING = {
+    "test_ci_steps.py::test_the_tests_step_refuses_to_run_inside_itself": "composes stage=ci; runs the guard only",
+    "test_ci_steps.py::test_a_failing_validate_stops_ci_before_training": "its validate fails first",
+    "test_label_quality.py::test_a_noisy_feedback_batch_stops_ci_before_training_and_a_clean_one_passes":
+        "validate fails first; then stage.steps=[data,validate]",
+    "test_api.py::test_a_failed_stage_raises_and_leaves_no_open_run": "stage.steps=[tests]",
+    "test_azure_job.py::test_ci_runs_the_tests_here_then_submits_the_other_steps_as_one_job":
+        "the training is submitted to the (fake) workspace, not run",
+    "test_azure_job.py::test_a_failing_test_stops_ci_before_anything_is_submitted": "its tests step fails first",
+    "test_monitoring.py::test_a_retraining_whose_gate_refuses_leaves_the_champion": "stage.steps=[register,gate]",
+    "test_azure_monitoring.py::test_prod_monitor_on_azure_alerts_and_hands_labelled_traffic_to_qa":
+        "monitor.retrain.trigger=none: hands the data over, runs no CI",
+    "test_azure_live.py::test_the_qa_quickstart_runs_on_a_real_workspace":
+        "trains on Azure ML, not here (skipped without a workspace)",
+    "test_azure_live_tier.py::test_it_runs_the_readmes_first_run_steps_in_order": "reads the README, runs nothing",
+    "test_jobs.py::test_a_misspelt_variable_fails_instead_of_vanishing": "a pipeline file's text, not run",
+    "test_ci_steps.py::test_every_test_that_runs_stage_ci_with_training_is_marked_and_within_the_budget":
+        "this check: reads the tests' sources",
+}
+
+
+def _marks(decorators) -> dict:
+    """{mark name: its call node or None} of `@pytest.mark.NAME(...)` decorators / a pytestmark value."""
+    marks = {}
+    for node in decorators:
+        call = node if isinstance(node, ast.Call) else None
+        target = call.func if call else node
+        if isinstance(target, ast.Attribute) and isinstance(target.value, ast.Attribute) \
+                and target.value.attr == "mark":
+            marks[target.attr] = call
+    return marks
+
+
+def _runs_stage_ci(function: ast.FunctionDef) -> bool:
+    """Whether the function's code (not its docstring or comments) runs stage=ci: a `stage=ci` or
+    `monitor.on_alert=retrain` override, or a `.run("ci", ...)` call (the API, a pipeline's agent)."""
+    docstring = function.body[0].value if function.body and isinstance(function.body[0], ast.Expr) else None
+    for node in ast.walk(function):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node is not docstring:
+            if re.search(r"(^|\s)stage=ci\b|monitor\.on_alert=retrain", node.value):
+                return True
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "run" \
+                and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == "ci":
+            return True
+    return False
+
+
+def test_every_test_that_runs_stage_ci_with_training_is_marked_and_within_the_budget():
+    from conftest import CI_TRAINING, CI_TRAINING_BUDGET
+
+    unmarked, marked, fixtures = [], {}, []
+    for path in sorted((REPO / "tests").glob("test_*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        module_marks = {}
+        for node in tree.body:
+            if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "pytestmark" for t in node.targets):
+                value = node.value
+                module_marks = _marks(value.elts if isinstance(value, (ast.List, ast.Tuple)) else [value])
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef):
+                continue
+            name = f"{path.name}::{node.name}"
+            marks = {**module_marks, **_marks(node.decorator_list)}
+            if CI_TRAINING in marks:
+                call = marks[CI_TRAINING]
+                kwargs = {k.arg: k.value.value for k in call.keywords} if call is not None else {}
+                marked[name] = int(kwargs.get("runs", 1))
+            elif not _runs_stage_ci(node):
+                continue
+            elif any("fixture" in ast.dump(d) for d in node.decorator_list):
+                fixtures.append(name)
+            elif name not in NO_TRAINING and node.name.startswith("test"):
+                unmarked.append(name)
+    # the notebooks run in a kernel: the test that executes one with a CI cell carries the mark
+    for notebook in sorted((REPO / "notebooks").glob("*.ipynb")):
+        code = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"]
+                         if c["cell_type"] == "code")
+        if re.search(r"\.run\(\s*[\"']ci[\"']", code):
+            assert any(n.startswith("test_notebook.py::") for n in marked), \
+                f"{notebook.name} runs stage=ci: mark the test that executes it {CI_TRAINING}"
+    assert not fixtures, (f"fixtures run stage=ci: {fixtures}; build the store with the stages (pipeline, "
+                          f"baseline, gate) or run stage=ci in a test marked {CI_TRAINING}")
+    assert not unmarked, (f"these tests run stage=ci but are not marked {CI_TRAINING} (or listed in NO_TRAINING "
+                          f"with the reason their CI never trains): {unmarked}")
+    assert set(NO_TRAINING) <= {f"{p.name}::{f.name}" for p in (REPO / "tests").glob("test_*.py")
+                                for f in ast.walk(ast.parse(p.read_text())) if isinstance(f, ast.FunctionDef)
+                                and _runs_stage_ci(f)}, "NO_TRAINING names a test that no longer runs stage=ci"
+    total = sum(marked.values())
+    assert total <= CI_TRAINING_BUDGET, (f"stage=ci with training runs {total} times, over the budget "
+                                         f"{CI_TRAINING_BUDGET}: {marked}; share a store or run the one CI step")
