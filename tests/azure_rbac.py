@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from test_jobs import unquote  # python-hcl2's values without HCL's quotes: one copy, beside terraform fmt's test
+
 REPO = Path(__file__).resolve().parents[1]
 INFRA = REPO / "infra"
 ROLES_FILE = REPO / "tests" / "data" / "azure-roles" / "builtin-roles.json"
@@ -139,17 +141,6 @@ def builtin_roles() -> Dict[str, Role]:
 
 
 # --------------------------------------------------------------------------- infra/*.tf
-
-
-def unquote(node):
-    """python-hcl2 keeps HCL's quotes and block markers; the plain values (as tests/test_jobs.py)."""
-    if isinstance(node, dict):
-        return {unquote(k): unquote(v) for k, v in node.items() if not str(k).startswith("__")}
-    if isinstance(node, list):
-        return [unquote(v) for v in node]
-    if isinstance(node, str) and len(node) >= 2 and node[0] == node[-1] == '"':
-        return node[1:-1]
-    return node
 
 
 def _load(path: Path) -> dict:

@@ -13,9 +13,8 @@ import pytest
 import yaml
 
 from conftest import REPO, needs_module
-from test_jobs import unquote  # python-hcl2's values without HCL's quotes: one copy, beside terraform fmt's test
+import azure_rbac
 
-INFRA = REPO / "infra"
 ROLES = json.loads((REPO / "tests" / "data" / "azure-roles" / "builtin-roles.json").read_text())["roles"]
 ML = "Microsoft.MachineLearningServices/workspaces"
 WORKSPACE_SCOPE = "${azurerm_machine_learning_workspace.this.id}"
@@ -38,20 +37,10 @@ CROSS_ENV_ACTIONS = [f"{ML}/{a}" for a in (
 
 
 def terraform() -> dict:
-    """{"resource": {type: {name: body}}, "variable": {...}, "locals": {...}} of every infra/*.tf."""
-    hcl2 = needs_module("hcl2")
-    blocks: Dict[str, dict] = {"resource": {}, "variable": {}, "locals": {}}
-    for tf in sorted(INFRA.glob("*.tf")):
-        with tf.open() as f:
-            doc = unquote(hcl2.load(f))
-        for item in doc.get("resource", []):
-            for kind, named in item.items():
-                blocks["resource"].setdefault(kind, {}).update(named)
-        for item in doc.get("variable", []):
-            blocks["variable"].update(item)
-        for item in doc.get("locals", []):
-            blocks["locals"].update(item)
-    return blocks
+    """{"resource": {type: {name: body}}, "variable": {...}, "locals": {...}} of every infra/*.tf
+    (read once, by the Azure stand-in's role check)."""
+    needs_module("hcl2")
+    return azure_rbac.terraform()
 
 
 def allowed(action: str, role: dict) -> bool:
