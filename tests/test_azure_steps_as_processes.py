@@ -1,0 +1,121 @@
+"""Steps of jobs/azure-devops/*.yml run as an agent runs them: read from the file (tests/pipeline_files.py),
+the pipeline's variables substituted, `python -m mnistops ...` as written, in a process of its own
+with a fresh MNISTOPS_HOME. Only the AzureCLI@2 sign-in is replaced: a stand-in `az` on PATH.
+
+The process talks to Azure's own host names through HTTPS_PROXY (tests/azure_proxy.py):
+- real: the process, azure-ai-ml / azure-identity / azure-storage-blob / azureml-mlflow and their
+  HTTP stacks, TLS verified against a local CA; blob storage is Azurite (Microsoft's emulator);
+- stand-in: management.azure.com and the workspace's regional host answer from FakeWorkspace
+  (tests/azure_workspace.py: REST-model validation, infra/*.tf roles), read by the test afterwards;
+  the sign-in (`az account get-access-token`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+import pipeline_files as pf
+from conftest import mirror_url, needs_module
+
+needs_module("azure.ai.ml", "pip install -e '.[azure]'")
+
+from azure_mlflow_server import azure_mlflow  # noqa: E402,F401  (a fixture)
+from azure_proxy import AzureStandIn, HostAuthority  # noqa: E402
+from azure_workspace import FakeWorkspace  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+PIPELINES = pf.REPO / "jobs" / "azure-devops"
+STEP_TIMEOUT = 300
+# hosts a step may ask for that nothing here serves: azure-ai-ml fetches the MLTable JSON schema from its
+# CDN to validate an mltable asset, and skips the validation when it cannot (Data.create_or_update)
+UNSERVED = {"azuremlschemasprod.azureedge.net"}
+
+
+def variable_group(ws: FakeWorkspace, env: str, endpoint: str) -> Dict[str, str]:
+    """The variable group `mnistops-<env>` (what Terraform's outputs fill in)."""
+    env = env.upper()
+    return {f"AZURE_{env}_SUBSCRIPTION_ID": ws.subscription, f"AZUREML_{env}_RESOURCE_GROUP": ws.resource_group,
+            f"AZUREML_{env}_WORKSPACE": ws.workspace, f"AZUREML_{env}_ENDPOINT": endpoint}
+
+
+def agent_step(pipeline: str, stage: str, values: Dict[str, str]) -> pf.Step:
+    (step,) = [s for s in pf.steps(PIPELINES / pipeline, values) if s.value("stage") == stage]
+    return step
+
+
+def run_step(step: pf.Step, stand_in: AzureStandIn, data_cache: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """The step's command line, as written, in its own process: the agent's environment (nothing of
+    this test's MNISTOPS_/AZURE/MLFLOW_ variables), the step's, the stand-in's network and sign-in."""
+    home = Path(step.env["MNISTOPS_HOME"])
+    if not (home / "data").is_dir():  # a fresh agent downloads; the verified cache saves that
+        shutil.copytree(data_cache, home / "data")
+    cwd.mkdir(parents=True, exist_ok=True)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("MNISTOPS_", "AZURE", "MLFLOW_"))}
+    env = {**base, "MNISTOPS_DATA_MIRROR": mirror_url(), "PYTHONUNBUFFERED": "1", **step.env,
+           **stand_in.environment()}
+    return subprocess.run([sys.executable, "-m", "mnistops", *step.args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=STEP_TIMEOUT)
+
+
+@pytest.fixture
+def qa(tmp_path, azure_mlflow):
+    """QA's workspace as Terraform leaves it (the cluster), its MLflow, Azurite with its storage account."""
+    ws = FakeWorkspace()
+    ws.seed("computes/cpu-cluster", {"computeType": "AmlCompute", "properties": {  # Terraform's
+        "vmSize": "Standard_DS3_v2", "scaleSettings": {"minNodeCount": 0, "maxNodeCount": 4}}}, location="westeurope")
+    authority = HostAuthority(tmp_path / "tls", ca=azure_mlflow.authority.ca)  # one CA for every server
+    stand_in = AzureStandIn(tmp_path / "azure", ws, [ws.blobstore.account], authority=authority)
+    try:
+        stand_in.attach_mlflow(azure_mlflow, ws)
+        yield ws, stand_in
+    finally:
+        stand_in.stop()
+
+
+def blobs(stand_in: AzureStandIn, ws: FakeWorkspace) -> List[str]:
+    with stand_in.reached():  # the test process reaches Azurite the way the step did
+        container = stand_in.azurite.container(ws.blobstore.account, ws.blobstore.container)
+        return [b.name for b in container.list_blobs()]
+
+
+def test_ci_provision_step_creates_environments_and_uploads_the_data_assets(qa, tmp_path, data_cache):
+    ws, stand_in = qa
+    blobs(stand_in, ws)  # the container: Azure ML made it with the workspace
+    agent = tmp_path / "agent"
+    step = agent_step("ci.yml", "provision", {"Pipeline.Workspace": str(agent), **variable_group(ws, "qa", "mnist-qa")})
+    assert step.raw.startswith(".venv/bin/python -m mnistops env=qa env.backend=azure stage=provision")
+    assert not any(a.startswith(("env.tracking_uri", "env.azure.", "azure.")) for a in step.args), step.args
+
+    proc = run_step(step, stand_in, data_cache, agent / "s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert {"management.azure.com", f"{ws.blobstore.account}.blob.core.windows.net"} <= set(stand_in.proxy.tunnels)
+    assert {line.split()[1].split(":")[0] for line in stand_in.proxy.refused} <= UNSERVED, stand_in.proxy.refused
+
+    puts = sorted(ws.relative(r.path) for r in ws.sent("PUT", ".*"))
+    assert [p for p in puts if p.startswith("environments/")] == sorted(
+        p for p in puts if p.startswith("environments/mnistops-train/") or p.startswith("environments/mnistops-inference/"))
+    assert len([p for p in puts if p.startswith("environments/")]) == 2, puts
+    data = [p for p in puts if p.startswith("data/")]
+    assert len(data) == 2, puts
+    # the data assets point into the workspace's blob datastore, and their files are there, in Azurite
+    uploaded = blobs(stand_in, ws)
+    for put in [r for r in ws.sent("PUT", r"data/.*")]:
+        uri = put.body["properties"]["dataUri"]
+        folder = uri.split("/paths/", 1)[1].rstrip("/")
+        assert any(name.startswith(folder + "/") for name in uploaded), (uri, uploaded[:10])
+    assert any(n.endswith("train-images-idx3-ubyte.gz") or "train-images" in n for n in uploaded), uploaded
+    assert any(n.endswith("features.csv") for n in uploaded) and any(n.endswith("MLTable") for n in uploaded), uploaded
+    assert not ws.denied and not ws.refused, (ws.denied, ws.refused)
+
+    # provisioning again uploads nothing twice
+    again = run_step(step, stand_in, data_cache, agent / "s2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "already there" in again.stdout and len(ws.sent("PUT", r"data/.*")) == 2
