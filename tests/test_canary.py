@@ -237,7 +237,7 @@ def test_without_live_traffic_canary_holds_and_cd_lets_the_smoke_test_decide(can
     # stage=cd in prod (cd.canary=true by default): the champion alias moves to v1; no traffic, so the smoke test decides
     mlflow_client(home, "prod").set_registered_model_alias(MODEL, "champion", "1")
     proc = run_cli(["stage=cd", *overrides, *KNOBS, "canary.no_traffic_s=2", "smoke.samples=50",
-                    "smoke.min_accuracy=0.5"], home)
+                    "smoke.min_accuracy=0.5", "smoke.max_p95_ms=10000"], home)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "no live traffic" in proc.stdout and "the deploy and smoke test decide" in proc.stdout
     state = _state(home, overrides)

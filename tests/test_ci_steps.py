@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import QUICK, REPO, compose, fresh_home, mirror_url, mlflow_client, mnist_split, run_cli, runs_of
+from conftest import QUICK, REPO, compose, fresh_home, mlflow_client, mnist_split, run_cli, runs_of
 from mnistops.errors import MnistopsError
 from mnistops.stages import tests as tests_step
 
@@ -28,6 +24,18 @@ def test_the_tests_step_refuses_to_run_inside_itself(tmp_path, monkeypatch):
     monkeypatch.setenv(tests_step.INSIDE, "1")  # as in the pytest that a tests step started
     with pytest.raises(MnistopsError, match="started by a test that stage=ci's tests step runs"):
         tests_step.run(compose(["stage=ci"], tmp_path))
+
+
+def test_the_tests_step_keeps_the_agents_store_and_workspace_settings_from_the_tests():
+    """On an agent of `mnistops-qa`, MNISTOPS_QA_TRACKING_URI points the pipeline's steps at QA's server:
+    the unit tier it runs composes env=qa too, and must not reach it (the rehearsal's first CI runs this
+    for real, on a fresh clone)."""
+    agent = {"PATH": "/usr/bin", "CI": "true", "MNISTOPS_DATA_MIRROR": "file:///m", "MNISTOPS_HOME": "/h",
+             "MNISTOPS_QA_TRACKING_URI": "http://qa:5000", "MLFLOW_TRACKING_URI": "http://qa:5000",
+             "AZURE_SUBSCRIPTION_ID": "s", "AZUREML_QA_WORKSPACE": "w", "AZURE_CLIENT_ID": "c"}
+    env = tests_step.code_tests_environment(agent)
+    assert env == {"PATH": "/usr/bin", "CI": "true", "MNISTOPS_DATA_MIRROR": "file:///m", "MNISTOPS_HOME": "/h",
+                   tests_step.INSIDE: "1"}
 
 
 @pytest.mark.integration
@@ -50,44 +58,6 @@ def test_a_failing_validate_stops_ci_before_training(tmp_path_factory, data_cach
     assert runs_of(client, "train") == [] and client.search_registered_models() == []
 
 
-@pytest.mark.integration  # the one run of stage=ci with the default ci.pytest_args: the whole unit tier inside
-@pytest.mark.ci_training
-def test_stage_ci_passes_on_a_fresh_agent_clone_with_the_default_tests(tmp_path, data_cache):
-    """What a GitHub or Azure DevOps agent does: a clone of the committed HEAD with nothing beside it (no
-    ../shared/), CI=true, `python -m mnistops env=qa stage=ci` with the default ci.pytest_args (the unit
-    tier, in which a missing tool fails instead of skipping); only training is shortened. The MNIST files
-    come through the data mirror, as .ci/run points it at a mirror of its own."""
-    agent = tmp_path / "agent"
-    agent.mkdir()
-    clone = agent / "mnistops"
-    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True, timeout=300,
-                   capture_output=True)
-    assert sorted(p.name for p in agent.iterdir()) == ["mnistops"]  # no shared/ beside the checkout
-    home = tmp_path / "home"
-    shutil.copytree(data_cache, home / "data")
-    (tmp_path / "tmp").mkdir()
-    # (bytecode written: the clone's __pycache__ shows whose code ran)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE", tests_step.INSIDE)}
-    env.update(CI="true", MNISTOPS_HOME=str(home), MNISTOPS_DATA_MIRROR=mirror_url(), PYTHONUNBUFFERED="1",
-               TMPDIR=str(tmp_path / "tmp"))  # the inner pytest's tmp dirs stay apart from this session's
-    proc = subprocess.run([sys.executable, "-m", "mnistops", "env=qa", "stage=ci", *QUICK, "gate.min_accuracy=0.8"],
-                          cwd=clone, env=env,
-                          capture_output=True, text=True, timeout=2400)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"stage=ci failed in a fresh clone ({proc.returncode}):\n{out[-8000:]}"
-    assert f"ci: running pytest {' '.join(compose([]).ci.pytest_args)}" in proc.stdout
-    summary = re.search(r"^(\d+) passed(.*) in [\d.]+s", proc.stdout, re.M)
-    assert summary and int(summary.group(1)) >= 100, proc.stdout[-4000:]
-    assert "failed" not in summary.group(2) and "error" not in summary.group(2), summary.group(0)
-    # the clone's own code and tests ran (not this checkout's): Python compiled them there
-    assert list((clone / "mnistops" / "stages" / "__pycache__").glob("tests.*.pyc"))
-    assert list((clone / "tests" / "__pycache__").glob("test_pipeline_tools*.pyc"))
-    client = mlflow_client(home, "qa")
-    (ci,) = runs_of(client, "ci")
-    assert ci.info.status == "FINISHED" and ci.data.metrics["ci/tests_passed"] == 1.0
-    assert runs_of(client, "train"), "stage=ci stopped after its tests step"
-
-
 # --- the budget of stage=ci runs with training (CI_TRAINING_BUDGET in tests/conftest.py) --------------
 # Tests whose stage=ci never reaches its train step (or runs nothing), and why; any other test that
 # runs stage=ci must be marked ci_training, and the marked ones stay within the budget.
@@ -100,7 +70,12 @@ NO_TRAINING = {
     "test_azure_job.py::test_ci_runs_the_tests_here_then_submits_the_other_steps_as_one_job":
         "the training is submitted to the (fake) workspace, not run",
     "test_azure_job.py::test_a_failing_test_stops_ci_before_anything_is_submitted": "its tests step fails first",
+    "test_azure_steps_as_processes.py::test_ci_pipeline_uploads_the_code_snapshot_into_blob_storage_and_submits_one_job":
+        "the training is submitted to the stand-in workspace as a job, not run",
     "test_monitoring.py::test_a_retraining_whose_gate_refuses_leaves_the_champion": "stage.steps=[register,gate]",
+    "test_monitoring.py::test_a_retraining_in_qa_that_passes_hands_over_and_runs_qas_ci": "stage.steps=[data,validate]",
+    "test_azure_job.py::test_the_ci_job_registers_through_the_flavour_and_leaves_baselines_for_the_next_job":
+        "stage.steps=[data,validate,register,baseline,gate] on an earlier job's train run",
     "test_azure_monitoring.py::test_prod_monitor_on_azure_alerts_and_hands_labelled_traffic_to_qa":
         "monitor.retrain.trigger=none: hands the data over, runs no CI",
     "test_azure_live.py::test_the_qa_quickstart_runs_on_a_real_workspace":

@@ -134,10 +134,15 @@ def test_rotation_by_size(tmp_path):
     batch = np.zeros((1, 1, 28, 28), np.float32)
     probs = np.full((1, 10), 0.1, np.float32)
     info = {"model_name": "m", "version": "1"}
+    def written() -> int:
+        return sum(len(f.read_text().splitlines()) for f in (tmp_path / "requests").glob("*.jsonl"))
+
     for i in range(100):
         col.record(float(i), f"r{i}", "/score", 200, 0.001, "blue", (batch, probs, info))
-        if i % 10 == 9:
-            time.sleep(0.03)
+        if i % 10 == 9:  # the writer drains each ten (however busy the machine) before the next ten come
+            deadline = time.monotonic() + 60
+            while written() < i + 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
     col.close()
     files = sorted((tmp_path / "requests").glob("*.jsonl"))
     assert len(files) > 3
