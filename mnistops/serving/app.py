@@ -41,10 +41,13 @@ def create_app(endpoint_dir, freeze_gc: bool = False) -> FastAPI:
                               "secondary), admin routes the admin key: `Authorization: Bearer <key>`. "
                               "/health, /ready, /v2/health/*, /metrics and / are open.")
     app.state.runtime = rt
-    for module in (scoring, ops, admin):  # scoring first: the router tries routes in order
-        app.include_router(module.router(rt))
+    routers = {module: module.router(rt) for module in (scoring, ops, admin)}
+    for r in routers.values():  # scoring first: the router tries routes in order
+        app.include_router(r)
     errors.install(app)
     openapi.install(app)
+    routes = {(m, r.path): r for r in routers[scoring].routes for m in r.methods}
+    hot = {key: (routes[key], handler) for key, handler in scoring.hot_routes(rt).items()}  # with its FastAPI route
     app.add_middleware(Frame, metrics=rt.metrics, max_body=settings.max_body_bytes, timeout=rt.timeout,
-                       request_log=rt.request_log, access_log=rt.access_log)
+                       request_log=rt.request_log, access_log=rt.access_log, hot=hot)
     return app

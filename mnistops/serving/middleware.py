@@ -4,6 +4,8 @@ A request id (an incoming ``x-request-id`` when it is sane, else a fresh one; ec
 the body limit enforced while the body streams in (``max_body_bytes``: 413) and a deadline for a
 body that trickles in (``request_timeout_ms``: 408), then one log line, the metrics and (on scoring
 routes) a request-log record per request. Pure ASGI: no per-request objects beyond a closure.
+The hot scoring routes (``hot``: {(method, path): (route, ASGI handler)}, ``scoring.hot_routes``)
+are called from here directly, past FastAPI's router.
 
 The request log (``AccessLog``) writes the same line format as the logging setup of ``master.py``
 (``<time> INFO <pid> mnistops.serving <request id> <method> <route> <status> <ms> <deployment>``),
@@ -18,7 +20,7 @@ import logging
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from mnistops.serving.request_log import RequestLogWriter
 from mnistops.serving.errors import error_response
@@ -95,8 +97,9 @@ class AccessLog:
 
 class Frame:
     def __init__(self, app, metrics: Metrics, max_body: int, timeout: float, request_log: Optional[RequestLogWriter] = None,
-                 access_log: Optional[AccessLog] = None):
+                 access_log: Optional[AccessLog] = None, hot: Optional[Dict[Tuple[str, str], tuple]] = None):
         self.app = app
+        self.hot = hot or {}
         self.metrics = metrics
         self.request_log = request_log
         self.max_body = max_body
@@ -146,8 +149,13 @@ class Frame:
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", rid_b)]
             await send(message)
 
+        hot = self.hot.get((scope["method"], scope["path"]))
         try:
-            await self.app(scope, counted_receive, send_with_id)
+            if hot is None:
+                await self.app(scope, counted_receive, send_with_id)
+            else:
+                scope["route"] = hot[0]
+                await hot[1](scope, counted_receive, send_with_id)
         except ProtocolError as exc:  # raised while the body streamed in, outside the routes' handlers
             if not seen[2]:
                 await error_response(rid, exc.status, exc.message, exc.field, exc.headers)(scope, receive,

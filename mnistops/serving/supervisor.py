@@ -29,6 +29,12 @@ from mnistops.serving.settings import RUN_DIR
 
 log = logging.getLogger("mnistops.serving.supervisor")
 
+# glibc's malloc for the master and its workers: keep freed memory instead of handing the heap's top
+# back to the OS after every burst (the request-log writer's chunk, a batch's arrays) only to fault
+# the same pages in again on the next one; that halved the writer's CPU per record (12 -> 6 us).
+# Ignored by other C libraries; a value set in the environment wins.
+MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": str(64 << 20), "MALLOC_MMAP_THRESHOLD_": str(4 << 20)}
+
 PID_FILE = "server.pid"
 SUPERVISOR_FILE = "supervisor.json"
 BACKOFF_S = (0.2, 1.0, 2.0, 5.0, 10.0)  # between restarts of a master that keeps dying young
@@ -77,6 +83,8 @@ class Supervisor:
     def _start_master(self) -> subprocess.Popen:
         self._fresh_run_dir()
         env = dict(os.environ, **{MULTIPROC_ENV: str(self.run_dir / "prometheus")})
+        for name, value in MALLOC_ENV.items():
+            env.setdefault(name, value)
         cmd = [sys.executable, "-m", "mnistops.serving.master", "--endpoint-dir", str(self.dir),
                "--log-level", self.log_level]
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)

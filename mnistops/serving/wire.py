@@ -145,10 +145,14 @@ FORMATS: Dict[str, Format] = {
 # --------------------------------------------------------------------------- the one function
 
 async def answer(fmt: str, body: Any, headers: Optional[Mapping], score: Optional[Score] = None,
-                 feedback: Optional[Keep] = None, offload: Optional[Offload] = None) -> Reply:
+                 feedback: Optional[Keep] = None, offload: Optional[Offload] = None,
+                 rid: Optional[str] = None) -> Reply:
     """One request of format ``fmt`` (a key of FORMATS, or FEEDBACK) -> its reply; every
-    ``ProtocolError`` (the client's, or the host's: 408, 503, ...) becomes (status, error body, headers)."""
-    rid = request_id(headers)
+    ``ProtocolError`` (the client's, or the host's: 408, 503, ...) becomes (status, error body, headers).
+    ``rid``: the request id when the host has applied ``request_id`` already (the local server's
+    middleware, which echoes it in the answer's header); else it is read from ``headers`` here."""
+    if rid is None:
+        rid = request_id(headers)
     try:
         if fmt == FEEDBACK:
             return _accept(protocol.parse_json(body), rid, feedback)
