@@ -22,8 +22,8 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def conv_bn_relu(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1, padding: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, padding, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
 class ConvNet(nn.Module):
@@ -61,6 +61,50 @@ class ConvNet(nn.Module):
         else:
             head.append(nn.Linear(cin * size * size, num_classes))
         self.classifier = nn.Sequential(*head)
+        if channels_last:
+            self.features.to(memory_format=torch.channels_last)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.classifier(self.features(x))
+
+
+class StridedConvNet(nn.Module):
+    """Chris Deotte's MNIST CNN (Kaggle, "How to choose CNN architecture", 2018), with batch norm:
+    in each stage, unpadded 3x3 conv-BN-ReLU blocks, then a 5x5 conv of stride 2 (a learned
+    down-sampling in place of max-pool) and dropout; then one conv whose kernel covers the whole
+    remaining map (4x4 for 28x28 inputs) to `hidden` channels, dropout, and the linear classifier.
+    The default `stages` [[32, 32, 32], [64, 64, 64]]: 28 -> 26 -> 24 -> 12 -> 10 -> 8 -> 4 -> 1.
+    The last width of a stage is its strided conv's. About 0.7x the training compute of the default
+    ConvNet [[32, 32], [64, 64]]; heavier dropout (0.4) lets it train for more epochs.
+    `channels_last` as in ConvNet."""
+
+    def __init__(
+        self,
+        stages: Sequence[Sequence[int]] = ((32, 32, 32), (64, 64, 64)),
+        hidden: int = 128,
+        dropout: float = 0.4,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: int = 28,
+        channels_last: bool = False,
+    ):
+        super().__init__()
+        self.channels_last = channels_last
+        layers: list[nn.Module] = [Normalize()]
+        cin, size = in_channels, image_size
+        for widths in stages:
+            for cout in widths[:-1]:
+                layers.append(conv_bn_relu(cin, cout, padding=0))
+                cin, size = cout, size - 2
+            layers += [conv_bn_relu(cin, widths[-1], kernel=5, stride=2, padding=2), nn.Dropout(dropout)]
+            cin, size = widths[-1], (size + 1) // 2
+        if size < 1:
+            raise ValueError(f"StridedConvNet: stages {stages} shrink a {image_size}x{image_size} image to nothing")
+        layers.append(conv_bn_relu(cin, hidden, kernel=size, padding=0))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(hidden, num_classes))
         if channels_last:
             self.features.to(memory_format=torch.channels_last)
 
