@@ -115,3 +115,37 @@ def test_the_vendored_copy_is_this_module(tmp_path):
     assert copy_path.read_bytes() == Path(protocol.__file__).read_bytes()
     source = copy_path.read_text()
     assert "import mnistops" not in source.replace("from mnistops.serving.images", "")  # loads without mnistops
+
+
+def test_the_hot_path_sends_what_the_framework_route_would():
+    """``scoring.hot_routes`` answers without Starlette's Response: same status, headers and bytes as
+    ``json_response``; the body is read whole from chunks, and a client that left gets no answer."""
+    import asyncio
+
+    from mnistops.serving.errors import json_response, send_json
+    from mnistops.serving.scoring import read_body
+
+    body = {"predictions": [{"digit": 7, "probabilities": np.full(10, 0.1, np.float32)}], "request_id": "r1"}
+    for status, headers in ((200, None), (503, {"Retry-After": "1"}), (401, {"WWW-Authenticate": "Bearer"})):
+        sent: list = []
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(send_json(send, body, status, headers))
+        ref = json_response(body, status, headers)
+        assert sent == [{"type": "http.response.start", "status": status, "headers": ref.raw_headers},
+                        {"type": "http.response.body", "body": ref.body}]
+
+    def receiver(messages):
+        it = iter(messages)
+
+        async def receive():
+            return next(it)
+        return receive
+
+    chunks = [{"type": "http.request", "body": b'{"data"', "more_body": True},
+              {"type": "http.request", "body": b": [1]}", "more_body": False}]
+    assert asyncio.run(read_body(receiver(chunks))) == b'{"data": [1]}'
+    assert asyncio.run(read_body(receiver([{"type": "http.request", "body": b"{}"}]))) == b"{}"
+    assert asyncio.run(read_body(receiver([chunks[0], {"type": "http.disconnect"}]))) is None
