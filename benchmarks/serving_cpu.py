@@ -11,7 +11,8 @@ routing, handler), called as uvicorn calls it, ``--concurrency`` requests in fli
 
 The measure: the process's CPU time (every thread: our request-log writer included) per request,
 over ``--windows`` windows of ``--requests`` requests after a warm-up; the table gives the minimum
-(the least disturbed window) and the median. uvicorn's HTTP parsing and socket writes are left out:
+(the least disturbed window) and the median. Ours runs with the environment its supervisor gives a
+server (``MALLOC_ENV``). uvicorn's HTTP parsing and socket writes are left out:
 they cost both servers the same. ``--src`` imports mnistops from another checkout (e.g. an older
 commit, ``git archive <commit> mnistops | tar -x -C /tmp/old``) to compare versions side by side.
 
@@ -22,9 +23,11 @@ commit, ``git archive <commit> mnistops | tar -x -C /tmp/old``) to compare versi
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -136,10 +139,19 @@ def child(args) -> int:
 
 # --------------------------------------------------------------------------- the parent
 
+def server_env(checkout: Path) -> dict:
+    """The variables the supervisor of that checkout adds to its server's environment (``MALLOC_ENV``:
+    glibc reads them at start-up, so the child gets them from here); none where it has none."""
+    text = (checkout / "mnistops" / "serving" / "supervisor.py").read_text()
+    found = re.search(r"^MALLOC_ENV = (\{.*?\})", text, re.M)
+    return ast.literal_eval(found.group(1)) if found else {}
+
+
 def run_child(kind: str, c: int, args, src) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--child-c", str(c), "--endpoint-dir", str(args.endpoint_dir),
            "--requests", str(args.requests), "--windows", str(args.windows), *(["--src", str(src)] if src else [])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    env = dict(os.environ, **(server_env(src or bench.REPO) if kind == "ours" else {}))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
     line = next((ln for ln in proc.stderr.splitlines() if ln.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
         raise SystemExit(f"{kind} c={c} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
