@@ -361,6 +361,36 @@ class AzureStandIn:
             self.front.mlflow[f"/mlflow/v2.0{server.scope}/".lower()] = server.port
         return workspaces[0] if len(workspaces) == 1 else workspaces
 
+    def serve_pending_uploads(self, *workspaces) -> None:
+        """Azure ML's answer to azure-ai-ml's `POST codes/<name>/versions/<v>/startPendingUpload`
+        (PendingUploadResponseDto, TemporaryBlobReference): a new container in the workspace's
+        storage account (made here in Azurite) and a SAS for it signed with the account's key, so
+        Azurite checks the signature and the permissions. azure-ai-ml uploads the folder into that
+        container and records the code's URI as urljoin(blobUri, "<container>/<folder>"): blobUri is
+        the container's URL (one container per upload; Azure names it, here a uuid)."""
+        import datetime
+        import uuid
+
+        from azure.storage.blob import ContainerClient, ContainerSasPermissions, generate_container_sas
+
+        for ws in workspaces:
+            def answer(recorded, ws=ws):
+                account, container = ws.blobstore.account, str(uuid.uuid4())
+                ContainerClient(f"https://127.0.0.1:{self.azurite.port}/{account}", container,
+                                credential={"account_name": account, "account_key": account_key(account)},
+                                connection_verify=str(self.authority.ca_file)).create_container()
+                sas = generate_container_sas(
+                    account, container, account_key=account_key(account),
+                    permission=ContainerSasPermissions(read=True, write=True, create=True, add=True, list=True),
+                    expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1))
+                url = f"https://{ws.blobstore.host}/{container}"
+                return 200, {"pendingUploadId": str(uuid.uuid4()), "pendingUploadType": "TemporaryBlobReference",
+                             "blobReferenceForConsumption": {
+                                 "blobUri": url, "credential": {"credentialType": "SAS", "sasUri": f"{url}?{sas}"},
+                                 "storageAccountArmId": ws.names.references()["azurerm_storage_account.this.id"]}}
+
+            ws.on("POST", r"codes/[^/]+/versions/[^/]+/startpendingupload", answer)
+
     def environment(self) -> Dict[str, str]:
         ca = str(self.authority.ca_file)
         return {"HTTPS_PROXY": self.proxy.url, "https_proxy": self.proxy.url,

@@ -98,3 +98,13 @@ def test_this_checkout_is_its_own_snapshot_root():
     uploaded = code_snapshot.uploaded(REPO)
     assert code_snapshot.SCORING_SCRIPT in uploaded
     assert not [u for u in uploaded if u.startswith((".git/", "tests/", "benchmarks/", ".venv/"))]
+
+
+def test_the_upload_is_staged_without_entering_ignored_folders(checkout):
+    """The SDK's upload walks every folder below its path (a checkout's .venv: minutes, found by
+    tests/test_azure_steps_as_processes.py); what it is handed is a copy of exactly what it would
+    upload, with the same digest."""
+    staged = code_snapshot.staged(checkout)
+    assert code_snapshot.uploaded(staged) == code_snapshot.uploaded(checkout)
+    assert code_snapshot.digest(staged) == code_snapshot.digest(checkout)
+    assert not (staged / ".venv").exists() and not (staged / ".git").exists()
