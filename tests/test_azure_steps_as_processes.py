@@ -173,3 +173,89 @@ def test_ci_pipeline_uploads_the_code_snapshot_into_blob_storage_and_submits_one
     assert not tops & {".git", "tests", "benchmarks", ".venv", ".tools", ".hypothesis", ".pytest_cache", ".ruff_cache",
                        ".grimp_cache", ".import_linter_cache"}, sorted(tops)
     assert not ws.denied and not ws.refused, (ws.denied, ws.refused)
+
+
+# ----------------------------------------------------------------------------- the data collector's files in Azurite
+
+class AzuriteStore:
+    """The workspace's blob container in Azurite, with BlobContainer's `put`/`blobs` (what
+    tests/azure_workspace.py's write_collector_files writes through), so the collector's files
+    live in Microsoft's emulator instead of the handwritten container."""
+
+    def __init__(self, stand_in: AzureStandIn, ws: FakeWorkspace):
+        self.stand_in, self.blobs = stand_in, {}
+        with stand_in.reached():
+            self.client = stand_in.azurite.container(ws.blobstore.account, ws.blobstore.container)
+
+    def put(self, name: str, content: bytes) -> None:
+        self.blobs[name] = content
+        with self.stand_in.reached():
+            self.client.upload_blob(name, content, overwrite=True)
+
+
+READ_WINDOW = """
+import hashlib, json, sys
+sys.path.insert(0, {tests!r})
+from conftest import compose
+from mnistops import backends
+from mnistops.monitoring.request_log_reader import ReadStats
+
+cfg = compose({overrides!r})
+stats = ReadStats()
+w = backends.get(cfg).monitoring.read_window(cfg, {start}, {end}, stats, None)
+print(json.dumps({{"request_ids": list(w.request_ids), "digits": w.digits.tolist(), "labels": w.labels.tolist(),
+                  "deployments": list(w.deployments), "images": hashlib.sha256(w.images.tobytes()).hexdigest(),
+                  "torn": stats.torn}}))
+"""
+
+
+def test_the_collector_reader_reads_azurite_in_a_process_of_its_own(tmp_path):
+    """The flavour's collector reader (backends/azure/data_collector_reader.py) as stage=monitor runs it:
+    the datastore from ARM, the hourly JSONL files listed and downloaded from real blob storage
+    (Azurite: List Blobs with a delimiter, etags, Get Blob) with the caller's Entra token."""
+    import hashlib
+    import json
+
+    import numpy as np
+
+    from azure_workspace import collector_record, write_collector_files
+    from test_azure_data_collector_reader import ENDPOINT, T0, request_rows
+
+    ws = FakeWorkspace(workspace="mlw-prod")
+    stand_in = AzureStandIn(tmp_path / "azure", ws, [ws.blobstore.account], principal="prod/pipeline")
+    try:
+        store = AzuriteStore(stand_in, ws)
+        images = np.random.default_rng(0).integers(0, 256, size=(6, 28, 28), dtype=np.uint8)
+        for deployment, rid, t, part, digits, version in (
+                ("blue", "r-0", T0 - 1800, images[5:6], [0], "4"),  # before the window
+                ("blue", "r-1", T0 + 300, images[0:1], [3], "4"),
+                ("blue", "r-2", T0 + 1200, images[1:3], [1, 2], "4"),
+                ("green", "r-3", T0 + 4200, images[3:4], [6], "5")):
+            inputs, outputs = request_rows(rid, part, digits, version)
+            write_collector_files(store, ENDPOINT, deployment, [
+                collector_record("model_inputs", inputs, t, rid, ENDPOINT, deployment),
+                collector_record("model_outputs", outputs, t, rid, ENDPOINT, deployment)])
+        write_collector_files(store, ENDPOINT, "blue", [
+            collector_record("ground_truth", [{"correlation_id": "r-3", "label": 5}], T0 + 4300, "r-3", ENDPOINT, "blue"),
+            collector_record("ground_truth", [{"correlation_id": "r-1", "label": 3}], T0 + 5 * 3600, "r-1", ENDPOINT,
+                             "blue")])
+
+        overrides = ["env=prod", "env.backend=azure", f"azure.endpoint_name={ENDPOINT}"]
+        script = READ_WINDOW.format(tests=str(pf.REPO / "tests"), overrides=overrides, start=T0, end=T0 + 2 * 3600)
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("MNISTOPS_", "AZURE", "MLFLOW_"))}
+        env = {**base, "MNISTOPS_HOME": str(tmp_path / "home"), "AZURE_PROD_SUBSCRIPTION_ID": ws.subscription,
+               "AZUREML_PROD_RESOURCE_GROUP": ws.resource_group, "AZUREML_PROD_WORKSPACE": ws.workspace,
+               **stand_in.environment()}
+        proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                              timeout=STEP_TIMEOUT)
+        assert proc.returncode == 0, proc.stderr[-5000:]
+        window = json.loads(proc.stdout.strip().splitlines()[-1])
+    finally:
+        stand_in.stop()
+    assert window["request_ids"] == ["r-1", "r-2", "r-2", "r-3"]
+    assert window["digits"] == [3, 1, 2, 6] and window["labels"] == [3, -1, -1, 5]
+    assert window["deployments"] == ["blue", "blue", "blue", "green"] and window["torn"] == 0
+    assert window["images"] == hashlib.sha256(images[[0, 1, 2, 3]].tobytes()).hexdigest()
+    assert f"{ws.blobstore.account}.blob.core.windows.net" in stand_in.proxy.tunnels
+    assert ws.sent("GET", "datastores/workspaceblobstore") and not ws.sent("POST", ".*listsecrets")
+    assert not ws.denied, ws.denied
