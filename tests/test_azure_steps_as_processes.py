@@ -259,3 +259,51 @@ def test_the_collector_reader_reads_azurite_in_a_process_of_its_own(tmp_path):
     assert f"{ws.blobstore.account}.blob.core.windows.net" in stand_in.proxy.tunnels
     assert ws.sent("GET", "datastores/workspaceblobstore") and not ws.sent("POST", ".*listsecrets")
     assert not ws.denied, ws.denied
+
+
+# ----------------------------------------------------------------------------- promotion: two workspaces' MLflow
+
+def test_cd_prod_promote_step_copies_qas_champion_through_both_workspaces_mlflow(tmp_path, data_cache, azure_mlflow):
+    """cd-prod.yml's promote step as written, signed in as PROD's pipeline identity: QA's registry and run
+    files read (QA's cross-env role), PROD's version made from files logged to PROD's MLflow, each MLflow
+    reached at the host Azure reports (azureml://westeurope.api.azureml.ms/...), relayed to its server."""
+    import hashlib
+
+    from mlflow.tracking import MlflowClient
+
+    from azure_workspace import FakeAzure
+    from mnistops import tags as T
+    from test_azure_registry import NAME, model_dir, seed_version
+
+    qa = FakeWorkspace(subscription="11111111-0000-0000-0000-000000000000", resource_group="rg-qa", workspace="mlw-qa")
+    prod = FakeWorkspace(subscription="22222222-0000-0000-0000-000000000000", resource_group="rg-prod",
+                         workspace="mlw-prod")
+    authority = HostAuthority(tmp_path / "tls", ca=azure_mlflow.authority.ca)
+    stand_in = AzureStandIn(tmp_path / "azure", FakeAzure(qa, prod), [qa.blobstore.account, prod.blobstore.account],
+                            authority=authority, principal="prod/pipeline")
+    try:
+        stand_in.attach_mlflow(azure_mlflow, qa, prod)
+        assert qa.mlflow_uri.startswith("azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/")
+        service = MlflowClient(qa.mlflow_server.base_url)  # Azure ML's side: what QA's CI left
+        run = service.create_run(service.create_experiment("mnistops"))
+        service.log_artifacts(run.info.run_id, str(model_dir(tmp_path / "qa-model")), "model")
+        seed_version(qa, "3", run=run.info.run_id, **{
+            T.GATE_DECISION: T.APPROVED, T.smoke("qa"): "passed", T.WEIGHTS_SHA256: hashlib.sha256(b"onnx weights").hexdigest(),
+            T.RUN_ID: "train-run-in-qa", T.alias("champion"): "2026-01-03T00:00:00.000000Z"})
+
+        values = {"Pipeline.Workspace": str(tmp_path / "agent"), **variable_group(qa, "qa", "mnist-qa-0a1b2c"),
+                  **variable_group(prod, "prod", "mnist-prod-0a1b2c")}
+        step = agent_step("cd-prod.yml", "promote", values)
+        proc = run_step(step, stand_in, data_cache, tmp_path / "agent" / "s")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    finally:
+        stand_in.stop()
+    put = prod.sent("PUT", f"models/{NAME}/versions/1")[0]
+    tags, props = put.body["properties"]["tags"], put.body["properties"]
+    assert (tags[T.SOURCE_ENV], tags[T.SOURCE_VERSION]) == ("qa", "3") and tags[T.RUN_ID] == "train-run-in-qa"
+    promote_run = props["properties"][T.FILES_RUN_ID]
+    copied = MlflowClient(prod.mlflow_server.base_url).download_artifacts(promote_run, "model/artifacts/model.onnx",
+                                                                          str(tmp_path / "dl"))
+    assert Path(copied).read_bytes() == b"onnx weights"
+    assert not qa.sent("PUT", ".*") and "westeurope.api.azureml.ms" in stand_in.proxy.tunnels
+    assert not qa.denied and not prod.denied, (qa.denied, prod.denied)
