@@ -307,3 +307,19 @@ def test_cd_prod_promote_step_copies_qas_champion_through_both_workspaces_mlflow
     assert Path(copied).read_bytes() == b"onnx weights"
     assert not qa.sent("PUT", ".*") and "westeurope.api.azureml.ms" in stand_in.proxy.tunnels
     assert not qa.denied and not prod.denied, (qa.denied, prod.denied)
+
+
+def test_cd_qa_status_step_reads_the_endpoint_terraform_made(qa, tmp_path, data_cache):
+    """cd-qa.yml's `endpoint status` step (condition: always()) as written, before anything was deployed."""
+    ws, stand_in = qa
+    name = "mnist-qa-0a1b2c"
+    ws.seed(f"onlineendpoints/{name}", {"authMode": "Key", "traffic": {}, "properties": {},
+                                        "scoringUri": f"https://{name}.{ws.location}.inference.ml.azure.com/score"},
+            location=ws.location, kind="Managed", identity={"type": "SystemAssigned"})
+    step = agent_step("cd-qa.yml", "endpoint", {"Pipeline.Workspace": str(tmp_path / "agent"),
+                                                **variable_group(ws, "qa", name)})
+    assert step.condition == "always()" and step.value("endpoint.action") == "status"
+    proc = run_step(step, stand_in, data_cache, tmp_path / "agent" / "s")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert f"endpoint {name} (qa): Succeeded, https://{name}.{ws.location}.inference.ml.azure.com/score" in proc.stdout
+    assert ws.sent("GET", f"onlineendpoints/{name}") and not ws.sent("PUT", ".*") and not ws.denied
