@@ -323,3 +323,51 @@ def test_cd_qa_status_step_reads_the_endpoint_terraform_made(qa, tmp_path, data_
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert f"endpoint {name} (qa): Succeeded, https://{name}.{ws.location}.inference.ml.azure.com/score" in proc.stdout
     assert ws.sent("GET", f"onlineendpoints/{name}") and not ws.sent("PUT", ".*") and not ws.denied
+
+
+# ----------------------------------------------------------------------------- CD to QA
+
+@pytest.fixture(scope="module")
+def scoring_server(tmp_path_factory, data_cache):
+    """azmlinfsrv (what a managed online deployment runs) serving score.py on a registered model:
+    where the endpoint's scoring URI points (127.0.0.1: NO_PROXY)."""
+    from serving_fixtures import azure_inference_server, registered_model
+
+    root = tmp_path_factory.mktemp("azureml-model-dir")
+    model = registered_model(tmp_path_factory, data_cache)
+    shutil.copytree(model, root / "model")
+    with azure_inference_server(root, root / "server.log", cwd=root) as url:
+        yield url, model
+
+
+def test_cd_qa_step_deploys_qas_champion_and_smoke_tests_it(tmp_path, data_cache, azure_mlflow, scoring_server):
+    """cd-qa.yml's cd step as written (smoke bars through MNISTOPS_ARGS, the pipeline's own variable):
+    QA's champion read from its registry and MLflow (at the regional host), the code snapshot uploaded
+    into Azurite, the deployment created and validated, the smoke test through the scoring route."""
+    from mlflow.tracking import MlflowClient
+
+    from mnistops import tags as T
+    from test_azure_registry import NAME, seed_version
+
+    url, model = scoring_server
+    ws = FakeWorkspace(scoring_base=url)
+    authority = HostAuthority(tmp_path / "tls", ca=azure_mlflow.authority.ca)
+    stand_in = AzureStandIn(tmp_path / "azure", ws, [ws.blobstore.account], authority=authority)
+    try:
+        stand_in.attach_mlflow(azure_mlflow, ws)
+        stand_in.serve_pending_uploads(ws)
+        service = MlflowClient(ws.mlflow_server.base_url)
+        run = service.create_run(service.create_experiment("registered"))
+        service.log_artifacts(run.info.run_id, str(model), "model")
+        seed_version(ws, "1", run=run.info.run_id, **{T.GATE_DECISION: T.APPROVED,
+                                                      T.alias("champion"): "2026-01-01T00:00:00.000000Z"})
+        values = {"Pipeline.Workspace": str(tmp_path / "agent"), **variable_group(ws, "qa", "mnist-qa-0a1b2c"),
+                  "MNISTOPS_ARGS": "smoke.samples=20 smoke.min_accuracy=0.5 smoke.max_p95_ms=10000"}
+        step = agent_step("cd-qa.yml", "cd", values)
+        proc = run_step(step, stand_in, data_cache, tmp_path / "agent" / "s")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    finally:
+        stand_in.stop()
+    assert ws.resource(f"models/{NAME}/versions/1")["properties"]["tags"][T.smoke("qa")] == "passed"
+    (deployment,) = {r.path for r in ws.sent("PUT", r"onlineendpoints/mnist-qa-0a1b2c/deployments/[^/]+")}
+    assert ws.sent("POST", "onlineendpoints/mnist-qa-0a1b2c/listkeys") and not ws.denied and not ws.refused
