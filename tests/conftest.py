@@ -152,10 +152,10 @@ else:
 
 # The longest modules (measured with `make test`'s --durations) are collected first: `make test` runs two
 # xdist workers that take whole modules in collection order (--dist loadfile --no-loadscope-reorder),
-# so these start at once instead of one of them running alone after everything else (test_ci_steps.py:
-# the fresh-clone stage=ci, ~10 min, runs the whole unit tier inside).
-LONGEST_FIRST = ("test_canary.py", "test_cicd.py", "test_ci_steps.py", "test_pipelines_rehearsal.py", "test_monitoring.py",
-                 "test_label_quality.py", "test_notebook.py", "test_train.py")
+# so these start at once instead of one of them running alone after everything else (the rehearsal's
+# first CI runs the whole unit tier inside, on a fresh clone).
+LONGEST_FIRST = ("test_pipelines_rehearsal.py", "test_canary.py", "test_cicd.py", "test_monitoring.py",
+                 "test_azure_steps_as_processes.py", "test_label_quality.py", "test_notebook.py", "test_train.py")
 
 
 # The tiers, selected by what a test is (this hook runs before pytest's own -m selection): an
