@@ -22,8 +22,9 @@ then does what Azure ML's compute does with it, from what the job names and noth
   whose roles infra/*.tf decides). Nothing of the test process's environment reaches the job except
   the stand-in's network (proxy, CA bundle): no `az` on PATH, no MNISTOPS_* or AZURE_* variables;
 - run history: the job's status goes Queued -> Preparing (venv, downloads) -> Running -> Completed or
-  Failed from the exit code, which `ml.jobs.stream` on the agent polls; stdout/stderr are kept
-  (`executor.jobs[name]`) for the test to read.
+  Failed from the exit code, which `ml.jobs.stream` on the agent polls; its output is
+  user_logs/std_log.txt in the workspace's storage (Azurite), listed in run history, so the agent prints
+  it as it would Azure's; stdout/stderr are kept (`executor.jobs[name]`) for the test to read.
 
 The wheel cache (.tools/wheels, git-ignored) is filled once, from the package index, with the same
 spec: `python tests/azure_job_executor.py fill` (bash .ci/run does it).
@@ -339,7 +340,34 @@ class JobExecutor:
             base.mkdir(parents=True, exist_ok=True)
             with open(base / "std_err.txt", "a") as err:
                 err.write(job.error + "\n")
+        try:
+            self._publish_log(job)
+        except Exception as exc:  # noqa: BLE001 (the log is a courtesy to the agent; the status is not)
+            job.error = (job.error or "") + f" (its log could not be published: {type(exc).__name__}: {exc})"
         self._status(name, "Completed" if job.returncode == 0 and job.error is None else "Failed")
+
+    def _publish_log(self, job: ExecutedJob) -> None:
+        """user_logs/std_log.txt in the workspace's storage, listed in run history (logFiles, a SAS URL), as
+        Azure ML's common runtime leaves it: what `ml.jobs.stream` prints on the agent. Published once,
+        before the job's final status, so the agent's last poll prints all of it."""
+        import datetime
+
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        from azure_proxy import account_key
+
+        account, container = self.ws.blobstore.account, "azureml"
+        blob = f"ExperimentRun/dcid.{job.name}/user_logs/std_log.txt"
+        client = self._container(account, container)
+        if not client.exists():
+            client.create_container()
+        client.upload_blob(blob, (job.stdout + job.stderr).encode(), overwrite=True)
+        sas = generate_blob_sas(account, container, blob, account_key=account_key(account),
+                                permission=BlobSasPermissions(read=True),
+                                expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1))
+        with self.stand_in.front.lock:
+            self.ws.run_logs[job.name] = {"user_logs/std_log.txt":
+                                          f"https://{self.ws.blobstore.host}/{container}/{blob}?{sas}"}
 
     def _prepare(self, job: ExecutedJob, props: dict, base: Path) -> str:
         """The venv, the code, the inputs, the environment: the command line to run."""

@@ -277,6 +277,7 @@ class FakeWorkspace(_InMemoryTransport):
         self._rbac = None
         self.denied: List[tuple] = []  # (principal, action, scope) answered 403
         self.refused: List[tuple] = []  # (recorded, problems) answered 400
+        self.run_logs: Dict[str, Dict[str, str]] = {}  # job name -> {log name: URL}, as run history lists them
         self.seed("datastores/workspaceblobstore", {
             "datastoreType": "AzureBlob", "accountName": self.blobstore.account,
             "containerName": self.blobstore.container, "endpoint": "core.windows.net", "protocol": "https",
@@ -460,8 +461,8 @@ class FakeWorkspace(_InMemoryTransport):
         if job is None:
             return 404, not_found(r.path)
         status = job["properties"]["status"]
-        return 200, {"runId": run.group(1), "status": status, "logFiles": {}, "warnings": [],
-                     "error": {"error": {"message": "the job failed"}} if status == "Failed" else None,
+        return 200, {"runId": run.group(1), "status": status, "logFiles": self.run_logs.get(run.group(1), {}),
+                     "warnings": [], "error": {"error": {"message": "the job failed"}} if status == "Failed" else None,
                      "startTimeUtc": "2026-01-01T00:00:00Z", "endTimeUtc": "2026-01-01T00:01:00Z"}
 
     def _workspace(self) -> dict:

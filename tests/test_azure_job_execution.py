@@ -98,7 +98,9 @@ def test_ci_pipelines_job_runs_in_a_fresh_venv_from_its_environment_and_register
     for step, proc in done:
         assert proc.returncode == 0, f"{step.raw}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}{report}"
     assert job.returncode == 0 and job.statuses == ["Queued", "Preparing", "Running", "Completed"], report
-    assert f"job {name} completed" in done[1][1].stdout  # the agent followed it through run history
+    agent = done[1][1].stdout
+    assert f"job {name} completed" in agent  # the agent followed it through run history, and printed its log
+    assert "registered models:/mnist-classifier/1" in agent and "registered models:/" in job.stdout, agent[-3000:]
 
     # it ran as submitted, in the venv built from the environment version provision created
     (put,) = ws.sent("PUT", r"jobs/[^/]+")
