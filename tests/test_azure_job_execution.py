@@ -146,6 +146,9 @@ def test_a_job_venv_holds_what_its_spec_resolves_to_and_no_azure_ai_ml_without_i
     assert {k: v for k, v in installed.items() if k not in venv_own} == \
         {k: v for k, v in resolved.items() if k not in venv_own}
     assert "azure-ai-ml" in installed and "azureml-mlflow" in installed
+    from importlib import metadata
+
+    assert installed["mlflow"] == metadata.version("mlflow")  # the job runs the agent's mlflow (item 11)
     assert "pytest" not in installed and "mnistops" not in installed  # the agent's, not the job's
     without = resolve(venv, [r for r in spec.pip if not r.startswith("azure-ai-ml")])
     assert "azure-ai-ml" not in without and "azureml-mlflow" in without
@@ -172,8 +175,8 @@ def test_a_spec_asking_for_a_wheel_the_cache_lacks_fails_in_one_line(tmp_path, j
 
     cache = tmp_path / "wheels"
     cache.mkdir()
-    shutil.copy(next(job_venvs.wheels.glob("six-*.whl")), cache)
-    spec = EnvironmentSpec(f"{sys.version_info.major}.{sys.version_info.minor}", ("six", "no-such-distribution-mnistops==1.0"))
+    shutil.copy(next(job_venvs.wheels.glob("*.whl")), cache)  # a cache, without what the spec asks for
+    spec = EnvironmentSpec(f"{sys.version_info.major}.{sys.version_info.minor}", ("no-such-distribution-mnistops==1.0",))
     with pytest.raises(WheelMissing) as err:
         JobVenvs(tmp_path / "venvs", cache).venv(spec)
     assert "\n" not in str(err.value) and "no-such-distribution-mnistops==1.0" in str(err.value), err.value
