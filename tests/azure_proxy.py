@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import json
 import os
 import select
 import shutil

@@ -28,7 +28,8 @@ DEFAULT_MIRROR = (REPO.parent / "shared" / "datasets" / "mnist").resolve()
 # enough training for a model that predicts digits (logreg, 60 batches: ~0.85-0.9 test accuracy)
 QUICK = ["model=logreg", "trainer.max_epochs=1", "trainer.limit_train_batches=60", "trainer.limit_val_batches=2"]
 TINY = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "data.batch_size=32", "data.eval_batch_size=500"]
+        "data.batch_size=32", "data.eval_batch_size=500",
+        "train.ood_fit_images=1000"]  # the calibration's Mahalanobis fit (default 10,000 images) costs more than the training
 
 
 def mirror_url() -> str:
@@ -155,7 +156,8 @@ else:
 # so these start at once instead of one of them running alone after everything else (the rehearsal's
 # first CI runs the whole unit tier inside, on a fresh clone).
 LONGEST_FIRST = ("test_pipelines_rehearsal.py", "test_canary.py", "test_cicd.py", "test_monitoring.py",
-                 "test_azure_steps_as_processes.py", "test_label_quality.py", "test_notebook.py", "test_train.py")
+                 "test_azure_job_execution.py", "test_azure_steps_as_processes.py", "test_label_quality.py",
+                 "test_notebook.py", "test_train.py")
 
 
 # The tiers, selected by what a test is (this hook runs before pytest's own -m selection): an

@@ -124,57 +124,6 @@ def test_ci_provision_step_creates_environments_and_uploads_the_data_assets(qa, 
 FAST_TESTS = "ci.pytest_args=[tests/test_config.py::test_default_main_job_is_the_dev_pipeline,-q,-p,no:cacheprovider]"
 
 
-def run_pipeline(name: str, values: Dict[str, str], stand_in: AzureStandIn, data_cache: Path,
-                 agent: Path) -> List[tuple]:
-    """Every mnistops step of the pipeline, in order, each in its own process and working directory,
-    stopping at the first failure (as an agent does). Returns (step, completed process) pairs."""
-    done = []
-    for number, step in enumerate(pf.steps(PIPELINES / name, {"Pipeline.Workspace": str(agent), **values})):
-        proc = run_step(step, stand_in, data_cache, agent / f"step-{number}")
-        done.append((step, proc))
-        if proc.returncode != 0 and step.condition != "always()":
-            break
-    return done
-
-
-def test_ci_pipeline_uploads_the_code_snapshot_into_blob_storage_and_submits_one_job(qa, tmp_path, data_cache):
-    from conftest import QUICK
-    from mnistops.backends.azure import code_snapshot
-
-    ws, stand_in = qa
-    blobs(stand_in, ws)
-    stand_in.serve_pending_uploads(ws)
-    # MNISTOPS_ARGS is the pipeline's own variable, set at queue time: a small training, few agent tests
-    values = {**variable_group(ws, "qa", "mnist-qa"), "MNISTOPS_ARGS": " ".join([FAST_TESTS, *QUICK])}
-    done = run_pipeline("ci.yml", values, stand_in, data_cache, tmp_path / "agent")
-    assert [s.value("stage") for s, _ in done] == ["provision", "ci"]
-    for step, proc in done:
-        assert proc.returncode == 0, f"{step.raw}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    ci_out = done[1][1].stdout
-    assert "1 passed" in ci_out, ci_out[-2000:]  # the agent's tests ran first
-
-    (code,) = ws.sent("PUT", r"codes/mnistops-code/versions/[^/]+")
-    (job,) = ws.sent("PUT", r"jobs/[^/]+")
-    assert job.body["properties"]["codeId"].lower().endswith(ws.relative(code.path))
-    assert "stage=ci" in job.body["properties"]["command"]
-    assert f"job {job.path.split('/')[-1]} completed" in ci_out  # followed through the regional host's run history
-    assert f"{ws.location}.api.azureml.ms" in stand_in.proxy.tunnels
-    # the snapshot is in the workspace's blob container, as azure-ai-ml uploaded it: the checkout
-    # without .git, tests, benchmarks or the virtualenv (.amlignore)
-    code_uri = code.body["properties"]["codeUri"]  # https://<account>.blob.core.windows.net/<container>/<folder>
-    container, folder = code_uri.split(".blob.core.windows.net/", 1)[1].split("/", 1)
-    with stand_in.reached():
-        stored = [b.name for b in stand_in.azurite.container(ws.blobstore.account, container, create=False).list_blobs()]
-    files = [n[len(folder) + 1:] for n in stored if n.startswith(folder + "/")]
-    assert {code_snapshot.SCORING_SCRIPT, "pyproject.toml", "mnistops/__main__.py"} <= set(files), (code_uri, stored[:5])
-    assert len(files) == len(stored)
-    # (the tools' caches too: the first run here found .hypothesis/ uploaded, a new code version per test run)
-    tops = {f.split("/")[0] for f in files}
-    assert not tops & {".git", "tests", "benchmarks", ".venv", ".tools", ".hypothesis", ".pytest_cache", ".ruff_cache",
-                       ".grimp_cache", ".import_linter_cache"}, sorted(tops)
-    assert not ws.denied and not ws.refused, (ws.denied, ws.refused)
-
-
 # ----------------------------------------------------------------------------- the data collector's files in Azurite
 
 class AzuriteStore:

@@ -70,8 +70,6 @@ NO_TRAINING = {
     "test_azure_job.py::test_ci_runs_the_tests_here_then_submits_the_other_steps_as_one_job":
         "the training is submitted to the (fake) workspace, not run",
     "test_azure_job.py::test_a_failing_test_stops_ci_before_anything_is_submitted": "its tests step fails first",
-    "test_azure_steps_as_processes.py::test_ci_pipeline_uploads_the_code_snapshot_into_blob_storage_and_submits_one_job":
-        "ci.yml's ci step submits the training to the (stand-in) workspace, not run",
     "test_monitoring.py::test_a_retraining_whose_gate_refuses_leaves_the_champion": "stage.steps=[register,gate]",
     "test_monitoring.py::test_a_retraining_in_qa_that_passes_hands_over_and_runs_qas_ci": "stage.steps=[data,validate]",
     "test_azure_job.py::test_the_ci_job_registers_through_the_flavour_and_leaves_baselines_for_the_next_job":
@@ -101,7 +99,8 @@ def _marks(decorators) -> dict:
 
 def _runs_stage_ci(function: ast.FunctionDef) -> bool:
     """Whether the function's code (not its docstring or comments) runs stage=ci: a `stage=ci` or
-    `monitor.on_alert=retrain` override, or a `.run("ci", ...)` call (the API, a pipeline's agent)."""
+    `monitor.on_alert=retrain` override, a `.run("ci", ...)` call (the API, a pipeline's agent), or
+    `run_pipeline("...ci.yml", ...)` (every step of a CI pipeline file)."""
     docstring = function.body[0].value if function.body and isinstance(function.body[0], ast.Expr) else None
     for node in ast.walk(function):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and node is not docstring:
@@ -110,6 +109,9 @@ def _runs_stage_ci(function: ast.FunctionDef) -> bool:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "run" \
                 and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value == "ci":
             return True
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "run_pipeline" \
+                and node.args and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).endswith("ci.yml"):
+            return True  # every step of a CI pipeline file, its stage=ci included
     return False
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterator, Tuple
 
-import pytest
 from omegaconf import OmegaConf
 
 from conftest import CONF

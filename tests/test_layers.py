@@ -18,7 +18,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import pytest
 
 from conftest import REPO, needs_module
 
