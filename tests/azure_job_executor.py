@@ -111,6 +111,9 @@ def missing_wheel(pip_output: str) -> Optional[str]:
     return found.group(1) if found else None
 
 
+KEEP_VENVS = 2  # built venvs kept besides the one being built
+
+
 class JobVenvs:
     """Virtualenvs built from job environments' specs, one per spec digest under `root`, from the
     wheels in `wheels` only (pip sees no index and no configuration of this machine)."""
@@ -135,9 +138,11 @@ class JobVenvs:
     def _build(self, spec: EnvironmentSpec, target: Path) -> None:
         if not self.wheels.is_dir() or not any(self.wheels.glob("*.whl")):
             raise WheelMissing(f"the job wheel cache {self.wheels} is empty: {FILL}")
-        for older in self.root.glob("*/.built"):  # ~6 GB each: those no test used for a week go
-            if time.time() - older.stat().st_mtime > 7 * 86400:
-                shutil.rmtree(older.parent, ignore_errors=True)
+        # ~6 GB each (PyPI's torch carries CUDA): the two used last stay, the older ones go, so that a
+        # checkout whose dependencies change often does not fill its disk
+        used = sorted(self.root.glob("*/.built"), key=lambda built: built.stat().st_mtime, reverse=True)
+        for older in used[KEEP_VENVS:]:
+            shutil.rmtree(older.parent, ignore_errors=True)
         shutil.rmtree(target, ignore_errors=True)
         subprocess.run([interpreter(spec.python), "-m", "venv", str(target)], check=True, capture_output=True)
         (target / "requirements.txt").write_text("\n".join(spec.pip) + "\n")
