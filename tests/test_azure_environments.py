@@ -10,6 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Dict, Iterable, Set
 
+import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -113,6 +114,34 @@ def test_the_azure_extra_installs_the_workspace_mlflow_plugin():
     assert "azureml-mlflow" in {canonicalize_name(r.name) for r in AZURE_EXTRA}
     assert any(r.startswith("mnistops[azure") for r in PYPROJECT["optional-dependencies"]["test"]), \
         "make setup installs .[test], which must carry the azure extra"
+
+
+@pytest.mark.parametrize("inside_job", [False, True])
+def test_without_azureml_mlflow_the_workspace_store_fails_in_one_line_naming_the_remedy(inside_job, monkeypatch):
+    """Inside a job, a training environment without the plugin failed deep in MLflow's registry
+    (KeyError: 'azureml'); the agent's one line says `pip install`, the job's says where its environment
+    comes from."""
+    import importlib.util
+
+    from mnistops.backends.azure import AzureBackend
+    from mnistops.errors import MnistopsError
+
+    uri = "azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/s/resourceGroups/g/providers/x/workspaces/w"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    backend = AzureBackend(compose(["env=qa", "env.backend=azure", f"azure.inside_job={str(inside_job).lower()}"]))
+    if not inside_job:
+        monkeypatch.setattr(backend.connection, "mlflow_tracking_uri", lambda: uri)
+    assert backend.tracking_uri() == uri  # with the plugin (the azure extra), the workspace's store
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "azureml.mlflow" else real(name, *a))
+    with pytest.raises(MnistopsError) as refused:
+        backend.tracking_uri()
+    said = str(refused.value)
+    assert "azureml-mlflow" in said and "\n" not in said
+    if inside_job:
+        assert "job's environment" in said and "azure extra of pyproject.toml" in said
+    else:
+        assert "pip install -e '.[azure]'" in said
 
 
 def test_project_extra_and_azureml_mlflow_agree_on_one_mlflow():

@@ -128,6 +128,8 @@ class AzureBackend(Backend):
             if not uri:
                 raise MnistopsError("azure.inside_job=true but MLFLOW_TRACKING_URI is not set: Azure ML sets it in "
                                     "every job (this is not running in one)")
+            if uri.startswith("azureml:"):
+                require_azureml_mlflow(inside_job=True)
             return uri
         uri = self.connection.mlflow_tracking_uri()
         if uri.startswith("azureml:"):
@@ -135,14 +137,21 @@ class AzureBackend(Backend):
         return uri
 
 
-def require_azureml_mlflow() -> None:
+def require_azureml_mlflow(inside_job: bool = False) -> None:
+    """One line instead of MLflow's registry traceback deep inside a step (KeyError: 'azureml')."""
     import importlib.util
 
     try:
         found = importlib.util.find_spec("azureml.mlflow") is not None
     except ModuleNotFoundError:
         found = False
-    if not found:
-        raise MnistopsError("env.backend=azure keeps runs in the workspace's MLflow (azureml://...), which MLflow "
-                            "reaches through the azureml-mlflow plugin of the azure extra: pip install -e '.[azure]' "
-                            "(or set env.tracking_uri to another MLflow store)")
+    if found:
+        return
+    if inside_job:
+        raise MnistopsError("this Azure ML job's environment has no azureml-mlflow, so MLflow cannot reach the "
+                            "workspace (MLFLOW_TRACKING_URI is azureml://...): the training environment is built from "
+                            "the azure extra of pyproject.toml, which must list azureml-mlflow; run stage=provision "
+                            "again after adding it")
+    raise MnistopsError("env.backend=azure keeps runs in the workspace's MLflow (azureml://...), which MLflow "
+                        "reaches through the azureml-mlflow plugin of the azure extra: pip install -e '.[azure]' "
+                        "(or set env.tracking_uri to another MLflow store)")
