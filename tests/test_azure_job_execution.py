@@ -19,13 +19,13 @@ from typing import Dict, List
 import pytest
 
 import pipeline_files as pf
-from conftest import QUICK, mirror_url, needs_module, needs_tool
+from conftest import QUICK, needs_module, needs_tool
 
 needs_module("azure.ai.ml", "pip install -e '.[azure]'")
 
 from azure_job_executor import FILL, WHEELS, EnvironmentSpec, JobExecutor, JobVenvs  # noqa: E402
 from azure_mlflow_server import azure_mlflow  # noqa: E402,F401  (a fixture)
-from test_azure_steps_as_processes import STEP_TIMEOUT, blobs, qa, variable_group  # noqa: E402,F401
+from test_azure_steps_as_processes import STEP_TIMEOUT, blobs, qa, run_step, variable_group  # noqa: E402,F401
 
 pytestmark = pytest.mark.integration
 
@@ -51,15 +51,7 @@ def run_agent_step(step: pf.Step, stand_in, data_cache: Path, cwd: Path) -> subp
     """tests/test_azure_steps_as_processes.py's run_step, with azure-ai-ml's own polling cap
     (AZUREML_RUN_POLLING_INTERVAL_MAX, seconds) lowered so that `ml.jobs.stream` sees the job's end
     within seconds instead of up to a minute: the agent's environment, not the pipeline's."""
-    home = Path(step.env["MNISTOPS_HOME"])
-    if not (home / "data").is_dir():
-        shutil.copytree(data_cache, home / "data")
-    cwd.mkdir(parents=True, exist_ok=True)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("MNISTOPS_", "AZURE", "MLFLOW_"))}
-    env = {**base, "MNISTOPS_DATA_MIRROR": mirror_url(), "PYTHONUNBUFFERED": "1", **step.env,
-           **stand_in.environment(), "AZUREML_RUN_POLLING_INTERVAL_MAX": "3"}
-    return subprocess.run([sys.executable, "-m", "mnistops", *step.args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=STEP_TIMEOUT + 600)
+    return run_step(step, stand_in, data_cache, cwd, STEP_TIMEOUT + 600, AZUREML_RUN_POLLING_INTERVAL_MAX="3")
 
 
 def test_a_pipeline_job_runs_in_a_fresh_venv_from_its_environment_and_registers_a_model(qa, tmp_path, data_cache,

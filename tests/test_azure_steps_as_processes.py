@@ -51,7 +51,8 @@ def agent_step(pipeline: str, stage: str, values: Dict[str, str]) -> pf.Step:
     return step
 
 
-def run_step(step: pf.Step, stand_in: AzureStandIn, data_cache: Path, cwd: Path) -> subprocess.CompletedProcess:
+def run_step(step: pf.Step, stand_in: AzureStandIn, data_cache: Path, cwd: Path, timeout: float = STEP_TIMEOUT,
+             **agent_env: str) -> subprocess.CompletedProcess:
     """The step's command line, as written, in its own process: the agent's environment (nothing of
     this test's MNISTOPS_/AZURE/MLFLOW_ variables), the step's, the stand-in's network and sign-in."""
     home = Path(step.env["MNISTOPS_HOME"])
@@ -60,9 +61,9 @@ def run_step(step: pf.Step, stand_in: AzureStandIn, data_cache: Path, cwd: Path)
     cwd.mkdir(parents=True, exist_ok=True)
     base = {k: v for k, v in os.environ.items() if not k.startswith(("MNISTOPS_", "AZURE", "MLFLOW_"))}
     env = {**base, "MNISTOPS_DATA_MIRROR": mirror_url(), "PYTHONUNBUFFERED": "1", **step.env,
-           **stand_in.environment()}
+           **stand_in.environment(), **agent_env}
     return subprocess.run([sys.executable, "-m", "mnistops", *step.args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=STEP_TIMEOUT)
+                          text=True, timeout=timeout)
 
 
 @pytest.fixture
