@@ -7,6 +7,7 @@ model and its matrix stay together."""
 from __future__ import annotations
 
 import json
+import tempfile
 
 import numpy as np
 from omegaconf import DictConfig
@@ -51,13 +52,16 @@ def ood_head_of(train_run, calibration):
         return None
     import mlflow
 
-    try:
-        path = mlflow.artifacts.download_artifacts(run_id=train_run.info.run_id, artifact_path="calibration/ood_head.npz")
-    except Exception as err:  # noqa: BLE001 (any store error means the same to the user)
-        raise MnistopsError(f"run {train_run.info.run_id} says ood_method={calibration.ood_method} but has no "
-                            "calibration/ood_head.npz artifact") from err
-    with np.load(path) as npz:
-        return {"means": npz["means"], "transform": npz["transform"]}
+    # into a folder of ours: without dst_path MLflow downloads into a temp dir it never deletes (5 MB a call)
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=train_run.info.run_id, dst_path=scratch,
+                                                       artifact_path="calibration/ood_head.npz")
+        except Exception as err:  # noqa: BLE001 (any store error means the same to the user)
+            raise MnistopsError(f"run {train_run.info.run_id} says ood_method={calibration.ood_method} but has no "
+                                "calibration/ood_head.npz artifact") from err
+        with np.load(path) as npz:
+            return {"means": npz["means"], "transform": npz["transform"]}
 
 
 def run(cfg: DictConfig) -> StageResult:
