@@ -112,6 +112,8 @@ def missing_wheel(pip_output: str) -> Optional[str]:
 
 
 KEEP_VENVS = 2  # built venvs kept besides the one being built
+# where the job venvs live between runs (git-ignored): one build per spec digest, the older ones removed
+VENVS = Path(os.environ.get("MNISTOPS_JOB_VENVS") or REPO / ".tools" / "job-venvs")
 
 
 class JobVenvs:
@@ -167,6 +169,16 @@ class JobVenvs:
                              env={"PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1",
                                   "PATH": os.defpath}, capture_output=True, text=True, check=True).stdout
         return {re.sub(r"[-_.]+", "-", p["name"]).lower(): p["version"] for p in json.loads(out)}
+
+
+def job_venvs_fixture() -> JobVenvs:
+    """The session's JobVenvs (tests import it as the `job_venvs` fixture): an empty wheel cache skips
+    here and fails in CI, like a missing tool."""
+    from conftest import needs_tool
+
+    if not any(WHEELS.glob("*.whl")):
+        needs_tool(f"the job wheel cache {WHEELS} is empty: {FILL}")
+    return JobVenvs(VENVS, WHEELS)
 
 
 def fill_wheel_cache(requirements: List[str], wheels: Path = WHEELS) -> None:
@@ -290,13 +302,57 @@ class ExecutedJob:
         return path.read_text(errors="replace") if path.is_file() else ""
 
 
-class JobExecutor:
+class WorkspaceFiles:
+    """What Azure ML's compute reads from the workspace before it runs anything: resources by ARM id,
+    and files from the workspace's storage account (Azurite, reached directly with the account key)."""
+
+    def __init__(self, stand_in, ws):
+        self.stand_in, self.ws = stand_in, ws
+
+    def _resource(self, arm_id: str) -> dict:
+        found = self.ws.resources.get(arm_id.lower().rstrip("/"))
+        if found is None:
+            raise AssertionError(f"{arm_id} is not in the workspace (a job or deployment names it)")
+        return found
+
+    def _container(self, account: str, container: str):
+        """A ContainerClient of Azurite reached directly (account key; the test process's side)."""
+        from azure.storage.blob import ContainerClient
+
+        from azure_proxy import account_key
+
+        return ContainerClient(f"https://127.0.0.1:{self.stand_in.azurite.port}/{account}", container,
+                               credential={"account_name": account, "account_key": account_key(account)},
+                               connection_verify=str(self.stand_in.authority.ca_file))
+
+    def _download(self, account: str, container: str, folder: str, target: Path) -> int:
+        client, count = self._container(account, container), 0
+        prefix = folder.strip("/") + "/"
+        for blob in client.list_blobs(name_starts_with=prefix):
+            path = target / blob.name[len(prefix):]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(client.download_blob(blob.name).readall())
+            count += 1
+        if not count:
+            raise AssertionError(f"nothing under {account}/{container}/{prefix}")
+        return count
+
+    def _download_code(self, code_id: str, target: Path) -> None:
+        uri = self._resource(code_id)["properties"]["codeUri"]  # https://<account>.blob.core.windows.net/<c>/<folder>
+        host, _, path = uri.split("://", 1)[1].partition("/")
+        container, folder = path.split("/", 1)
+        target.mkdir(parents=True, exist_ok=True)
+        self._download(host.split(".")[0], container, folder, target)
+
+
+class JobExecutor(WorkspaceFiles):
     """Runs the command jobs PUT to `ws` (a FakeWorkspace served by `stand_in`), each in a thread of
     its own, as the cluster's identity `principal` (azure_rbac's "<env>/cluster:<name>")."""
 
     def __init__(self, stand_in, ws, venvs: JobVenvs, root: Path, principal: Optional[str] = None,
                  timeout: float = 900):
-        self.stand_in, self.ws, self.venvs, self.root, self.timeout = stand_in, ws, venvs, root, timeout
+        super().__init__(stand_in, ws)
+        self.venvs, self.root, self.timeout = venvs, root, timeout
         self.principal = principal or f"{ws.env}/cluster:cpu"
         self.msi = MsiEndpoint(self.principal)
         self.jobs: Dict[str, ExecutedJob] = {}
@@ -322,12 +378,6 @@ class JobExecutor:
         job = self.jobs.get(name)
         if job is not None:
             job.statuses.append(status)
-
-    def _resource(self, arm_id: str) -> dict:
-        found = self.ws.resources.get(arm_id.lower().rstrip("/"))
-        if found is None:
-            raise AssertionError(f"the job names {arm_id}, which the workspace does not have")
-        return found
 
     # ---------------------------------------------------------------- the compute side
     def _run(self, name: str) -> None:
@@ -404,35 +454,6 @@ class JobExecutor:
         from mlflow.tracking import MlflowClient
 
         MlflowClient(self.ws.mlflow_server.base_url).set_terminated(name, "FINISHED" if ok else "FAILED")
-
-    def _container(self, account: str, container: str):
-        """A ContainerClient of Azurite reached directly (account key; the test process's side)."""
-        from azure.storage.blob import ContainerClient
-
-        from azure_proxy import account_key
-
-        return ContainerClient(f"https://127.0.0.1:{self.stand_in.azurite.port}/{account}", container,
-                               credential={"account_name": account, "account_key": account_key(account)},
-                               connection_verify=str(self.stand_in.authority.ca_file))
-
-    def _download(self, account: str, container: str, folder: str, target: Path) -> int:
-        client, count = self._container(account, container), 0
-        prefix = folder.strip("/") + "/"
-        for blob in client.list_blobs(name_starts_with=prefix):
-            path = target / blob.name[len(prefix):]
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(client.download_blob(blob.name).readall())
-            count += 1
-        if not count:
-            raise AssertionError(f"nothing under {account}/{container}/{prefix}")
-        return count
-
-    def _download_code(self, code_id: str, target: Path) -> None:
-        uri = self._resource(code_id)["properties"]["codeUri"]  # https://<account>.blob.core.windows.net/<c>/<folder>
-        host, _, path = uri.split("://", 1)[1].partition("/")
-        container, folder = path.split("/", 1)
-        target.mkdir(parents=True, exist_ok=True)
-        self._download(host.split(".")[0], container, folder, target)
 
     def _download_input(self, value: dict, target: Path) -> Path:
         """A uri_folder input naming a data asset (azureml:<name>:<version> or its ARM id): the asset's

@@ -358,6 +358,10 @@ class AzureStandIn:
         (azureml://<region>.api.azureml.ms/mlflow/v1.0/<scope>): azureml-mlflow turns it into
         https://<region>.api.azureml.ms/mlflow/v2.0/<scope>/api/2.0/mlflow/..., which the front relays."""
         azure_mlflow.attach(*workspaces)
+        return self.relay_mlflow(*workspaces)
+
+    def relay_mlflow(self, *workspaces):
+        """attach_mlflow for workspaces whose MLflow server is attached already (and keeps its runs)."""
         for ws in workspaces:
             server = ws.mlflow_server
             ws.mlflow_uri = f"azureml://{ws.location}.api.azureml.ms/mlflow/v1.0{server.scope}"
@@ -420,3 +424,19 @@ class AzureStandIn:
         self.proxy.stop()
         self.front.stop()
         self.azurite.stop()
+
+
+class AzuriteStore:
+    """The workspace's blob container in Azurite, with BlobContainer's `put`/`blobs` (what
+    tests/azure_workspace.py's write_collector_files writes through), so the collector's files
+    live in Microsoft's emulator instead of the handwritten container."""
+
+    def __init__(self, stand_in: AzureStandIn, ws):  # ws: a tests/azure_workspace.py FakeWorkspace
+        self.stand_in, self.blobs = stand_in, {}
+        with stand_in.reached():
+            self.client = stand_in.azurite.container(ws.blobstore.account, ws.blobstore.container)
+
+    def put(self, name: str, content: bytes) -> None:
+        self.blobs[name] = content
+        with self.stand_in.reached():
+            self.client.upload_blob(name, content, overwrite=True)

@@ -258,7 +258,8 @@ class FakeWorkspace(_InMemoryTransport):
                  infra=None, variables: Optional[dict] = None, validate: bool = True):
         self.subscription, self.resource_group, self.workspace = subscription, resource_group, workspace
         self.location, self.mlflow_uri, self.job_status = location, mlflow_uri, job_status
-        self.scoring_base = scoring_base  # where the endpoints' scoring URIs point (a real server), if set
+        # where the endpoints' scoring URIs point (a real server), if set; `{name}`: the endpoint's name
+        self.scoring_base = scoring_base
         self.env = env or ("prod" if "prod" in workspace else "qa")
         self.prefix = (f"/subscriptions/{subscription}/resourcegroups/{resource_group}/providers/"
                        f"{PROVIDER}/workspaces/{workspace}").lower()
@@ -487,7 +488,7 @@ class FakeWorkspace(_InMemoryTransport):
             body.setdefault("properties", {}).setdefault("scaleSettings", {"scaleType": "Default"})
         if rel.startswith("onlineendpoints/") and rel.count("/") == 1:
             name = r.path.split("/")[-1]
-            base = self.scoring_base or f"https://{name}.{self.location}.inference.ml.azure.com"
+            base = (self.scoring_base or f"https://{name}.{self.location}.inference.ml.azure.com").format(name=name)
             body.setdefault("properties", {}).update(scoringUri=f"{base}/score", swaggerUri=f"{base}/swagger.json")
             body.setdefault("location", self.location)
         existed = r.path in self.resources

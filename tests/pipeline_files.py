@@ -82,6 +82,26 @@ def steps(path: Path, values: Optional[Dict[str, str]] = None,
     return list(walk(path, doc, values, dict(parameters or {})))
 
 
+@dataclass
+class Script:
+    """A whole `script:` step of an Azure DevOps pipeline, macros substituted as the agent does before
+    it hands the text to bash: for the steps that are not `python -m mnistops` (e.g. a REST call)."""
+
+    pipeline: Path
+    job: str
+    name: str
+    text: str
+    env: Dict[str, str]
+    condition: Optional[str]
+
+
+def scripts(path: Path, values: Optional[Dict[str, str]] = None,
+            parameters: Optional[Dict[str, str]] = None) -> List[Script]:
+    """Every script step of the Azure DevOps pipeline `path`, in order, as `steps` substitutes them."""
+    assert flavour(path) == "azure-devops", path
+    return list(_ado_steps(path, load(path), dict(values or {}), dict(parameters or {}), whole_scripts=True))
+
+
 # --------------------------------------------------------------------------------- Azure DevOps
 
 def _ado_variables(block, into: Dict[str, str]) -> Dict[str, str]:
@@ -115,7 +135,8 @@ def _job_steps(job: dict) -> list:
             strategy.get(phase, {}).get("steps", [])]
 
 
-def _ado_steps(path: Path, doc: dict, values: Dict[str, str], parameters: Dict[str, str]) -> Iterator[Step]:
+def _ado_steps(path: Path, doc: dict, values: Dict[str, str], parameters: Dict[str, str],
+               whole_scripts: bool = False) -> Iterator[Step]:
     params = {p["name"]: str(p.get("default", "")) for p in doc.get("parameters", [])}
     params.update(parameters)
     pipeline_vars = _ado_variables(doc.get("variables"), {})
@@ -151,12 +172,15 @@ def _ado_steps(path: Path, doc: dict, values: Dict[str, str], parameters: Dict[s
                 continue
             process_env = {k.upper().replace(".", "_"): macro(v, strict=False) for k, v in variables.items()}
             process_env.update({k: macro(template(str(v)), strict=False) for k, v in (step.get("env") or {}).items()})
+            name = step.get("displayName", f"step {number}")
+            if whole_scripts:
+                yield Script(path, job_name, name, macro(template(script)), process_env, step.get("condition"))
+                continue
             for line in template(script).splitlines():
                 match = COMMAND.search(line)
                 if match:
                     args = _words(macro(match["args"]), process_env, path)
-                    yield Step(path, job_name, step.get("displayName", f"step {number}"), args, process_env,
-                               step.get("condition"), line.strip())
+                    yield Step(path, job_name, name, args, process_env, step.get("condition"), line.strip())
 
 
 # --------------------------------------------------------------------------------- GitHub Actions

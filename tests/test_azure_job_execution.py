@@ -19,25 +19,17 @@ from typing import Dict, List
 import pytest
 
 import pipeline_files as pf
-from conftest import QUICK, needs_module, needs_tool
+from conftest import QUICK, needs_module
 
 needs_module("azure.ai.ml", "pip install -e '.[azure]'")
 
-from azure_job_executor import FILL, WHEELS, EnvironmentSpec, JobExecutor, JobVenvs  # noqa: E402
+from azure_job_executor import WHEELS, EnvironmentSpec, JobExecutor, JobVenvs, job_venvs_fixture  # noqa: E402
 from azure_mlflow_server import azure_mlflow  # noqa: E402,F401  (a fixture)
 from test_azure_steps_as_processes import STEP_TIMEOUT, blobs, qa, run_step, variable_group  # noqa: E402,F401
 
 pytestmark = pytest.mark.integration
 
-# where the job venvs live between runs (git-ignored): one build per spec digest, the older ones removed
-VENVS = Path(os.environ.get("MNISTOPS_JOB_VENVS") or pf.REPO / ".tools" / "job-venvs")
-
-
-@pytest.fixture(scope="session")
-def job_venvs():
-    if not any(WHEELS.glob("*.whl")):
-        needs_tool(f"the job wheel cache {WHEELS} is empty: {FILL}")
-    return JobVenvs(VENVS, WHEELS)
+job_venvs = pytest.fixture(scope="session")(job_venvs_fixture)
 
 
 def train_spec() -> EnvironmentSpec:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import shutil
 import threading
 import time
@@ -172,10 +173,19 @@ def seed_version(ws: FakeWorkspace, model_dir: Path) -> None:
     ws.seed(f"codes/mnistops-code/versions/{code_snapshot.digest(code_snapshot.root())}", {"codeUri": "https://x/y"})
 
 
-def test_prod_monitor_on_azure_alerts_and_hands_labelled_traffic_to_qa(scoring, sink, home, tmp_path, monkeypatch,
-                                                                        azure_mlflow):
+def test_prod_traffic_then_monitor_yml_alerts_and_queues_qas_ci_with_the_labelled_images(
+        scoring, sink, home, tmp_path, data_cache, azure_mlflow):
+    """Traffic through the managed endpoint here, then monitor.yml's two steps as written, each in a
+    process of its own on a fresh agent signed in as PROD's pipeline identity: `stage=monitor` reads
+    the last hour's collector files from Azurite, applies the schedule, alerts the webhook and hands
+    the labelled images to QA's MLflow; the script step posts the run of QA's CI to Azure DevOps."""
+    import subprocess
+
     import mnistops
+    import pipeline_files as pf
+    from azure_proxy import AzureStandIn, AzuriteStore, HostAuthority
     from mlflow.tracking import MlflowClient
+    from test_azure_steps_as_processes import PIPELINES, agent_step, run_step, variable_group
 
     from mnistops.backends.azure.workspace import use_transport
 
@@ -183,33 +193,54 @@ def test_prod_monitor_on_azure_alerts_and_hands_labelled_traffic_to_qa(scoring, 
         FakeWorkspace(subscription="22222222-0000-0000-0000-000000000000", resource_group="rg-prod",
                       workspace="mlw-prod", scoring_base=scoring["url"]),
         FakeWorkspace(subscription="11111111-0000-0000-0000-000000000000", resource_group="rg-qa", workspace="mlw-qa"))
-    for key, value in {"AZURE_QA_SUBSCRIPTION_ID": qa.subscription, "AZUREML_QA_RESOURCE_GROUP": qa.resource_group,
-                       "AZUREML_QA_WORKSPACE": qa.workspace}.items():  # what a PROD agent knows of QA
-        monkeypatch.setenv(key, value)
     seed_version(prod, scoring["model_dir"])
     endpoint = "mnist-prod-e2e"
-    args = ["env=prod", "env.backend=azure", "endpoint=azure_managed", f"env.azure.subscription_id={prod.subscription}",
+    args = ["env=prod", "env.backend=azure", f"env.azure.subscription_id={prod.subscription}",
             f"env.azure.resource_group={prod.resource_group}", f"env.azure.workspace={prod.workspace}",
             f"azure.endpoint_name={endpoint}"]
-    request_file = tmp_path / "retrain-request.json"
-
     with use_transport(FakeAzure(prod, qa), StaticToken()):
         mnistops.run("deploy", [*args, f"deploy.model=models:/{NAME}@champion"])
         traffic = mnistops.run("traffic", [*args, "traffic.shift=invert", "traffic.requests=120", "traffic.rate=0",
                                            "traffic.feedback_fraction=0.5", "traffic.concurrency=4"])
-        prefix = f"traffic-{traffic.run_id}-"
-        fed = int(traffic.metrics["traffic/feedback"])
-        assert traffic.metrics["traffic/errors"] == 0 and traffic.metrics["traffic/feedback_failed"] == 0 and fed >= 40
+    prefix = f"traffic-{traffic.run_id}-"
+    fed = int(traffic.metrics["traffic/feedback"])
+    assert traffic.metrics["traffic/errors"] == 0 and traffic.metrics["traffic/feedback_failed"] == 0 and fed >= 40
+    sent = lambda c: [r for r in sink.rows(c) if r["correlation_id"].startswith(prefix)]  # noqa: E731
+    sink.wait(lambda: len(sent("model_inputs")) == 120 and len(sent("model_outputs")) == 120
+              and len(sent("ground_truth")) == fed, "the traffic run's rows")
 
-        # the collector has sent everything; its sidecar writes the hourly files of blue's collections
-        sent = lambda c: [r for r in sink.rows(c) if r["correlation_id"].startswith(prefix)]  # noqa: E731
-        sink.wait(lambda: len(sent("model_inputs")) == 120 and len(sent("model_outputs")) == 120
-                  and len(sent("ground_truth")) == fed, "the traffic run's rows")
-        write_collector_files(prod.blobstore, endpoint, "blue", sidecar_records(list(sink.posts), endpoint, "blue"))
+    hook, devops = CollectorSink(), CollectorSink()  # the alert webhook; Azure DevOps' REST API
+    authority = HostAuthority(tmp_path / "tls", ca=azure_mlflow.authority.ca)
+    stand_in = AzureStandIn(tmp_path / "azure", FakeAzure(prod, qa), [prod.blobstore.account],
+                            authority=authority, principal="prod/pipeline")
+    try:
+        stand_in.relay_mlflow(prod, qa)  # the runs logged so far stay
+        # the sidecar writes the hourly files of blue's collections into PROD's storage (Azurite):
+        # this traffic run's requests, which the last hour holds
+        ours = [p for p in list(sink.posts) if p["headers"].get("ce-x-request-id", "").startswith(prefix)]
+        write_collector_files(AzuriteStore(stand_in, prod), endpoint, "blue", sidecar_records(ours, endpoint, "blue"))
 
-        result = mnistops.run("monitor", [*args, f"monitor.traffic_run={traffic.run_id}", "monitor.on_alert=retrain",
-                                          "monitor.retrain.trigger=none", f"monitor.retrain.request_file={request_file}",
-                                          "monitor.reference_size=1000", "monitor.collect_wait_s=5"])
+        agent = tmp_path / "agent"
+        values = {"Pipeline.Workspace": str(agent), "Build.ArtifactStagingDirectory": str(agent / "a"),
+                  **variable_group(qa, "qa", "mnist-qa-e2e"), **variable_group(prod, "prod", endpoint),
+                  "alertWebhookUrl": f"http://127.0.0.1:{hook.port}/hook",
+                  "System.CollectionUri": f"http://127.0.0.1:{devops.port}/contoso/", "System.TeamProjectId": "p-1",
+                  "QA_CI_PIPELINE_ID": "17", "System.AccessToken": "ado-job-token"}
+        step = agent_step("monitor.yml", "monitor", values)
+        assert not any(a.startswith(("env.tracking_uri", "env.azure.", "endpoint=")) for a in step.args), step.args
+        (agent / "a").mkdir(parents=True)
+        proc = run_step(step, stand_in, data_cache, agent / "s")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+        (queue,) = [s for s in pf.scripts(PIPELINES / "monitor.yml", values) if "queue QA's CI" in s.name]
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("MNISTOPS_", "AZURE", "MLFLOW_"))}
+        queued = subprocess.run(["bash", "--noprofile", "--norc", "-c", queue.text], cwd=agent / "s",
+                                env={**base, **queue.env}, capture_output=True, text=True, timeout=60)
+        assert queued.returncode == 0, queued.stdout + queued.stderr
+    finally:
+        stand_in.stop()
+        hook.close()
+        devops.close()
 
     # the platform's schedule is applied on the live deployment ...
     (schedule,) = prod.sent("PUT", f"schedules/{endpoint}-monitor")
@@ -217,30 +248,46 @@ def test_prod_monitor_on_azure_alerts_and_hands_labelled_traffic_to_qa(scoring, 
     assert definition["monitoringTarget"]["deploymentId"].lower().endswith(f"/onlineendpoints/{endpoint}/deployments/blue")
     drift_features = definition["signals"]["data_drift"]["features"]
     assert "pixels" not in json.dumps(drift_features) and "ink_coverage" in json.dumps(drift_features)
-    # ... and the signals are computed here, on exactly the traffic run's 120 requests
-    assert result.metrics["monitor/requests"] == 120.0 and result.metrics["monitor/images"] == 120.0
-    signals = json.loads(Path(result.artifacts["signals"]).read_text())
+    # ... the signals are computed here, on the last hour's 120 requests, from a fresh agent
+    client = MlflowClient(prod.mlflow_server.base_url)
+    (monitor,) = client.search_runs([client.get_experiment_by_name("mnistops").experiment_id],
+                                    filter_string=f"tags.`{T.STAGE}` = 'monitor'")
+    assert monitor.data.metrics["monitor/requests"] == 120.0 and monitor.data.metrics["monitor/images"] == 120.0
+    signals = json.loads(Path(client.download_artifacts(monitor.info.run_id, "monitoring/signals.json",
+                                                        str(tmp_path / "signals"))).read_text())
     breached = {f"{s['name']}/{s['metric']}" for s in signals if s["breached"]}
-    assert any(b.startswith("data_drift/") for b in breached) and result.metrics["monitor/alerts"] >= 1
+    assert any(b.startswith("data_drift/") for b in breached) and monitor.data.metrics["monitor/alerts"] >= 1
     accuracy = next(s for s in signals if s["name"] == "model_performance" and s["metric"] == "accuracy"
                     and s["deployment"] is None)
     assert accuracy["value"] is not None and f"of {fed} labelled images" in accuracy["note"]
     system = [s for s in signals if s["name"] == "system"]
     assert system and all(s["value"] is None and "Azure Monitor" in s["note"] for s in system)
     assert not [r for r in prod.requests if r.path.endswith("/listsecrets")]
+    (alert,) = hook.posts  # the webhook of the secret variable, once
+    assert alert["path"] == "/hook" and f"prod/{endpoint}" in json.loads(alert["body"])["summary"]
 
-    # the labelled images are in QA's store, exactly those users labelled, and QA's CI is asked for
-    client = MlflowClient(qa.mlflow_uri)
+    # the labelled images are in QA's store, exactly those users labelled, and QA's CI is queued with them
+    client = MlflowClient(qa.mlflow_server.base_url)
     (handed,) = client.search_runs([client.get_experiment_by_name("mnistops").experiment_id],
                                    filter_string=f"tags.`{T.DATASET}` = 'production-feedback'")
-    assert handed.data.tags[T.SOURCE_ENV] == "prod" and handed.data.tags[T.SOURCE_MONITOR_RUN] == result.run_id
+    assert handed.data.tags[T.SOURCE_ENV] == "prod" and handed.data.tags[T.SOURCE_MONITOR_RUN] == monitor.info.run_id
     npz = np.load(io.BytesIO(Path(client.download_artifacts(handed.info.run_id, "data/labelled.npz",
                                                             str(tmp_path / "dl"))).read_bytes()))
     truth = {r["correlation_id"]: r["label"] for r in sent("ground_truth")}
     expected = sorted((pixels(r).tobytes(), truth[r["correlation_id"]]) for r in sent("model_inputs")
                       if r["correlation_id"] in truth)
     assert sorted((img.tobytes(), int(y)) for img, y in zip(npz["images"], npz["labels"])) == expected
-    request = json.loads(request_file.read_text())
+    request = json.loads((agent / "a" / "retrain-request.json").read_text())
     assert request["env"] == "qa" and request["dataset_run_id"] == handed.info.run_id and request["labelled"] == fed
     assert "data.extra_train=[production-feedback]" in request["ci_overrides"]
     assert not qa.sent("PUT", ".*")  # QA's workspace is not changed: only its MLflow store got the dataset
+    assert not prod.denied and not qa.denied, (prod.denied, qa.denied)
+
+    (run,) = devops.posts  # Azure DevOps' "Runs - Run Pipeline" of QA's CI, with the overrides as ciArgs
+    assert run["path"] == "/contoso/p-1/_apis/pipelines/17/runs?api-version=7.1"
+    assert run["headers"]["authorization"] == "Bearer ado-job-token"
+    ci_args = json.loads(run["body"])["templateParameters"]["ciArgs"]
+    assert ci_args == " ".join(request["ci_overrides"])
+    (ci,) = [s for s in pf.steps(PIPELINES / "ci.yml", pf.Neutral().values, parameters={"ciArgs": ci_args})
+             if s.value("stage") == "ci"]  # QA's CI, queued so, trains on the handed-over images
+    assert ci.value("data.extra_train") == "[production-feedback]", ci.args

@@ -27,7 +27,8 @@ from conftest import mirror_url, needs_module
 needs_module("azure.ai.ml", "pip install -e '.[azure]'")
 
 from azure_mlflow_server import azure_mlflow  # noqa: E402,F401  (a fixture)
-from azure_proxy import AzureStandIn, HostAuthority  # noqa: E402
+from azure_job_executor import EnvironmentSpec, job_venvs_fixture  # noqa: E402
+from azure_proxy import AzureStandIn, AzuriteStore, HostAuthority  # noqa: E402
 from azure_workspace import FakeWorkspace  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -126,22 +127,6 @@ FAST_TESTS = "ci.pytest_args=[tests/test_config.py::test_default_main_job_is_the
 
 
 # ----------------------------------------------------------------------------- the data collector's files in Azurite
-
-class AzuriteStore:
-    """The workspace's blob container in Azurite, with BlobContainer's `put`/`blobs` (what
-    tests/azure_workspace.py's write_collector_files writes through), so the collector's files
-    live in Microsoft's emulator instead of the handwritten container."""
-
-    def __init__(self, stand_in: AzureStandIn, ws: FakeWorkspace):
-        self.stand_in, self.blobs = stand_in, {}
-        with stand_in.reached():
-            self.client = stand_in.azurite.container(ws.blobstore.account, ws.blobstore.container)
-
-    def put(self, name: str, content: bytes) -> None:
-        self.blobs[name] = content
-        with self.stand_in.reached():
-            self.client.upload_blob(name, content, overwrite=True)
-
 
 READ_WINDOW = """
 import hashlib, json, sys
@@ -277,38 +262,35 @@ def test_cd_qa_status_step_reads_the_endpoint_terraform_made(qa, tmp_path, data_
 
 # ----------------------------------------------------------------------------- CD to QA
 
-@pytest.fixture(scope="module")
-def scoring_server(tmp_path_factory, data_cache):
-    """azmlinfsrv (what a managed online deployment runs) serving score.py on a registered model:
-    where the endpoint's scoring URI points (127.0.0.1: NO_PROXY)."""
-    from serving_fixtures import azure_inference_server, registered_model
-
-    root = tmp_path_factory.mktemp("azureml-model-dir")
-    model = registered_model(tmp_path_factory, data_cache)
-    shutil.copytree(model, root / "model")
-    with azure_inference_server(root, root / "server.log", cwd=root) as url:
-        yield url, model
+job_venvs = pytest.fixture(scope="session")(job_venvs_fixture)
 
 
-def test_cd_qa_step_deploys_qas_champion_and_smoke_tests_it(tmp_path, data_cache, azure_mlflow, scoring_server):
+def test_cd_qa_step_deploys_qas_champion_into_a_container_built_from_its_environment(
+        tmp_path, tmp_path_factory, data_cache, azure_mlflow, job_venvs):
     """cd-qa.yml's cd step as written (smoke bars through MNISTOPS_ARGS, the pipeline's own variable):
     QA's champion read from its registry and MLflow (at the regional host), the code snapshot uploaded
-    into Azurite, the deployment created and validated, the smoke test through the scoring route."""
+    into Azurite, the deployment created and run as Azure runs it (tests/azure_online_host.py:
+    azmlinfsrv in a venv built from the inference environment's own spec, the code and model files
+    downloaded), the smoke test through the endpoint's scoring URI with its key."""
+    import httpx
     from mlflow.tracking import MlflowClient
+
+    from azure_online_host import OnlineHost
+    from serving_fixtures import registered_model
 
     from mnistops import tags as T
     from test_azure_registry import NAME, seed_version
 
-    url, model = scoring_server
-    ws = FakeWorkspace(scoring_base=url)
+    ws = FakeWorkspace()
     authority = HostAuthority(tmp_path / "tls", ca=azure_mlflow.authority.ca)
     stand_in = AzureStandIn(tmp_path / "azure", ws, [ws.blobstore.account], authority=authority)
+    host = OnlineHost(stand_in, ws, job_venvs, tmp_path / "deployments")
     try:
         stand_in.attach_mlflow(azure_mlflow, ws)
         stand_in.serve_pending_uploads(ws)
         service = MlflowClient(ws.mlflow_server.base_url)
         run = service.create_run(service.create_experiment("registered"))
-        service.log_artifacts(run.info.run_id, str(model), "model")
+        service.log_artifacts(run.info.run_id, str(registered_model(tmp_path_factory, data_cache)), "model")
         seed_version(ws, "1", run=run.info.run_id, **{T.GATE_DECISION: T.APPROVED,
                                                       T.alias("champion"): "2026-01-01T00:00:00.000000Z"})
         values = {"Pipeline.Workspace": str(tmp_path / "agent"), **variable_group(ws, "qa", "mnist-qa-0a1b2c"),
@@ -316,8 +298,20 @@ def test_cd_qa_step_deploys_qas_champion_and_smoke_tests_it(tmp_path, data_cache
         step = agent_step("cd-qa.yml", "cd", values)
         proc = run_step(step, stand_in, data_cache, tmp_path / "agent" / "s")
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+        (deployment,) = host.running.values()
+        (environment,) = [r for r in ws.sent("PUT", r"environments/mnistops-inference/versions/[^/]+")]
+        spec = EnvironmentSpec.from_conda(environment.body["properties"]["condaFile"])
+        assert deployment.venv == job_venvs.root / spec.digest  # the container's python is the spec's alone
+        scoring = ws.resource("onlineendpoints/mnist-qa-0a1b2c")["properties"]["scoringUri"]
+        image = {"data": [[[0] * 28] * 28]}
+        assert httpx.post(scoring, json=image).status_code == 401  # key auth
+        keyed = {"Authorization": "Bearer primary-key-1"}
+        answer = httpx.post(scoring, json=image, headers={**keyed, "azureml-model-deployment": deployment.name})
+        assert answer.status_code == 200 and answer.headers["azureml-model-deployment"] == deployment.name
+        assert httpx.post(scoring, json=image, headers={**keyed, "azureml-model-deployment": "nope"}).status_code == 404
     finally:
+        host.stop()
         stand_in.stop()
     assert ws.resource(f"models/{NAME}/versions/1")["properties"]["tags"][T.smoke("qa")] == "passed"
-    (deployment,) = {r.path for r in ws.sent("PUT", r"onlineendpoints/mnist-qa-0a1b2c/deployments/[^/]+")}
     assert ws.sent("POST", "onlineendpoints/mnist-qa-0a1b2c/listkeys") and not ws.denied and not ws.refused

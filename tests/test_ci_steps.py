@@ -74,8 +74,6 @@ NO_TRAINING = {
     "test_monitoring.py::test_a_retraining_in_qa_that_passes_hands_over_and_runs_qas_ci": "stage.steps=[data,validate]",
     "test_azure_job.py::test_the_ci_job_registers_through_the_flavour_and_leaves_baselines_for_the_next_job":
         "stage.steps=[data,validate,register,baseline,gate] on an earlier job's train run",
-    "test_azure_monitoring.py::test_prod_monitor_on_azure_alerts_and_hands_labelled_traffic_to_qa":
-        "monitor.retrain.trigger=none: hands the data over, runs no CI",
     "test_azure_live.py::test_the_qa_quickstart_runs_on_a_real_workspace":
         "trains on Azure ML, not here (skipped without a workspace)",
     "test_azure_live_tier.py::test_it_runs_the_readmes_first_run_steps_in_order": "reads the README, runs nothing",

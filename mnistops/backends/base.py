@@ -235,6 +235,10 @@ class MonitoringSchedule(abc.ABC):
         to judge here; None where nothing can be read (a dry run). `stats`
         (monitoring.request_log_reader.ReadStats) counts files, lines and torn lines."""
 
+    def endpoint_name(self, cfg: "DictConfig") -> str:
+        """The monitored endpoint as alerts, reports and the monitor run name it."""
+        return cfg.monitor.endpoint or cfg.endpoint.name
+
     def answers(self, cfg: "DictConfig", start: float, end: float, deployments: Sequence[str]):
         """Every answer `deployments` gave in [start, end], live and mirrored copies alike, as
         quality.canary's evidence frame (one row per answer, request ids join the deployments); None

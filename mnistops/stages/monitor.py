@@ -56,9 +56,9 @@ def run(cfg: DictConfig) -> StageResult:
         window, spec = backend.monitoring.read_window(cfg, start, end, stats), str(cfg.monitor.window)
     if window is None:  # nothing to read here (a dry run): what the platform was given is the result
         return scheduled
-    mdir = layout.endpoint_monitoring_dir(cfg)
+    endpoint = backend.monitoring.endpoint_name(cfg)
     n_requests, n_images = len(window.requests), window.n_images
-    print(f"monitor {cfg.env.name}/{mdir.name}: window {spec} "
+    print(f"monitor {cfg.env.name}/{endpoint}: window {spec} "
           f"({_iso(start)} .. {_iso(end)}): {n_requests} requests, {n_images} collected images, "
           f"{window.n_labelled} with feedback" + (f"; {stats.torn} torn lines skipped" if stats.torn else ""))
 
@@ -71,11 +71,11 @@ def run(cfg: DictConfig) -> StageResult:
                    "images": n_images}
     with tracking.start_run(cfg, "monitor") as active:
         run_id = active.info.run_id
-        raised = alerting.alerts_from(signals, window=window_info, env=cfg.env.name, endpoint=mdir.name, run_id=run_id)
+        raised = alerting.alerts_from(signals, window=window_info, env=cfg.env.name, endpoint=endpoint, run_id=run_id)
         alerting.append_log(layout.alerts_file(cfg), raised)
         sinks = _send(cfg, raised)
         out = tracking.output_dir(cfg, "monitor")
-        meta = {"env": cfg.env.name, "endpoint": mdir.name, "window": str(cfg.monitor.window), "model": model_uri,
+        meta = {"env": cfg.env.name, "endpoint": endpoint, "window": str(cfg.monitor.window), "model": model_uri,
                 "monitor run": run_id,
                 "alert sinks": "; ".join(f"{s.sink}: " + ("delivered" if s.ok else f"FAILED ({s.error})") for s in sinks)
                 or ("webhook configured, nothing to send" if cfg.monitor.alerts.webhook_url else "alert log only")}
@@ -91,7 +91,7 @@ def run(cfg: DictConfig) -> StageResult:
         for path in (html, out / "signals.json", out / "alerts.json"):
             mlflow.log_artifact(str(path), "monitoring")
         tracking.set_tags({T.MONITOR_WINDOW: spec, T.MONITOR_ALERTS: str(len(raised)),
-                           T.MONITOR_ENDPOINT: mdir.name, T.MONITOR_MODEL: model_uri or "none"})
+                           T.MONITOR_ENDPOINT: endpoint, T.MONITOR_MODEL: model_uri or "none"})
         if new_reference is not None:  # kept in the env's store, for monitors on other machines
             mlflow.log_artifact(str(new_reference[0]), reference_cache.ARTIFACTS)
             tracking.set_tags({T.DRIFT_REFERENCE: new_reference[1]})

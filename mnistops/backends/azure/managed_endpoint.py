@@ -17,6 +17,7 @@ and its traffic, and `target` is None (the deploy stage's pinned request is skip
 from __future__ import annotations
 
 import json
+import re
 from typing import Dict, List, Mapping, Optional
 
 from omegaconf import DictConfig
@@ -42,6 +43,29 @@ def model_uri_of(deployment) -> str:
     if "models" in parts and "versions" in parts:  # /subscriptions/.../models/<name>/versions/<n>
         return f"models:/{parts[parts.index('models') + 1]}/{parts[parts.index('versions') + 1]}"
     return str(deployment.model or "")
+
+
+LOG_LINES = 200  # of a failed deployment's container log, searched for the error that stopped it
+_RAISED = re.compile(r"^(?:[\w.]+\.)?\w*(?:Error|Exception|Exit)\b:? .*")  # `ModuleNotFoundError: No module named 'x'`
+
+
+def container_says(log: Optional[str], command: str) -> str:
+    """What a failed deployment's container log adds to its error: the root cause of the last
+    exception it printed (a chained traceback's first exception: score.py's ImportError, not the
+    server's UserScriptException around it), else the log's last lines; and where the rest is."""
+    lines = [line.rstrip() for line in (log or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    root, chained = None, False
+    for line in (raw.strip() for raw in lines):
+        if line.startswith(("The above exception was the direct cause", "During handling of the above exception")):
+            chained = True
+        elif _RAISED.match(line):
+            if root is None or not chained:
+                root = line
+            chained = False
+    shown = f"the container says: {root}" if root else "the container's last lines:\n" + "\n".join(lines[-20:])
+    return f"\n  {shown}\n  (its log: {command})"
 
 
 class ManagedEndpoint(Endpoint):
@@ -120,10 +144,10 @@ class ManagedEndpoint(Endpoint):
 
     def _logs(self, slot: str) -> str:
         try:
-            tail = self.ml.online_deployments.get_logs(name=slot, endpoint_name=self.name, lines=20)
-            return f"\n{tail}" if tail else ""
+            tail = self.ml.online_deployments.get_logs(name=slot, endpoint_name=self.name, lines=LOG_LINES)
         except Exception:  # noqa: BLE001 (the logs are a hint; their absence must not hide the error)
             return ""
+        return container_says(tail, f"az ml online-deployment get-logs -n {slot} -e {self.name} --lines {LOG_LINES}")
 
     def _move(self, traffic: Mapping[str, int], mirror: Mapping[str, int], previous: Dict) -> EndpointState:
         """One endpoint update: the entity as it is (Terraform's settings kept), new split, rollback tag."""

@@ -31,6 +31,9 @@ class AzureMonitoringSchedule(MonitoringSchedule):
                                 "run stage=cd first, then stage=monitor")
         return live[0]
 
+    def endpoint_name(self, cfg: DictConfig) -> str:
+        return self.endpoint  # the managed endpoint (azure.endpoint_name), not the local endpoint.name
+
     def read_window(self, cfg: DictConfig, start: float, end: float, stats, id_prefix=None):
         """What every deployment of the endpoint collected in [start, end], from the workspace's blob
         datastore; None in a dry run (nothing is read)."""
