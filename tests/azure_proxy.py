@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import select
 import shutil
@@ -45,6 +46,7 @@ from pathlib import Path
 from socketserver import StreamRequestHandler, ThreadingTCPServer
 from typing import Dict, Iterator, List, Optional
 
+from azure_rbac import authorization_failed, mlflow_action
 from conftest import REPO, free_port, needs_tool
 
 AZURITE = REPO / ".tools" / "node_modules" / "azurite" / "dist" / "src" / "blob" / "main.js"
@@ -161,7 +163,7 @@ class ArmFront:
 
     def __init__(self, transport, authority: HostAuthority):
         self.transport, self.port, self.lock = transport, free_port(), threading.Lock()
-        self.mlflow: Dict[str, int] = {}  # "/mlflow/v2.0<workspace scope>/" -> its mlflow server's port
+        self.mlflow: Dict[str, tuple] = {}  # "/mlflow/v2.0<workspace scope>/" -> (its server's port, the FakeWorkspace)
         front = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -178,7 +180,20 @@ class ArmFront:
                 host = self.headers.get("Host", ARM_HOST).split(":")[0]
                 server = front.mlflow_server(self.path)
                 if server is not None:
-                    return self.relay(server, body)
+                    port, ws = server
+                    with front.lock:  # Azure ML's RBAC on its MLflow routes, as on ARM's
+                        refusal = ws.authorize(ws.principal(self.headers.get("Authorization")),
+                                               mlflow_action(self.command, self.path), ws._cased(ws.prefix))
+                    if refusal:
+                        content = json.dumps({**authorization_failed(refusal), "error_code": "PERMISSION_DENIED",
+                                              "message": refusal}).encode()
+                        self.send_response(403)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(content)))
+                        self.end_headers()
+                        self.wfile.write(content)
+                        return
+                    return self.relay(port, body)
                 request = HttpRequest(self.command, f"https://{host}{self.path}",
                                       headers={k: v for k, v in self.headers.items()}, content=body)
                 with front.lock:
@@ -222,9 +237,9 @@ class ArmFront:
         self.server.socket = authority.server_context().wrap_socket(self.server.socket, server_side=True)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def mlflow_server(self, path: str) -> Optional[int]:
+    def mlflow_server(self, path: str) -> Optional[tuple]:
         lowered = path.lower()
-        return next((port for prefix, port in self.mlflow.items() if lowered.startswith(prefix)), None)
+        return next((found for prefix, found in self.mlflow.items() if lowered.startswith(prefix)), None)
 
     def stop(self) -> None:
         self.server.shutdown()
@@ -365,7 +380,7 @@ class AzureStandIn:
         for ws in workspaces:
             server = ws.mlflow_server
             ws.mlflow_uri = f"azureml://{ws.location}.api.azureml.ms/mlflow/v1.0{server.scope}"
-            self.front.mlflow[f"/mlflow/v2.0{server.scope}/".lower()] = server.port
+            self.front.mlflow[f"/mlflow/v2.0{server.scope}/".lower()] = (server.port, ws)
         return workspaces[0] if len(workspaces) == 1 else workspaces
 
     def serve_pending_uploads(self, *workspaces) -> None:

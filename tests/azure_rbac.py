@@ -19,6 +19,7 @@ Actions are Azure's operation names: `arm_action(method, path)` for Resource Man
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import re
@@ -49,9 +50,19 @@ def token_for(principal: str) -> str:
 
 
 def principal_of(authorization: Optional[str]) -> Optional[str]:
-    """The principal a bearer token names (None: no token, or not one of ours)."""
+    """The principal a bearer token names (None: no token, or not one of ours): the stand-in's plain
+    tokens, or the claim `xms_mnistops_principal` of its JWTs (a job's MLFLOW_TRACKING_TOKEN, storage)."""
     token = (authorization or "").split(" ", 1)[-1].strip()
-    return token[len(TOKEN_PREFIX):] if token.startswith(TOKEN_PREFIX) else None
+    if token.startswith(TOKEN_PREFIX):
+        return token[len(TOKEN_PREFIX):]
+    parts = token.split(".")
+    if len(parts) == 3:
+        try:
+            claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        except ValueError:
+            return None
+        return claims.get("xms_mnistops_principal") if isinstance(claims, dict) else None
+    return None
 
 
 def object_id(principal: str) -> str:

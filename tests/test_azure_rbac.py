@@ -258,6 +258,41 @@ def test_promotion_downloads_qas_run_files_as_prods_identity_only_with_the_artif
         guard.stop()
 
 
+@pytest.mark.integration  # starts an MLflow server
+def test_the_hand_over_to_qa_refused_by_qas_roles_is_one_line_naming_the_store_and_the_action(tmp_path, home,
+                                                                                            monkeypatch):
+    """stage=monitor's hand-over writes a run in QA's MLflow as PROD's identity: with the cross-env role,
+    it is there; without runs/write (the role reverted), one line names QA's store and the action
+    (before: MLflow's RestException traceback out of stage=monitor)."""
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    from mnistops.monitoring import production_data
+
+    qa = FakeWorkspace(subscription="11111111-0000-0000-0000-000000000000", resource_group="rg-qa", workspace="mlw-qa")
+    prod = FakeWorkspace(subscription="22222222-0000-0000-0000-000000000000", resource_group="rg-prod",
+                         workspace="mlw-prod")
+    infra = infra_copy(tmp_path)
+    guard = GuardedMlflow(tmp_path, qa, infra)
+    try:
+        cfg = compose(settings(prod, "prod"), home)
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token_for("prod/pipeline"))
+        images, labels = np.zeros((3, 28, 28), np.uint8), np.array([1, 2, 3])
+        run_id = production_data.hand_over(cfg, images, labels, to_env="qa", uri=guard.url, monitor_run_id="m-1")
+        assert MlflowClient(guard.url).get_run(run_id).data.tags[T.SOURCE_MONITOR_RUN] == "m-1"
+
+        identity = infra / "identity.tf"
+        identity.write_text(identity.read_text().replace(f'      "{ML}/experiments/runs/write",\n', ""))
+        with pytest.raises(MnistopsError) as err:
+            production_data.hand_over(cfg, images + 1, labels, to_env="qa", uri=guard.url, monitor_run_id="m-2")
+    finally:
+        guard.stop()
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"cannot hand the labelled images over to qa's tracking store "
+                                                      f"({guard.url}): PERMISSION_DENIED")
+    assert "'prod/pipeline'" in message and f"{ML}/experiments/runs/write" in message
+
+
 # --------------------------------------------------------------------------- stage=monitor's blob reads
 
 def test_the_monitor_reads_the_collectors_blobs_with_the_pipelines_own_blob_role(tmp_path):

@@ -20,6 +20,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from mnistops import tags as T
+from mnistops.errors import MnistopsError
 
 KEYWORD = "production-feedback"  # in data.extra_train: every such dataset in the env's store
 ARTIFACT = "data/labelled.npz"
@@ -37,7 +38,20 @@ def _store(cfg: DictConfig, env: str, uri: str):
 
 def hand_over(cfg: DictConfig, images: np.ndarray, labels: np.ndarray, *, to_env: str, uri: str,
               monitor_run_id: Optional[str]) -> str:
-    """Store the labelled images in `to_env`'s tracking store at `uri` (once per content); the run id."""
+    """Store the labelled images in `to_env`'s tracking store at `uri` (once per content); the run id.
+    A refusal (another env's store: a role this identity lacks there) is one line naming the store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _write(cfg, images, labels, to_env=to_env, uri=uri, monitor_run_id=monitor_run_id)
+    except MlflowException as err:
+        said = (err.message or str(err)).strip().splitlines()[0][:500]
+        raise MnistopsError(f"cannot hand the labelled images over to {to_env}'s tracking store ({uri}): "
+                            f"{said}") from None
+
+
+def _write(cfg: DictConfig, images: np.ndarray, labels: np.ndarray, *, to_env: str, uri: str,
+           monitor_run_id: Optional[str]) -> str:
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
     buf = io.BytesIO()
