@@ -10,7 +10,9 @@ from what the deployment names and nothing else:
 - the model: the model version's files (a `runs:/<run>/model` source read from the workspace's MLflow,
   or a folder of the workspace's datastore) under AZUREML_MODEL_DIR, as Azure mounts them;
 - Azure's inference server, `azmlinfsrv`, from that virtualenv, with the deployment's
-  environment_variables, and nothing of the test process's environment. The PUT is answered at once
+  environment_variables, and nothing of the test process's environment; where the deployment's
+  data_collector enables collections, azureml-ai-monitoring's config and the collector's address (a
+  sink per deployment, which `flush_collected` writes to Azurite as the collector sidecar does). The PUT is answered at once
   with provisioningState Creating, which azure-ai-ml's poller reads again until it is Succeeded (the
   server's readiness route answers) or Failed (it exited or never answered; `get_logs` returns its
   log), as Azure answers a deployment whose container does not start.
@@ -53,6 +55,8 @@ class RunningDeployment:
     port: int
     log: Path
     proc: subprocess.Popen
+    sink: Optional["CollectorSink"] = None  # the data collector's address, when the deployment collects
+    flushed: int = 0  # posts the sidecar has written to storage
 
     @property
     def url(self) -> str:
@@ -69,6 +73,8 @@ class OnlineHost(WorkspaceFiles):
         self.running: Dict[Tuple[str, str], RunningDeployment] = {}
         self.failed: Dict[Tuple[str, str], str] = {}  # why a deployment did not start
         self.threads: List[threading.Thread] = []
+        self.stopped: List[RunningDeployment] = []  # their collected data may still be unwritten
+        self._store = None  # the workspace's blob container in Azurite, where the sidecar writes
         self.front = ScoringFront(self)
         ws.scoring_base = f"http://127.0.0.1:{self.front.port}/{{name}}"  # one scoring URI per endpoint
         ws.on("PUT", DEPLOYMENT, self._deploy)
@@ -124,14 +130,15 @@ class OnlineHost(WorkspaceFiles):
         self._download_code(code["codeId"], base / "code")
         model_dir = self._download_model(props["model"], base / "azureml-models")
         port, log = free_port(), base / "server.log"
+        sink, collect = self._collector(props.get("dataCollector") or {}, base)
         env = {"PATH": f"{venv / 'bin'}{os.pathsep}{os.defpath}", "HOME": str(base), "LANG": "C.UTF-8",
                "AML_APP_ROOT": str(base / "code"), "AZUREML_ENTRY_SCRIPT": str(base / "code" / code["scoringScript"]),
-               "AZUREML_MODEL_DIR": str(model_dir), **(props.get("environmentVariables") or {})}
+               "AZUREML_MODEL_DIR": str(model_dir), **collect, **(props.get("environmentVariables") or {})}
         with open(log, "wb") as out:
             proc = subprocess.Popen([str(venv / "bin" / "azmlinfsrv"), "--entry_script", env["AZUREML_ENTRY_SCRIPT"],
                                      "--port", str(port)], cwd=base / "code",
                                     env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        running = RunningDeployment(endpoint, name, venv, port, log, proc)
+        running = RunningDeployment(endpoint, name, venv, port, log, proc, sink)
         deadline = time.monotonic() + self.startup_s
         while not self._ready(running):
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -139,6 +146,43 @@ class OnlineHost(WorkspaceFiles):
                 raise RuntimeError(f"the container of {name} did not become ready:\n{log.read_text()[-3000:]}")
             time.sleep(0.2)
         return running
+
+    @staticmethod
+    def _collector(spec: dict, base: Path) -> Tuple[Optional["CollectorSink"], Dict[str, str]]:
+        """The deployment's data collector: azureml-ai-monitoring's config (AZUREML_MDC_CONFIG_PATH) from
+        the spec's enabled collections and their sampling rates, and the collector's address
+        (AZUREML_MDC_HOST/PORT), here a sink of this deployment's own that flush_collected writes out."""
+        enabled = {name: c for name, c in (spec.get("collections") or {}).items()
+                   if str(c.get("dataCollectionMode", "")).lower() == "enabled"}
+        if not enabled:
+            return None, {}
+        config = {"runMode": "cloud", "collections": {
+            name: {"enabled": True, "sampleRatePercentage": 100 * float(c.get("samplingRate") or 1.0)}
+            for name, c in enabled.items()}}
+        (base / "mdc.json").write_text(json.dumps(config))
+        sink = CollectorSink()
+        return sink, {"AZUREML_MDC_CONFIG_PATH": str(base / "mdc.json"), "AZUREML_MDC_HOST": "127.0.0.1",
+                      "AZUREML_MDC_PORT": str(sink.port)}
+
+    def flush_collected(self) -> int:
+        """The collector sidecar's part: what each deployment's Collector posted since the last flush,
+        appended to the hourly JSON-lines files of the workspace's blob datastore (Azurite), in Azure's
+        documented record format (tests/azure_workspace.py's sidecar_records). Returns the posts written."""
+        from azure_proxy import AzuriteStore
+        from azure_workspace import sidecar_records, write_collector_files
+
+        if self._store is None:
+            self._store = AzuriteStore(self.stand_in, self.ws)
+        written = 0
+        for deployment in [*self.running.values(), *self.stopped]:
+            if deployment.sink is None:
+                continue
+            posts = list(deployment.sink.posts)[deployment.flushed:]
+            deployment.flushed += len(posts)
+            write_collector_files(self._store, deployment.endpoint, deployment.name,
+                                  sidecar_records(posts, deployment.endpoint, deployment.name))
+            written += len(posts)
+        return written
 
     def _download_model(self, model_id: str, target: Path) -> Path:
         """The model version's files where Azure mounts them: AZUREML_MODEL_DIR/<name>/<version>/."""
@@ -170,6 +214,7 @@ class OnlineHost(WorkspaceFiles):
         running = self.running.pop((endpoint, name), None)
         if running is not None:
             self._kill(running)
+            self.stopped.append(running)
 
     @staticmethod
     def _kill(running: RunningDeployment) -> None:
@@ -203,6 +248,9 @@ class OnlineHost(WorkspaceFiles):
             thread.join(self.startup_s)
         for key in list(self.running):
             self._stop(*key)
+        for deployment in self.stopped:
+            if deployment.sink is not None:
+                deployment.sink.close()
 
 
 class ScoringFront:
@@ -269,3 +317,47 @@ def forward(target: RunningDeployment, body: bytes, headers: Dict[str, str]) -> 
             return answer.status, answer.read(), {"Content-Type": answer.headers.get("Content-Type", "")}
     except urllib.error.HTTPError as err:
         return err.code, err.read(), {"Content-Type": err.headers.get("Content-Type", "")}
+
+
+class CollectorSink:
+    """The data collector's local address: keeps what the Collector posts ({"path", "headers", "body"})."""
+
+    def __init__(self):
+        posts: list = []
+        lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802  (http.server's name)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with lock:
+                    posts.append({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()},
+                                  "body": body})
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"OK")
+
+            def log_message(self, *args):
+                pass
+
+        self.posts = posts
+        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def of(self, collection: str) -> list:
+        return [p for p in list(self.posts) if p["headers"].get("ce-type") == f"azureml.inference.{collection}"]
+
+    def rows(self, collection: str) -> list:
+        return [row for p in self.of(collection) for row in json.loads(p["body"])]
+
+    def wait(self, ready, what: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert time.monotonic() < deadline, f"the collector did not send {what} within {timeout} s"
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -156,8 +156,8 @@ else:
 # so these start at once instead of one of them running alone after everything else (the rehearsal's
 # first CI runs the whole unit tier inside, on a fresh clone).
 LONGEST_FIRST = ("test_pipelines_rehearsal.py", "test_canary.py", "test_cicd.py", "test_monitoring.py",
-                 "test_azure_job_execution.py", "test_azure_steps_as_processes.py", "test_label_quality.py",
-                 "test_notebook.py", "test_train.py")
+                 "test_azure_job_execution.py", "test_azure_release_chain.py", "test_azure_steps_as_processes.py",
+                 "test_label_quality.py", "test_notebook.py", "test_train.py")
 
 
 # The tiers, selected by what a test is (this hook runs before pytest's own -m selection): an

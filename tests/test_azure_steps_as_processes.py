@@ -27,7 +27,6 @@ from conftest import mirror_url, needs_module
 needs_module("azure.ai.ml", "pip install -e '.[azure]'")
 
 from azure_mlflow_server import azure_mlflow  # noqa: E402,F401  (a fixture)
-from azure_job_executor import EnvironmentSpec, job_venvs_fixture  # noqa: E402
 from azure_proxy import AzureStandIn, AzuriteStore, HostAuthority  # noqa: E402
 from azure_workspace import FakeWorkspace  # noqa: E402
 
@@ -196,53 +195,7 @@ def test_the_collector_reader_reads_azurite_in_a_process_of_its_own(tmp_path):
     assert not ws.denied, ws.denied
 
 
-# ----------------------------------------------------------------------------- promotion: two workspaces' MLflow
-
-def test_cd_prod_promote_step_copies_qas_champion_through_both_workspaces_mlflow(tmp_path, data_cache, azure_mlflow):
-    """cd-prod.yml's promote step as written, signed in as PROD's pipeline identity: QA's registry and run
-    files read (QA's cross-env role), PROD's version made from files logged to PROD's MLflow, each MLflow
-    reached at the host Azure reports (azureml://westeurope.api.azureml.ms/...), relayed to its server."""
-    import hashlib
-
-    from mlflow.tracking import MlflowClient
-
-    from azure_workspace import FakeAzure
-    from mnistops import tags as T
-    from test_azure_registry import NAME, model_dir, seed_version
-
-    qa = FakeWorkspace(subscription="11111111-0000-0000-0000-000000000000", resource_group="rg-qa", workspace="mlw-qa")
-    prod = FakeWorkspace(subscription="22222222-0000-0000-0000-000000000000", resource_group="rg-prod",
-                         workspace="mlw-prod")
-    authority = HostAuthority(tmp_path / "tls", ca=azure_mlflow.authority.ca)
-    stand_in = AzureStandIn(tmp_path / "azure", FakeAzure(qa, prod), [qa.blobstore.account, prod.blobstore.account],
-                            authority=authority, principal="prod/pipeline")
-    try:
-        stand_in.attach_mlflow(azure_mlflow, qa, prod)
-        assert qa.mlflow_uri.startswith("azureml://westeurope.api.azureml.ms/mlflow/v1.0/subscriptions/")
-        service = MlflowClient(qa.mlflow_server.base_url)  # Azure ML's side: what QA's CI left
-        run = service.create_run(service.create_experiment("mnistops"))
-        service.log_artifacts(run.info.run_id, str(model_dir(tmp_path / "qa-model")), "model")
-        seed_version(qa, "3", run=run.info.run_id, **{
-            T.GATE_DECISION: T.APPROVED, T.smoke("qa"): "passed", T.WEIGHTS_SHA256: hashlib.sha256(b"onnx weights").hexdigest(),
-            T.RUN_ID: "train-run-in-qa", T.alias("champion"): "2026-01-03T00:00:00.000000Z"})
-
-        values = {"Pipeline.Workspace": str(tmp_path / "agent"), **variable_group(qa, "qa", "mnist-qa-0a1b2c"),
-                  **variable_group(prod, "prod", "mnist-prod-0a1b2c")}
-        step = agent_step("cd-prod.yml", "promote", values)
-        proc = run_step(step, stand_in, data_cache, tmp_path / "agent" / "s")
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    finally:
-        stand_in.stop()
-    put = prod.sent("PUT", f"models/{NAME}/versions/1")[0]
-    tags, props = put.body["properties"]["tags"], put.body["properties"]
-    assert (tags[T.SOURCE_ENV], tags[T.SOURCE_VERSION]) == ("qa", "3") and tags[T.RUN_ID] == "train-run-in-qa"
-    promote_run = props["properties"][T.FILES_RUN_ID]
-    copied = MlflowClient(prod.mlflow_server.base_url).download_artifacts(promote_run, "model/artifacts/model.onnx",
-                                                                          str(tmp_path / "dl"))
-    assert Path(copied).read_bytes() == b"onnx weights"
-    assert not qa.sent("PUT", ".*") and "westeurope.api.azureml.ms" in stand_in.proxy.tunnels
-    assert not qa.denied and not prod.denied, (qa.denied, prod.denied)
-
+# ----------------------------------------------------------------------------- CD to QA
 
 def test_cd_qa_status_step_reads_the_endpoint_terraform_made(qa, tmp_path, data_cache):
     """cd-qa.yml's `endpoint status` step (condition: always()) as written, before anything was deployed."""
@@ -258,60 +211,3 @@ def test_cd_qa_status_step_reads_the_endpoint_terraform_made(qa, tmp_path, data_
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert f"endpoint {name} (qa): Succeeded, https://{name}.{ws.location}.inference.ml.azure.com/score" in proc.stdout
     assert ws.sent("GET", f"onlineendpoints/{name}") and not ws.sent("PUT", ".*") and not ws.denied
-
-
-# ----------------------------------------------------------------------------- CD to QA
-
-job_venvs = pytest.fixture(scope="session")(job_venvs_fixture)
-
-
-def test_cd_qa_step_deploys_qas_champion_into_a_container_built_from_its_environment(
-        tmp_path, tmp_path_factory, data_cache, azure_mlflow, job_venvs):
-    """cd-qa.yml's cd step as written (smoke bars through MNISTOPS_ARGS, the pipeline's own variable):
-    QA's champion read from its registry and MLflow (at the regional host), the code snapshot uploaded
-    into Azurite, the deployment created and run as Azure runs it (tests/azure_online_host.py:
-    azmlinfsrv in a venv built from the inference environment's own spec, the code and model files
-    downloaded), the smoke test through the endpoint's scoring URI with its key."""
-    import httpx
-    from mlflow.tracking import MlflowClient
-
-    from azure_online_host import OnlineHost
-    from serving_fixtures import registered_model
-
-    from mnistops import tags as T
-    from test_azure_registry import NAME, seed_version
-
-    ws = FakeWorkspace()
-    authority = HostAuthority(tmp_path / "tls", ca=azure_mlflow.authority.ca)
-    stand_in = AzureStandIn(tmp_path / "azure", ws, [ws.blobstore.account], authority=authority)
-    host = OnlineHost(stand_in, ws, job_venvs, tmp_path / "deployments")
-    try:
-        stand_in.attach_mlflow(azure_mlflow, ws)
-        stand_in.serve_pending_uploads(ws)
-        service = MlflowClient(ws.mlflow_server.base_url)
-        run = service.create_run(service.create_experiment("registered"))
-        service.log_artifacts(run.info.run_id, str(registered_model(tmp_path_factory, data_cache)), "model")
-        seed_version(ws, "1", run=run.info.run_id, **{T.GATE_DECISION: T.APPROVED,
-                                                      T.alias("champion"): "2026-01-01T00:00:00.000000Z"})
-        values = {"Pipeline.Workspace": str(tmp_path / "agent"), **variable_group(ws, "qa", "mnist-qa-0a1b2c"),
-                  "MNISTOPS_ARGS": "smoke.samples=20 smoke.min_accuracy=0.5 smoke.max_p95_ms=10000"}
-        step = agent_step("cd-qa.yml", "cd", values)
-        proc = run_step(step, stand_in, data_cache, tmp_path / "agent" / "s")
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-
-        (deployment,) = host.running.values()
-        (environment,) = [r for r in ws.sent("PUT", r"environments/mnistops-inference/versions/[^/]+")]
-        spec = EnvironmentSpec.from_conda(environment.body["properties"]["condaFile"])
-        assert deployment.venv == job_venvs.root / spec.digest  # the container's python is the spec's alone
-        scoring = ws.resource("onlineendpoints/mnist-qa-0a1b2c")["properties"]["scoringUri"]
-        image = {"data": [[[0] * 28] * 28]}
-        assert httpx.post(scoring, json=image).status_code == 401  # key auth
-        keyed = {"Authorization": "Bearer primary-key-1"}
-        answer = httpx.post(scoring, json=image, headers={**keyed, "azureml-model-deployment": deployment.name})
-        assert answer.status_code == 200 and answer.headers["azureml-model-deployment"] == deployment.name
-        assert httpx.post(scoring, json=image, headers={**keyed, "azureml-model-deployment": "nope"}).status_code == 404
-    finally:
-        host.stop()
-        stand_in.stop()
-    assert ws.resource(f"models/{NAME}/versions/1")["properties"]["tags"][T.smoke("qa")] == "passed"
-    assert ws.sent("POST", "onlineendpoints/mnist-qa-0a1b2c/listkeys") and not ws.denied and not ws.refused

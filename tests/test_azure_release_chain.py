@@ -1,0 +1,208 @@
+"""The release on Azure, pipeline after pipeline, as agents run them (issue #17 item 3): CD to QA →
+promotion → CD to PROD → users' traffic → monitoring → hand-over → QA's CI queued. Every step is read
+from jobs/azure-devops/*.yml and runs in a process of its own on a fresh agent (an empty
+MNISTOPS_HOME, no override the YAML lacks), signed in as its pipeline's identity (QA's service
+connection, then PROD's); the pipelines share nothing but the two stand-in subscriptions: QA's and
+PROD's workspaces (REST models, infra/'s roles on ARM and MLflow calls), their MLflow servers, their
+storage in Azurite, and the managed deployments, which run as Azure runs them (tests/azure_online_host.py:
+azmlinfsrv in a venv built from the inference environment's own spec, the data collector's files
+written to the workspace's storage). What CI in QA leaves (an approved @champion whose files are its
+run's) is seeded: its job runs in test_azure_job_execution, and `stage=ci` with training is capped
+per `make test` (test_ci_steps)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+import pipeline_files as pf
+from conftest import needs_module
+
+needs_module("azure.ai.ml", "pip install -e '.[azure]'")
+needs_module("azureml.ai.monitoring", "pip install -e '.[azure]'")
+
+from azure_job_executor import EnvironmentSpec, job_venvs_fixture  # noqa: E402
+from azure_mlflow_server import azure_mlflow  # noqa: E402,F401  (a fixture)
+from azure_online_host import CollectorSink, OnlineHost  # noqa: E402
+from azure_proxy import AzureStandIn, HostAuthority  # noqa: E402
+from azure_workspace import FakeAzure, FakeWorkspace  # noqa: E402
+from test_azure_steps_as_processes import PIPELINES, agent_step, run_step, variable_group  # noqa: E402
+
+from mnistops import tags as T  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+NAME = "mnist-classifier"
+QA_ENDPOINT, PROD_ENDPOINT = "mnist-qa-0a1b2c", "mnist-prod-0a1b2c"
+SMOKE_BARS = "smoke.samples=20 smoke.min_accuracy=0.5 smoke.max_p95_ms=10000"  # MNISTOPS_ARGS: the logreg test model
+job_venvs = pytest.fixture(scope="session")(job_venvs_fixture)
+
+
+def pixels(row: dict) -> bytes:
+    import base64
+
+    return base64.b64decode(row["pixels"])
+
+
+def seed_qas_champion(qa: FakeWorkspace, model: Path) -> str:
+    """What QA's CI leaves: version 1, approved by the gate, @champion, its files in a run of QA's MLflow."""
+    from mlflow.tracking import MlflowClient
+
+    service = MlflowClient(qa.mlflow_server.base_url)
+    run = service.create_run(service.create_experiment("mnistops"))
+    service.log_artifacts(run.info.run_id, str(model), "model")
+    weights = hashlib.sha256((model / "artifacts" / "model.onnx").read_bytes()).hexdigest()
+    qa.seed(f"models/{NAME}/versions/1", {
+        "modelType": "mlflow_model", "modelUri": f"runs:/{run.info.run_id}/model", "flavors": {},
+        "tags": {T.GATE_DECISION: T.APPROVED, T.WEIGHTS_SHA256: weights, T.RUN_ID: run.info.run_id,
+                 T.alias("champion"): "2026-01-01T00:00:00.000000Z"},
+        "properties": {T.FILES_RUN_ID: run.info.run_id}})
+    return weights
+
+
+def test_cd_qa_promotion_cd_prod_traffic_monitor_and_hand_over_run_as_the_pipelines_are_written(
+        tmp_path, tmp_path_factory, data_cache, azure_mlflow, job_venvs):
+    from mlflow.tracking import MlflowClient
+    from serving_fixtures import registered_model
+
+    qa = FakeWorkspace(subscription="11111111-0000-0000-0000-000000000000", resource_group="rg-qa", workspace="mlw-qa")
+    prod = FakeWorkspace(subscription="22222222-0000-0000-0000-000000000000", resource_group="rg-prod",
+                         workspace="mlw-prod")
+    authority = HostAuthority(tmp_path / "tls", ca=azure_mlflow.authority.ca)
+    stand_in = AzureStandIn(tmp_path / "azure", FakeAzure(qa, prod), [qa.blobstore.account, prod.blobstore.account],
+                            authority=authority)
+    hosts = {"qa": OnlineHost(stand_in, qa, job_venvs, tmp_path / "qa-deployments"),
+             "prod": OnlineHost(stand_in, prod, job_venvs, tmp_path / "prod-deployments")}
+    hook, devops = CollectorSink(), CollectorSink()  # the alert webhook; Azure DevOps' REST API
+    groups = {**variable_group(qa, "qa", QA_ENDPOINT), **variable_group(prod, "prod", PROD_ENDPOINT)}
+    agents = iter(range(100))
+
+    def agent_values() -> dict:  # a fresh agent: its own Pipeline.Workspace, hence an empty MNISTOPS_HOME
+        root = tmp_path / f"agent{next(agents)}"
+        (root / "a").mkdir(parents=True)
+        return {"Pipeline.Workspace": str(root), "Build.ArtifactStagingDirectory": str(root / "a"), **groups}
+
+    def run(pipeline: str, stage: str, identity: str, **values) -> str:
+        step = agent_step(pipeline, stage, {**agent_values(), **values})
+        assert not any(a.startswith(("env.tracking_uri", "env.azure.", "endpoint=")) for a in step.args), step.args
+        proc = run_step(step, stand_in, data_cache, Path(step.env["MNISTOPS_HOME"]).parent / "s",
+                        STANDIN_AZ_PRINCIPAL=identity)  # the AzureCLI@2 sign-in of the pipeline's service connection
+        assert proc.returncode == 0, f"{pipeline} {stage}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        return proc.stdout
+
+    try:
+        stand_in.attach_mlflow(azure_mlflow, qa, prod)
+        stand_in.serve_pending_uploads(qa, prod)
+        model = registered_model(tmp_path_factory, data_cache)
+        weights = seed_qas_champion(qa, model)
+
+        # CD to QA: QA's champion on QA's endpoint, smoke-tested through its scoring URI
+        run("cd-qa.yml", "cd", "qa/pipeline", MNISTOPS_ARGS=SMOKE_BARS)
+        (qa_deployment,) = hosts["qa"].running.values()
+        (environment,) = qa.sent("PUT", r"environments/mnistops-inference/versions/[^/]+")
+        spec = EnvironmentSpec.from_conda(environment.body["properties"]["condaFile"])
+        assert qa_deployment.venv == job_venvs.root / spec.digest  # the container's python is the spec's alone
+        assert qa.resource(f"models/{NAME}/versions/1")["properties"]["tags"][T.smoke("qa")] == "passed"
+        scoring = qa.resource(f"onlineendpoints/{QA_ENDPOINT}")["properties"]["scoringUri"]
+        image = {"data": [[[0] * 28] * 28]}
+        assert httpx.post(scoring, json=image).status_code == 401  # key auth
+        keyed = {"Authorization": "Bearer primary-key-1"}
+        pinned = httpx.post(scoring, json=image, headers={**keyed, "azureml-model-deployment": qa_deployment.name})
+        assert pinned.status_code == 200 and pinned.headers["azureml-model-deployment"] == qa_deployment.name
+        assert httpx.post(scoring, json=image, headers={**keyed, "azureml-model-deployment": "nope"}).status_code == 404
+
+        # promotion and CD to PROD, as PROD's pipeline identity (QA read through QA's cross-env role)
+        qa_writes = len(qa.sent("PUT", ".*"))
+        run("cd-prod.yml", "promote", "prod/pipeline")
+        assert len(qa.sent("PUT", ".*")) == qa_writes  # promotion only reads QA
+        promoted = prod.resource(f"models/{NAME}/versions/1")["properties"]
+        assert (promoted["tags"][T.SOURCE_ENV], promoted["tags"][T.SOURCE_VERSION]) == ("qa", "1")
+        copied = MlflowClient(prod.mlflow_server.base_url).download_artifacts(
+            promoted["properties"][T.FILES_RUN_ID], "model/artifacts/model.onnx", str(tmp_path / "dl"))
+        assert hashlib.sha256(Path(copied).read_bytes()).hexdigest() == weights  # PROD's own copy of QA's files
+        said = run("cd-prod.yml", "cd", "prod/pipeline", MNISTOPS_ARGS=SMOKE_BARS)
+        assert "serves nothing yet" in said  # the canary (PROD's default) has no champion to judge: smoke decides
+        assert prod.resource(f"models/{NAME}/versions/1")["properties"]["tags"][T.smoke("prod")] == "passed"
+
+        # users' traffic on PROD's endpoint (shifted: inverted digits), half of it labelled through feedback
+        users = pf.Step(PIPELINES / "users", "users", "traffic", [
+            "env=prod", "env.backend=azure", "stage=traffic", f"azure.endpoint_name={PROD_ENDPOINT}",
+            "traffic.shift=invert", "traffic.requests=120", "traffic.rate=0", "traffic.feedback_fraction=0.5",
+            "traffic.concurrency=4"], {"MNISTOPS_HOME": str(tmp_path / "users" / "home"), **groups}, None, "")
+        traffic = run_step(users, stand_in, data_cache, tmp_path / "users" / "s", STANDIN_AZ_PRINCIPAL="prod/pipeline")
+        assert traffic.returncode == 0, traffic.stdout[-3000:] + traffic.stderr[-3000:]
+        traffic_run = re.search(r"traffic run (\w+):", traffic.stdout).group(1)
+        fed = int(re.search(r"feedback (\d+)", traffic.stdout).group(1))
+        assert ", 0 errors," in traffic.stdout and fed >= 40, traffic.stdout
+        (prod_deployment,) = hosts["prod"].running.values()
+        prefix = f"traffic-{traffic_run}-"
+        sent = lambda c: [r for r in prod_deployment.sink.rows(c) if r["correlation_id"].startswith(prefix)]  # noqa: E731
+        prod_deployment.sink.wait(lambda: len(sent("model_inputs")) == 120 and len(sent("model_outputs")) == 120
+                                  and len(sent("ground_truth")) == fed, "the traffic's rows")
+        assert hosts["prod"].flush_collected() > 0  # the collector sidecar writes the hourly files into Azurite
+
+        # monitoring in PROD: monitor.yml's two steps as written
+        values = {**agent_values(), "alertWebhookUrl": f"http://127.0.0.1:{hook.port}/hook",
+                  "System.CollectionUri": f"http://127.0.0.1:{devops.port}/contoso/", "System.TeamProjectId": "p-1",
+                  "QA_CI_PIPELINE_ID": "17", "System.AccessToken": "ado-job-token"}
+        step = agent_step("monitor.yml", "monitor", values)
+        proc = run_step(step, stand_in, data_cache, Path(values["Pipeline.Workspace"]) / "s",
+                        STANDIN_AZ_PRINCIPAL="prod/pipeline")
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+        (queue,) = [s for s in pf.scripts(PIPELINES / "monitor.yml", values) if "queue QA's CI" in s.name]
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("MNISTOPS_", "AZURE", "MLFLOW_"))}
+        queued = subprocess.run(["bash", "--noprofile", "--norc", "-c", queue.text],
+                                cwd=Path(values["Pipeline.Workspace"]) / "s", env={**base, **queue.env},
+                                capture_output=True, text=True, timeout=60)
+        assert queued.returncode == 0, queued.stdout + queued.stderr
+    finally:
+        for host in hosts.values():
+            host.stop()
+        stand_in.stop()
+        hook.close()
+        devops.close()
+
+    # the platform's schedule on PROD's live deployment; the signals judged here on the last hour's traffic
+    (schedule,) = prod.sent("PUT", f"schedules/{PROD_ENDPOINT}-monitor")
+    definition = schedule.body["properties"]["action"]["monitorDefinition"]
+    assert definition["monitoringTarget"]["deploymentId"].lower().endswith(
+        f"/onlineendpoints/{PROD_ENDPOINT}/deployments/{prod_deployment.name}")
+    client = MlflowClient(prod.mlflow_server.base_url)
+    (monitor,) = client.search_runs([client.get_experiment_by_name("mnistops").experiment_id],
+                                    filter_string=f"tags.`{T.STAGE}` = 'monitor'")
+    assert monitor.data.metrics["monitor/requests"] >= 120.0  # the smoke test's requests are in the hour too
+    signals = json.loads(Path(client.download_artifacts(monitor.info.run_id, "monitoring/signals.json",
+                                                        str(tmp_path / "signals"))).read_text())
+    assert any(s["breached"] and s["name"] == "data_drift" for s in signals)
+    accuracy = next(s for s in signals if s["name"] == "model_performance" and s["metric"] == "accuracy"
+                    and s["deployment"] is None)
+    assert accuracy["value"] is not None and f"of {fed} labelled images" in accuracy["note"]
+    (alert,) = hook.posts
+    assert f"prod/{PROD_ENDPOINT}" in json.loads(alert["body"])["summary"]
+
+    # the labelled images reach QA's store, exactly those users labelled, and QA's CI is queued with them
+    client = MlflowClient(qa.mlflow_server.base_url)
+    (handed,) = client.search_runs([client.get_experiment_by_name("mnistops").experiment_id],
+                                   filter_string=f"tags.`{T.DATASET}` = 'production-feedback'")
+    assert handed.data.tags[T.SOURCE_ENV] == "prod" and handed.data.tags[T.SOURCE_MONITOR_RUN] == monitor.info.run_id
+    npz = np.load(client.download_artifacts(handed.info.run_id, "data/labelled.npz", str(tmp_path / "handed")))
+    truth = {r["correlation_id"]: r["label"] for r in sent("ground_truth")}
+    expected = sorted((pixels(r), truth[r["correlation_id"]]) for r in sent("model_inputs") if r["correlation_id"] in truth)
+    assert sorted((img.tobytes(), int(y)) for img, y in zip(npz["images"], npz["labels"])) == expected
+    (ado,) = devops.posts  # Azure DevOps' "Runs - Run Pipeline" of QA's CI, with the overrides as ciArgs
+    assert ado["path"] == "/contoso/p-1/_apis/pipelines/17/runs?api-version=7.1"
+    assert ado["headers"]["authorization"] == "Bearer ado-job-token"
+    ci_args = json.loads(ado["body"])["templateParameters"]["ciArgs"]
+    assert "data.extra_train=[production-feedback]" in ci_args.split()
+    (ci,) = [s for s in pf.steps(PIPELINES / "ci.yml", pf.Neutral().values, parameters={"ciArgs": ci_args})
+             if s.value("stage") == "ci"]  # QA's CI, queued so, trains on the handed-over images
+    assert ci.value("data.extra_train") == "[production-feedback]", ci.args
+    assert not qa.denied and not prod.denied and not qa.refused and not prod.refused, (qa.denied, prod.denied)
