@@ -29,6 +29,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -124,6 +125,7 @@ class OnlineHost(WorkspaceFiles):
     # ---------------------------------------------------------------- the deployment's container
     def _start(self, endpoint: str, name: str, props: dict) -> RunningDeployment:
         base = self.root / endpoint / name
+        shutil.rmtree(base, ignore_errors=True)  # a fresh container: nothing of the slot's last deployment
         conda = self._resource(props["environmentId"])["properties"]["condaFile"]
         venv = self.venvs.venv(EnvironmentSpec.from_conda(conda))
         code = props["codeConfiguration"]
