@@ -248,6 +248,75 @@ class ArmFront:
 
 # ----------------------------------------------------------------------------- blob storage: Azurite
 
+class BlobFront:
+    """HTTPS in front of Azurite for `<account>.blob.core.windows.net`: Azure Storage's RBAC, which Azurite
+    does not have (it checks keys, SAS signatures and a token's shape, not roles), decided per request
+    by the workspace owning the account (FakeWorkspace.blob_refusal: a bearer token's principal needs a
+    data role from infra/*.tf); an allowed request goes on to Azurite as it came."""
+
+    HOP = ("connection", "proxy-connection", "keep-alive", "transfer-encoding", "content-length")
+
+    def __init__(self, workspaces: Dict[str, object], azurite_port: int, authority: HostAuthority, lock):
+        self.port = free_port()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def reply(self, status: int, headers: List[tuple], content: bytes) -> None:
+                self.send_response(status)
+                for key, value in headers:
+                    if key.lower() not in BlobFront.HOP and key.lower() not in ("date", "server"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(content)
+
+            def answer(self):
+                import http.client
+                from urllib.parse import parse_qs, urlparse
+
+                from azure_workspace import blob_refused
+
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                ws = workspaces.get(self.headers.get("Host", "").split(".")[0])
+                if ws is not None:
+                    url = urlparse(self.path)
+                    authorization = self.headers.get("Authorization")
+                    with lock:
+                        refusal = ws.blob_refusal(ws.principal(authorization), self.command, url.path,
+                                                  {k: v[0] for k, v in parse_qs(url.query).items()}, authorization)
+                    if refusal:
+                        return self.reply(403, [("Content-Type", "application/xml"),
+                                                ("x-ms-error-code", "AuthorizationPermissionMismatch")],
+                                          blob_refused(refusal))
+                context = ssl.create_default_context(cafile=str(authority.ca_file))
+                upstream = http.client.HTTPSConnection("127.0.0.1", azurite_port, context=context, timeout=120)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in BlobFront.HOP}
+                upstream.request(self.command, self.path, body=body, headers=headers)
+                answer = upstream.getresponse()
+                content = answer.read()
+                upstream.close()
+                self.reply(answer.status, answer.getheaders(), content)
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = answer
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+        self.server = Server(("127.0.0.1", self.port), Handler)
+        self.server.socket = authority.server_context().wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def account_key(account: str) -> str:
     """A storage account key of Azure's shape (64 bytes, base64), fixed per account name."""
     return base64.b64encode((account * 64).encode()[:64]).decode()
@@ -359,13 +428,38 @@ class AzureStandIn:
         signed_in_az(self.bin, principal)
         self.azurite = Azurite(root / "azurite", self.authority, accounts)
         self.front = ArmFront(transport, self.authority)
+        owners = {ws.blobstore.account: ws for ws in getattr(transport, "workspaces", (transport,))}
+        self.blob = BlobFront(owners, self.azurite.port, self.authority, self.front.lock)
         self.proxy = ConnectProxy({f"{ARM_HOST}": self.front.port, "*.api.azureml.ms": self.front.port,
-                                   "*.blob.core.windows.net": self.azurite.port})
+                                   "*.blob.core.windows.net": self.blob.port})
+        for ws in owners.values():
+            self.answer_list_secrets(ws)
         try:
             self.azurite.wait()
         except BaseException:
             self.stop()
             raise
+
+    def answer_list_secrets(self, ws) -> None:
+        """Azure ML's answer to `POST datastores/<name>/listSecrets` with `expirableSecret` (what azure-ai-ml
+        asks before it uploads a data asset or a code folder): SasDatastoreSecrets, a SAS for the datastore's
+        container signed with the account's key (Azurite checks it). The caller needs the workspace role's
+        `datastores/listsecrets/action` (checked before this runs); without a secret, azure-ai-ml falls
+        back to its own token, which needs a blob data role."""
+        import datetime
+
+        from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+
+        def answer(recorded):
+            store = ws.resource(f"datastores/{recorded.path.split('/')[-2]}")["properties"]
+            account = store["accountName"]
+            sas = generate_container_sas(
+                account, store["containerName"], account_key=account_key(account),
+                permission=ContainerSasPermissions(read=True, add=True, create=True, write=True, list=True),
+                expiry=datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=1))
+            return 200, {"secretsType": "Sas", "sasToken": sas}
+
+        ws.on("POST", r"datastores/[^/]+/listsecrets", answer)
 
     def attach_mlflow(self, azure_mlflow, *workspaces):
         """Each FakeWorkspace's MLflow: a real `mlflow server` (tests/azure_mlflow_server.py, whose CA
@@ -438,6 +532,7 @@ class AzureStandIn:
     def stop(self) -> None:
         self.proxy.stop()
         self.front.stop()
+        self.blob.stop()
         self.azurite.stop()
 
 

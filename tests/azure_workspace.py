@@ -219,6 +219,12 @@ class BlobContainer:
                 f"<Message>{escape(message or code)}</Message></Error>").encode()
 
 
+def blob_refused(refusal: str) -> bytes:
+    """Azure Storage's 403 for a token whose principal lacks the data role."""
+    return BlobContainer._error("AuthorizationPermissionMismatch", "This request is not authorized to perform this "
+                                "operation using this permission. " + refusal)
+
+
 def bad_request(problems: List[str]) -> dict:
     """Azure ML's 400 for a body its models refuse: UserError, each problem naming its field."""
     return {"error": {"code": "UserError", "message": f"The request is invalid: {'; '.join(problems)}",
@@ -302,15 +308,10 @@ class FakeWorkspace(_InMemoryTransport):
         self.requests.append(recorded)
         principal = self.principal(request.headers.get("Authorization"))
         if url.netloc == self.blobstore.host:
-            shared_key = (request.headers.get("Authorization") or "").startswith("SharedKey ")
-            if "sig" not in recorded.query and not shared_key:  # a SAS or the account key carries its own permission
-                blob = unquote(url.path).lstrip("/")
-                scope = f"{self.names.references()['azurerm_storage_account.this.id']}/blobServices/default/containers/{blob}"
-                refusal = self.authorize(principal, blob_data_action(request.method), scope, data=True)
-                if refusal:
-                    return raw_response(request, 403, BlobContainer._error(
-                        "AuthorizationPermissionMismatch", "This request is not authorized to perform this "
-                        "operation using this permission. " + refusal), {"Content-Type": "application/xml"})
+            refusal = self.blob_refusal(principal, request.method, url.path, recorded.query,
+                                        request.headers.get("Authorization"))
+            if refusal:
+                return raw_response(request, 403, blob_refused(refusal), {"Content-Type": "application/xml"})
             return self.blobstore.send(request)
         if url.netloc == f"{self.location}.api.azureml.ms":
             if recorded.path != "/discovery":
@@ -353,6 +354,17 @@ class FakeWorkspace(_InMemoryTransport):
         if refusal:
             self.denied.append((principal, action, scope))
         return refusal
+
+    def blob_refusal(self, principal: Optional[str], method: str, path: str, query: dict,
+                     authorization: Optional[str]) -> Optional[str]:
+        """Azure Storage's decision on a request to this workspace's storage account: a SAS or the
+        account key carries its own permission (the service checks it); a bearer token's principal
+        needs a data role covering the blob operation on the container."""
+        if "sig" in query or (authorization or "").startswith("SharedKey "):
+            return None
+        blob = unquote(path).lstrip("/")
+        scope = f"{self.names.references()['azurerm_storage_account.this.id']}/blobServices/default/containers/{blob}"
+        return self.authorize(principal, blob_data_action(method), scope, data=True)
 
     @staticmethod
     def data_plane_action(r: Recorded) -> str:

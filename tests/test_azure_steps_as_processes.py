@@ -115,6 +115,8 @@ def test_ci_provision_step_creates_environments_and_uploads_the_data_assets(qa, 
     assert any(n.endswith("train-images-idx3-ubyte.gz") or "train-images" in n for n in uploaded), uploaded
     assert any(n.endswith("features.csv") for n in uploaded) and any(n.endswith("MLTable") for n in uploaded), uploaded
     assert not ws.denied and not ws.refused, (ws.denied, ws.refused)
+    # with a SAS from the datastore's listSecrets (the pipeline's role allows it), not a blob data role
+    assert ws.sent("POST", "datastores/workspaceblobstore/listsecrets")
 
     # provisioning again uploads nothing twice
     again = run_step(step, stand_in, data_cache, agent / "s2")
