@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -12,15 +13,17 @@ from mnistops import tags
 from mnistops.errors import MnistopsError
 
 
-def checkpoint_path(run: Run) -> Path:
-    """The run's best checkpoint: the local file when it is still there, else MLflow's copy."""
+def checkpoint_path(run: Run, scratch: Path) -> Path:
+    """The run's best checkpoint: the local file when it is still there, else MLflow's copy, downloaded
+    under `scratch` (without a folder of ours MLflow downloads into a temp dir it never deletes)."""
     local = run.data.tags.get(tags.BEST_CHECKPOINT)
     if local and Path(local).is_file():
         return Path(local)
     import mlflow
 
     try:
-        folder = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="checkpoints")
+        folder = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="checkpoints",
+                                                     dst_path=str(scratch))
     except Exception as err:  # noqa: BLE001 (any store error means the same to the user)
         raise MnistopsError(f"run {run.info.run_id} has no checkpoint (not a finished train run?)") from err
     found = sorted(Path(folder).glob("*.ckpt"))
@@ -32,7 +35,8 @@ def checkpoint_path(run: Run) -> Path:
 def load_network(run: Run) -> torch.nn.Module:
     from mnistops.models.module import Classifier
 
-    model = Classifier.load_from_checkpoint(checkpoint_path(run), map_location="cpu")
+    with tempfile.TemporaryDirectory() as scratch:
+        model = Classifier.load_from_checkpoint(checkpoint_path(run, Path(scratch)), map_location="cpu")
     return model.net.eval()
 
 
