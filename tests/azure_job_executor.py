@@ -51,6 +51,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 from urllib.parse import parse_qs, urlparse
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 WHEELS = REPO / ".tools" / "wheels"
 FILL = "python tests/azure_job_executor.py fill (bash .ci/run does it)"
@@ -171,9 +173,10 @@ class JobVenvs:
         return {re.sub(r"[-_.]+", "-", p["name"]).lower(): p["version"] for p in json.loads(out)}
 
 
-def job_venvs_fixture() -> JobVenvs:
-    """The session's JobVenvs (tests import it as the `job_venvs` fixture): an empty wheel cache skips
-    here and fails in CI, like a missing tool."""
+@pytest.fixture(scope="session")
+def job_venvs() -> JobVenvs:
+    """The session's JobVenvs (a fixture: tests import it): an empty wheel cache skips here and fails
+    in CI, like a missing tool."""
     from conftest import needs_tool
 
     if not any(WHEELS.glob("*.whl")):

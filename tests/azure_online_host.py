@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from azure_job_executor import EnvironmentSpec, JobVenvs, WorkspaceFiles
+from azure_proxy import reply
 from conftest import free_port
 
 KEYS = ("primary-key-1", "secondary-key-1")  # what the stand-in's listkeys answers
@@ -269,16 +270,8 @@ class ScoringFront:
             def log_message(self, *args):
                 pass
 
-            def reply(self, status: int, body: bytes, headers: Dict[str, str]) -> None:
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
             def refuse(self, status: int, message: str) -> None:
-                self.reply(status, json.dumps({"message": message}).encode(), {"Content-Type": "application/json"})
+                reply(self, status, [("Content-Type", "application/json")], json.dumps({"message": message}).encode())
 
             def do_POST(self):  # noqa: N802  (http.server's name)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -299,7 +292,7 @@ class ScoringFront:
                     threading.Thread(target=forward, args=(mirror, body, headers), daemon=True).start()
                 status, answer, answer_headers = forward(target, body, headers)
                 answer_headers["azureml-model-deployment"] = target.name
-                self.reply(status, answer, answer_headers)
+                reply(self, status, answer_headers.items(), answer)
 
         class Server(ThreadingHTTPServer):
             daemon_threads = True

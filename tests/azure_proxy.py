@@ -156,6 +156,39 @@ def pipe(a: socket.socket, b: socket.socket) -> None:
 
 # ----------------------------------------------------------------------------- ARM over HTTPS
 
+# headers that belong to one connection, or that the answer's own framing replaces
+PER_CONNECTION = ("connection", "proxy-connection", "keep-alive", "transfer-encoding", "content-length")
+
+
+def reply(handler: BaseHTTPRequestHandler, status: int, headers, content: bytes) -> None:
+    """An answer framed by its Content-Length (the upstream's framing, date and server dropped)."""
+    handler.send_response(status)
+    for key, value in headers:
+        if key.lower() not in (*PER_CONNECTION, "date", "server"):
+            handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(content)))
+    handler.end_headers()
+    if handler.command != "HEAD":
+        handler.wfile.write(content)
+
+
+def relay(handler: BaseHTTPRequestHandler, port: int, body: Optional[bytes], authority: "HostAuthority",
+          keep_host: bool) -> None:
+    """The request as it came to a TLS server on 127.0.0.1:`port` (certificate from `authority`'s CA),
+    and its answer back; `keep_host`: the upstream reads Azure's host name from the Host header."""
+    import http.client
+
+    context = ssl.create_default_context(cafile=str(authority.ca_file))
+    upstream = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=120)
+    dropped = PER_CONNECTION if keep_host else (*PER_CONNECTION, "host")
+    upstream.request(handler.command, handler.path, body=body,
+                     headers={k: v for k, v in handler.headers.items() if k.lower() not in dropped})
+    answer = upstream.getresponse()
+    content = answer.read()
+    upstream.close()
+    reply(handler, answer.status, answer.getheaders(), content)
+
+
 class ArmFront:
     """HTTPS in front of an azure-core transport (FakeAzure / FakeWorkspace): each request becomes the
     azure.core HttpRequest that transport's `send` takes, its answer goes back as HTTP. One request at
@@ -185,48 +218,16 @@ class ArmFront:
                         refusal = ws.authorize(ws.principal(self.headers.get("Authorization")),
                                                mlflow_action(self.command, self.path), ws._cased(ws.prefix))
                     if refusal:
-                        content = json.dumps({**authorization_failed(refusal), "error_code": "PERMISSION_DENIED",
-                                              "message": refusal}).encode()
-                        self.send_response(403)
-                        self.send_header("Content-Type", "application/json")
-                        self.send_header("Content-Length", str(len(content)))
-                        self.end_headers()
-                        self.wfile.write(content)
-                        return
-                    return self.relay(port, body)
+                        return reply(self, 403, [("Content-Type", "application/json")], json.dumps(
+                            {**authorization_failed(refusal), "error_code": "PERMISSION_DENIED",
+                             "message": refusal}).encode())
+                    # the workspace's MLflow REST calls, to its `mlflow server` (TLS, the same CA)
+                    return relay(self, port, body, authority, keep_host=False)
                 request = HttpRequest(self.command, f"https://{host}{self.path}",
                                       headers={k: v for k, v in self.headers.items()}, content=body)
                 with front.lock:
                     response = front.transport.send(request)
-                content = response.content or b""
-                self.send_response(response.status_code)
-                for key, value in response.headers.items():
-                    if key.lower() not in ("content-length", "transfer-encoding", "connection"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(content)
-
-            def relay(self, port: int, body: Optional[bytes]):
-                """The workspace's MLflow REST calls, to its `mlflow server` (TLS, the same CA)."""
-                import http.client
-
-                context = ssl.create_default_context(cafile=str(authority.ca_file))
-                upstream = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=120)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection", "proxy-connection")}
-                upstream.request(self.command, self.path, body=body, headers=headers)
-                answer = upstream.getresponse()
-                content = answer.read()
-                upstream.close()
-                self.send_response(answer.status)
-                for key, value in answer.getheaders():
-                    if key.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(content)
+                reply(self, response.status_code, response.headers.items(), response.content or b"")
 
             do_GET = do_PUT = do_POST = do_PATCH = do_DELETE = do_HEAD = answer
 
@@ -254,8 +255,6 @@ class BlobFront:
     by the workspace owning the account (FakeWorkspace.blob_refusal: a bearer token's principal needs a
     data role from infra/*.tf); an allowed request goes on to Azurite as it came."""
 
-    HOP = ("connection", "proxy-connection", "keep-alive", "transfer-encoding", "content-length")
-
     def __init__(self, workspaces: Dict[str, object], azurite_port: int, authority: HostAuthority, lock):
         self.port = free_port()
 
@@ -265,18 +264,7 @@ class BlobFront:
             def log_message(self, *args):
                 pass
 
-            def reply(self, status: int, headers: List[tuple], content: bytes) -> None:
-                self.send_response(status)
-                for key, value in headers:
-                    if key.lower() not in BlobFront.HOP and key.lower() not in ("date", "server"):
-                        self.send_header(key, value)
-                self.send_header("Content-Length", str(len(content)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(content)
-
             def answer(self):
-                import http.client
                 from urllib.parse import parse_qs, urlparse
 
                 from azure_workspace import blob_refused
@@ -291,17 +279,10 @@ class BlobFront:
                         refusal = ws.blob_refusal(ws.principal(authorization), self.command, url.path,
                                                   {k: v[0] for k, v in parse_qs(url.query).items()}, authorization)
                     if refusal:
-                        return self.reply(403, [("Content-Type", "application/xml"),
-                                                ("x-ms-error-code", "AuthorizationPermissionMismatch")],
-                                          blob_refused(refusal))
-                context = ssl.create_default_context(cafile=str(authority.ca_file))
-                upstream = http.client.HTTPSConnection("127.0.0.1", azurite_port, context=context, timeout=120)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in BlobFront.HOP}
-                upstream.request(self.command, self.path, body=body, headers=headers)
-                answer = upstream.getresponse()
-                content = answer.read()
-                upstream.close()
-                self.reply(answer.status, answer.getheaders(), content)
+                        return reply(self, 403, [("Content-Type", "application/xml"),
+                                                 ("x-ms-error-code", "AuthorizationPermissionMismatch")],
+                                     blob_refused(refusal))
+                relay(self, azurite_port, body, authority, keep_host=True)  # Azurite reads the account from Host
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = answer
 

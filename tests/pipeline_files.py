@@ -12,6 +12,7 @@ pipeline fails a test instead of expanding to nothing.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -46,6 +47,12 @@ class Step:
         """The last `key=value` override of this step (Hydra: the last one wins)."""
         found = [a.split("=", 1)[1] for a in self.args if a.split("=", 1)[0] == key]
         return found[-1] if found else None
+
+
+def agent_environment() -> Dict[str, str]:
+    """What an agent's process starts from: this machine's environment without this session's
+    MNISTOPS_*, AZURE* and MLFLOW_* settings (a pipeline sets its own)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("MNISTOPS_", "AZURE", "MLFLOW_"))}
 
 
 def pipelines(kind: str = "*") -> List[Path]:

@@ -23,13 +23,13 @@ from conftest import QUICK, needs_module
 
 needs_module("azure.ai.ml", "pip install -e '.[azure]'")
 
-from azure_job_executor import WHEELS, EnvironmentSpec, JobExecutor, JobVenvs, job_venvs_fixture  # noqa: E402
+from azure_job_executor import WHEELS, EnvironmentSpec, JobExecutor, JobVenvs  # noqa: E402
+from azure_job_executor import job_venvs  # noqa: E402,F401  (a fixture)
 from azure_mlflow_server import azure_mlflow  # noqa: E402,F401  (a fixture)
 from test_azure_steps_as_processes import STEP_TIMEOUT, blobs, qa, run_step, variable_group  # noqa: E402,F401
 
 pytestmark = pytest.mark.integration
 
-job_venvs = pytest.fixture(scope="session")(job_venvs_fixture)
 
 
 def train_spec() -> EnvironmentSpec:

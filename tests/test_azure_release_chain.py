@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -29,27 +28,21 @@ from conftest import needs_module
 needs_module("azure.ai.ml", "pip install -e '.[azure]'")
 needs_module("azureml.ai.monitoring", "pip install -e '.[azure]'")
 
-from azure_job_executor import EnvironmentSpec, job_venvs_fixture  # noqa: E402
+from azure_job_executor import EnvironmentSpec, job_venvs  # noqa: E402,F401  (job_venvs: a fixture)
 from azure_mlflow_server import azure_mlflow  # noqa: E402,F401  (a fixture)
 from azure_online_host import CollectorSink, OnlineHost  # noqa: E402
 from azure_proxy import AzureStandIn, HostAuthority  # noqa: E402
 from azure_workspace import FakeAzure, FakeWorkspace  # noqa: E402
+from test_azure_monitoring import pixels  # noqa: E402
+from test_azure_registry import NAME, seed_version  # noqa: E402
 from test_azure_steps_as_processes import PIPELINES, agent_step, run_step, variable_group  # noqa: E402
 
 from mnistops import tags as T  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-NAME = "mnist-classifier"
 QA_ENDPOINT, PROD_ENDPOINT = "mnist-qa-0a1b2c", "mnist-prod-0a1b2c"
 SMOKE_BARS = "smoke.samples=20 smoke.min_accuracy=0.5 smoke.max_p95_ms=10000"  # MNISTOPS_ARGS: the logreg test model
-job_venvs = pytest.fixture(scope="session")(job_venvs_fixture)
-
-
-def pixels(row: dict) -> bytes:
-    import base64
-
-    return base64.b64decode(row["pixels"])
 
 
 def seed_qas_champion(qa: FakeWorkspace, model: Path) -> str:
@@ -60,11 +53,9 @@ def seed_qas_champion(qa: FakeWorkspace, model: Path) -> str:
     run = service.create_run(service.create_experiment("mnistops"))
     service.log_artifacts(run.info.run_id, str(model), "model")
     weights = hashlib.sha256((model / "artifacts" / "model.onnx").read_bytes()).hexdigest()
-    qa.seed(f"models/{NAME}/versions/1", {
-        "modelType": "mlflow_model", "modelUri": f"runs:/{run.info.run_id}/model", "flavors": {},
-        "tags": {T.GATE_DECISION: T.APPROVED, T.WEIGHTS_SHA256: weights, T.RUN_ID: run.info.run_id,
-                 T.alias("champion"): "2026-01-01T00:00:00.000000Z"},
-        "properties": {T.FILES_RUN_ID: run.info.run_id}})
+    seed_version(qa, "1", run=run.info.run_id, **{T.GATE_DECISION: T.APPROVED, T.WEIGHTS_SHA256: weights,
+                                                  T.RUN_ID: run.info.run_id,
+                                                  T.alias("champion"): "2026-01-01T00:00:00.000000Z"})
     return weights
 
 
@@ -158,7 +149,7 @@ def test_cd_qa_promotion_cd_prod_traffic_monitor_and_hand_over_run_as_the_pipeli
                         STANDIN_AZ_PRINCIPAL="prod/pipeline")
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
         (queue,) = [s for s in pf.scripts(PIPELINES / "monitor.yml", values) if "queue QA's CI" in s.name]
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("MNISTOPS_", "AZURE", "MLFLOW_"))}
+        base = pf.agent_environment()
         queued = subprocess.run(["bash", "--noprofile", "--norc", "-c", queue.text],
                                 cwd=Path(values["Pipeline.Workspace"]) / "s", env={**base, **queue.env},
                                 capture_output=True, text=True, timeout=60)
@@ -195,7 +186,8 @@ def test_cd_qa_promotion_cd_prod_traffic_monitor_and_hand_over_run_as_the_pipeli
     assert handed.data.tags[T.SOURCE_ENV] == "prod" and handed.data.tags[T.SOURCE_MONITOR_RUN] == monitor.info.run_id
     npz = np.load(client.download_artifacts(handed.info.run_id, "data/labelled.npz", str(tmp_path / "handed")))
     truth = {r["correlation_id"]: r["label"] for r in sent("ground_truth")}
-    expected = sorted((pixels(r), truth[r["correlation_id"]]) for r in sent("model_inputs") if r["correlation_id"] in truth)
+    expected = sorted((pixels(r).tobytes(), truth[r["correlation_id"]]) for r in sent("model_inputs")
+                      if r["correlation_id"] in truth)
     assert sorted((img.tobytes(), int(y)) for img, y in zip(npz["images"], npz["labels"])) == expected
     (ado,) = devops.posts  # Azure DevOps' "Runs - Run Pipeline" of QA's CI, with the overrides as ciArgs
     assert ado["path"] == "/contoso/p-1/_apis/pipelines/17/runs?api-version=7.1"

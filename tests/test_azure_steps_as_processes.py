@@ -12,7 +12,6 @@ The process talks to Azure's own host names through HTTPS_PROXY (tests/azure_pro
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -59,7 +58,7 @@ def run_step(step: pf.Step, stand_in: AzureStandIn, data_cache: Path, cwd: Path,
     if not (home / "data").is_dir():  # a fresh agent downloads; the verified cache saves that
         shutil.copytree(data_cache, home / "data")
     cwd.mkdir(parents=True, exist_ok=True)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("MNISTOPS_", "AZURE", "MLFLOW_"))}
+    base = pf.agent_environment()
     env = {**base, "MNISTOPS_DATA_MIRROR": mirror_url(), "PYTHONUNBUFFERED": "1", **step.env,
            **stand_in.environment(), **agent_env}
     return subprocess.run([sys.executable, "-m", "mnistops", *step.args], cwd=cwd, env=env, capture_output=True,
@@ -178,7 +177,7 @@ def test_the_collector_reader_reads_azurite_in_a_process_of_its_own(tmp_path):
 
         overrides = ["env=prod", "env.backend=azure", f"azure.endpoint_name={ENDPOINT}"]
         script = READ_WINDOW.format(tests=str(pf.REPO / "tests"), overrides=overrides, start=T0, end=T0 + 2 * 3600)
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("MNISTOPS_", "AZURE", "MLFLOW_"))}
+        base = pf.agent_environment()
         env = {**base, "MNISTOPS_HOME": str(tmp_path / "home"), "AZURE_PROD_SUBSCRIPTION_ID": ws.subscription,
                "AZUREML_PROD_RESOURCE_GROUP": ws.resource_group, "AZUREML_PROD_WORKSPACE": ws.workspace,
                **stand_in.environment()}

@@ -190,7 +190,7 @@ class Agents:
         return clone
 
     def execute(self, step: pf.Step, args: List[str], env: Dict[str, str], cwd: Path, agent: bool = False) -> StepRun:
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("MNISTOPS_", "AZURE", "MLFLOW_"))}
+        base = pf.agent_environment()
         if agent:  # a hosted agent: CI=true (GitHub's value), none of this session's Python settings;
             # bytecode is written, so the clone's __pycache__ shows whose code ran
             base = {k: v for k, v in base.items() if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
@@ -224,7 +224,7 @@ class Agents:
 
     def stop_endpoints(self) -> None:
         """`stage=endpoint endpoint.action=stop` on both hosts at once."""
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("MNISTOPS_", "AZURE", "MLFLOW_"))}
+        base = pf.agent_environment()
         stopping = []
         for env, host in self.hosts.items():
             if (host / "home" / env / "endpoints").is_dir():
