@@ -47,6 +47,14 @@ def served_by(srv: ServerProcess, request_ids) -> dict:
     return out
 
 
+def scored_requests_counted(srv: ServerProcess) -> float:
+    """/score requests in /metrics (asked of any worker: it sums every worker's count)."""
+    with srv.client() as c:
+        text = c.get("/metrics").text
+    return sum(float(m) for m in re.findall(r'^mnistops_requests_total\{[^}]*route="/score"[^}]*\} ([\d.e+]+)$',
+                                            text, re.M))
+
+
 def fresh_connection_versions(srv: ServerProcess, n: int) -> dict:
     """n requests at once, each on a new connection (the kernel spreads connections over the
     workers): request id -> the version that answered."""
@@ -235,11 +243,11 @@ def test_a_killed_master_comes_back_with_the_state_and_metrics_add_up(endpoint, 
                                              "mirror_traffic": {}}).status_code == 200
     # metrics: requests on fresh connections land on both workers; /metrics (any worker) counts them all
     fresh_connection_versions(srv, 30)
-    with srv.client() as c:
-        text = c.get("/metrics").text
-    total = sum(float(m) for m in re.findall(r'^mnistops_requests_total\{[^}]*route="/score"[^}]*\} ([\d.e+]+)$',
-                                              text, re.M))
-    assert total == 30
+    deadline = time.monotonic() + 30  # a worker counts a request just after its answer has gone out
+    while (total := scored_requests_counted(srv)) < 30:
+        assert time.monotonic() < deadline, f"/metrics counts {total} of 30 answered requests"
+        time.sleep(0.05)
+    assert total == 30  # and not more: every worker's count, each once
 
     old_master, old_workers = master_pid(srv.dir), worker_pids(srv.dir)
     os.kill(old_master, signal.SIGKILL)

@@ -54,6 +54,11 @@ def wait_until_ready(proc: subprocess.Popen, url: str, timeout_s: float, log: Pa
     raise MnistopsError(f"the MLflow UI did not answer at {url} within ui.startup_timeout_s={timeout_s} (log: {log})")
 
 
+def _announce(cfg: DictConfig, store: Path, url: str, log: Path) -> None:
+    print(f"MLflow UI for env {cfg.env.name} ({store}): {url}")
+    print(f"  registered models: {url}/#/models   server log: {log}")
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -73,6 +78,8 @@ def run(cfg: DictConfig) -> StageResult:
                             f"e.g. ui.port={cfg.ui.port + 1}")
     url = f"http://{cfg.ui.host}:{cfg.ui.port}"
     log = layout.ui_log(cfg)
+    if cfg.ui.foreground and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill <pid>` stops it as cleanly as Ctrl-C, at any moment
     with open(log, "ab") as out:  # the server's own request log: there, not on the terminal
         proc = subprocess.Popen(server_command(cfg), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=not cfg.ui.foreground)
@@ -81,15 +88,13 @@ def run(cfg: DictConfig) -> StageResult:
     except BaseException:
         proc.kill()
         raise
-    print(f"MLflow UI for env {cfg.env.name} ({store}): {url}")
-    print(f"  registered models: {url}/#/models   server log: {log}")
     if not cfg.ui.foreground:
+        _announce(cfg, store, url, log)
         print(f"  running in the background as pid {proc.pid}; stop it with: kill {proc.pid}")
         return StageResult("ui", artifacts={"url": url, "pid": str(proc.pid), "log": str(log)})
-    print("  Ctrl-C stops it")
-    if threading.current_thread() is threading.main_thread():  # `kill <pid>` stops it as cleanly as Ctrl-C
-        signal.signal(signal.SIGTERM, _interrupt)
-    try:
+    try:  # from here a Ctrl-C, even one pressed while the address is printed, stops the server
+        _announce(cfg, store, url, log)
+        print("  Ctrl-C stops it")
         proc.wait()
     except KeyboardInterrupt:
         proc.terminate()
