@@ -22,17 +22,18 @@ RECIPE = ["experiment=fast", "trainer.max_epochs=1", "trainer.limit_train_batche
 # a tiny logistic regression: three batches of training, far from the champion's answers
 WORSE = ["model=logreg", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
          "trainer.limit_test_batches=1", "data.eval_batch_size=500", "data.augment.enabled=false"]
-# a much bigger net, barely trained: cnn_large widened to ~350 M multiply-adds an image, ~170x the
-# champion's cnn_small (cnn_large itself, ~40x, measured only 2.7x the champion's p99 on a loaded
-# 2-core machine: the champion's p99 there is mostly waiting for a core)
-SLOW = ["model=cnn_large", "model.net.stages=[[128,128],[256,256],[512]]", "model.net.hidden=512",
+# a much bigger net, barely trained: ~37 ms an image on one thread, ~75x the champion's cnn_small
+# (cnn_large itself, ~40x the multiply-adds, measured only 2.7x the champion's p99 on a loaded 2-core
+# machine, and a ~10 ms net 2.4x in one CI run: there the champion's p99 was 12 ms, mostly waiting for a
+# core; the judged time has to be the challenger's own work, far above what waiting adds)
+SLOW = ["model=cnn_large", "model.net.stages=[[256,256],[512,512],[1024]]", "model.net.hidden=512",
         "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-        "trainer.limit_test_batches=1", "data.batch_size=32", "data.eval_batch_size=250",
-        # its calibration on fewer images: 15,000 images through this net were ~3/4 of the module's set-up
-        "data.val_size=500", "train.ood_fit_images=250"]
+        "trainer.limit_test_batches=1", "data.batch_size=32", "data.eval_batch_size=125",
+        # its calibration on fewer images: every image through this net costs ~37 ms
+        "data.val_size=250", "train.ood_fit_images=150"]
 # judged on 200 requests (after 50 of warm-up), half the live traffic mirrored; thresholds fit models
-# trained for seconds; the latency ratio allowed (3): SLOW's model time measured 6.9x the champion's
-# p99 on a loaded 2-core machine (load ~14), equal models ~1x once the warm-up is left out
+# trained for seconds; the latency ratio allowed (3) leaves equal models room on a busy machine (~1x
+# once the warm-up is left out); the slow version is judged at the default (1.5)
 KNOBS = ["canary.mirror=50", "canary.requests=200", "canary.min_agreement=0.85", "canary.max_latency_ratio=3",
          "canary.max_error_rate=0.05", "canary.poll_s=0.5", "canary.timeout_s=300", "canary.no_traffic_s=60"]
 
@@ -198,8 +199,9 @@ def test_a_clearly_worse_version_is_rejected_and_the_champion_keeps_all_traffic(
 @pytest.mark.integration
 def test_a_slow_version_is_rejected_on_latency(canary_home):
     home, overrides = canary_home
-    # agreement is not asked for here (min_agreement ~0): the decision rests on latency alone
-    proc, traffic = _canary(home, overrides, 4, "canary.min_agreement=0.001")
+    # agreement is not asked for here (min_agreement ~0): the decision rests on latency alone, at the
+    # default threshold (1.5x the champion's p99)
+    proc, traffic = _canary(home, overrides, 4, "canary.min_agreement=0.001", "canary.max_latency_ratio=1.5")
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert traffic.failures == [], traffic.failures[:5]
     line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("latency"))
@@ -207,7 +209,7 @@ def test_a_slow_version_is_rejected_on_latency(canary_home):
     tags = _tags(home, 4)
     assert tags["mnistops.canary.decision"] == "reject" and "latency: p99" in tags["mnistops.canary.reasons"]
     run = mlflow_client(home, "prod").get_run(tags["mnistops.canary.run_id"])
-    assert run.data.metrics["canary/latency"] > 3
+    assert run.data.metrics["canary/latency"] > 1.5
     assert _state(home, overrides)["traffic"] == {"blue": 100}
 
 
