@@ -15,15 +15,19 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
+import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Dict, List, Tuple
 
 import httpx
 import numpy as np
 import pytest
 
 import pipeline_files as pf
-from conftest import needs_module
+from conftest import REPO, needs_module
 
 needs_module("azure.ai.ml", "pip install -e '.[azure]'")
 needs_module("azureml.ai.monitoring", "pip install -e '.[azure]'")
@@ -43,6 +47,49 @@ pytestmark = pytest.mark.integration
 
 QA_ENDPOINT, PROD_ENDPOINT = "mnist-qa-0a1b2c", "mnist-prod-0a1b2c"
 SMOKE_BARS = "smoke.samples=20 smoke.min_accuracy=0.5 smoke.max_p95_ms=10000"  # MNISTOPS_ARGS: the logreg test model
+
+
+# `az ml online-endpoint invoke`: the ml extension's command is azure-ai-ml's own (it vendors the SDK):
+# GET the endpoint, its keys (listKeys), POST the request file to the scoring URI with the primary key.
+# az itself is not installed here (its ml extension comes from Azure's extension index, unreachable):
+# the same SDK call, signed in through az as the extension is.
+AZ_ML_INVOKE = """import sys
+from azure.ai.ml import MLClient
+from azure.identity import AzureCliCredential
+subscription, group, workspace, name, request_file = sys.argv[1:]
+print(MLClient(AzureCliCredential(), subscription, group, workspace).online_endpoints.invoke(
+    name, request_file=request_file))
+"""
+
+
+def readme_first_prediction() -> Tuple[str, List[str], str]:
+    """The README's "First run on Azure" step 7, as written: the command that makes request.json, the
+    words of its `az ml online-endpoint invoke`, and the answer it shows."""
+    block = (REPO / "README.md").read_text().split("# 7. the first prediction", 1)[1].split("```", 1)[0]
+    lines = [line.strip() for line in block.replace("\\\n", " ").splitlines()[1:]]
+    make_request = next(line for line in lines if line.startswith(".venv/bin/python") and "request.json" in line)
+    invoke = next(line for line in lines if line.startswith("az ml online-endpoint invoke")).split()
+    shown = next(line for line in lines if line.startswith("# {"))
+    return make_request, invoke, shown
+
+
+def first_prediction(stand_in: AzureStandIn, values: Dict[str, str], workdir: Path, identity: str) -> dict:
+    """Step 7 run in a folder of its own (the README runs it in the checkout: postman/ is there)."""
+    make_request, invoke, _ = readme_first_prediction()
+    (workdir / "postman").mkdir(parents=True)
+    shutil.copy(REPO / "postman" / "digit-7.png", workdir / "postman")
+    env = {**pf.agent_environment(), **stand_in.environment(), "STANDIN_AZ_PRINCIPAL": identity}
+    made = subprocess.run(["bash", "-c", make_request.replace(".venv/bin/python", shlex.quote(sys.executable), 1)],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    flags = {flag: re.sub(r"\$(\w+)", lambda m: values[m.group(1)], word)  # the variable group's values
+             for flag, word in zip(invoke[4::2], invoke[5::2])}
+    assert set(flags) == {"-n", "-g", "-w", "--request-file"}, invoke
+    answer = subprocess.run([sys.executable, "-c", AZ_ML_INVOKE, values["AZURE_QA_SUBSCRIPTION_ID"], flags["-g"],
+                             flags["-w"], flags["-n"], flags["--request-file"]],
+                            cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
+    assert answer.returncode == 0, answer.stdout[-2000:] + answer.stderr[-3000:]
+    return json.loads(answer.stdout)
 
 
 def seed_qas_champion(qa: FakeWorkspace, model: Path) -> str:
@@ -109,6 +156,13 @@ def test_cd_qa_promotion_cd_prod_traffic_monitor_and_hand_over_run_as_the_pipeli
         pinned = httpx.post(scoring, json=image, headers={**keyed, "azureml-model-deployment": qa_deployment.name})
         assert pinned.status_code == 200 and pinned.headers["azureml-model-deployment"] == qa_deployment.name
         assert httpx.post(scoring, json=image, headers={**keyed, "azureml-model-deployment": "nope"}).status_code == 404
+
+        # the README's first prediction (First run on Azure, step 7), on QA's endpoint as CD left it
+        answer = first_prediction(stand_in, groups, tmp_path / "step7", "qa/pipeline")
+        shown = readme_first_prediction()[2]  # the answer the README shows
+        assert answer["predictions"][0]["digit"] == int(re.search(r'"digit": (\d+)', shown).group(1)), answer
+        assert len(answer["predictions"][0]["probabilities"]) == 10
+        assert (answer["model"], answer["version"]) == tuple(re.findall(r'"(?:model|version)": "([^"]+)"', shown))
 
         # promotion and CD to PROD, as PROD's pipeline identity (QA read through QA's cross-env role)
         qa_writes = len(qa.sent("PUT", ".*"))
