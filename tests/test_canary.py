@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import compose, free_port, fresh_home, mlflow_client, run_cli
+from mnistops.config import CanaryStageConfig
 from mnistops.quality import canary as C
 
 MODEL = "mnist-classifier"
@@ -201,7 +202,8 @@ def test_a_slow_version_is_rejected_on_latency(canary_home):
     home, overrides = canary_home
     # agreement is not asked for here (min_agreement ~0): the decision rests on latency alone, at the
     # default threshold (1.5x the champion's p99)
-    proc, traffic = _canary(home, overrides, 4, "canary.min_agreement=0.001", "canary.max_latency_ratio=1.5")
+    default = CanaryStageConfig().max_latency_ratio
+    proc, traffic = _canary(home, overrides, 4, "canary.min_agreement=0.001", f"canary.max_latency_ratio={default}")
     assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert traffic.failures == [], traffic.failures[:5]
     line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("latency"))
@@ -209,7 +211,7 @@ def test_a_slow_version_is_rejected_on_latency(canary_home):
     tags = _tags(home, 4)
     assert tags["mnistops.canary.decision"] == "reject" and "latency: p99" in tags["mnistops.canary.reasons"]
     run = mlflow_client(home, "prod").get_run(tags["mnistops.canary.run_id"])
-    assert run.data.metrics["canary/latency"] > 1.5
+    assert run.data.metrics["canary/latency"] > default
     assert _state(home, overrides)["traffic"] == {"blue": 100}
 
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from mnistops.serving.cluster import process_alive
-from serving_fixtures import (AUTH, ServerProcess, make_endpoint, master_pid, mnist, model_dir,  # noqa: F401
+from serving_fixtures import (AUTH, ServerProcess, make_endpoint, master_pid, metric, mnist, model_dir,  # noqa: F401
                               worker_pids)
 
 pytestmark = pytest.mark.integration
@@ -50,9 +50,7 @@ def served_by(srv: ServerProcess, request_ids) -> dict:
 def scored_requests_counted(srv: ServerProcess) -> float:
     """/score requests in /metrics (asked of any worker: it sums every worker's count)."""
     with srv.client() as c:
-        text = c.get("/metrics").text
-    return sum(float(m) for m in re.findall(r'^mnistops_requests_total\{[^}]*route="/score"[^}]*\} ([\d.e+]+)$',
-                                            text, re.M))
+        return metric(c.get("/metrics").text, "mnistops_requests_total", route="/score")
 
 
 def fresh_connection_versions(srv: ServerProcess, n: int) -> dict:
