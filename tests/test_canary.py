@@ -198,24 +198,6 @@ def test_a_clearly_worse_version_is_rejected_and_the_champion_keeps_all_traffic(
 
 
 @pytest.mark.integration
-def test_a_slow_version_is_rejected_on_latency(canary_home):
-    home, overrides = canary_home
-    # agreement is not asked for here (min_agreement ~0): the decision rests on latency alone, at the
-    # default threshold (1.5x the champion's p99)
-    default = CanaryStageConfig().max_latency_ratio
-    proc, traffic = _canary(home, overrides, 4, "canary.min_agreement=0.001", f"canary.max_latency_ratio={default}")
-    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert traffic.failures == [], traffic.failures[:5]
-    line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("latency"))
-    assert " fail " in f" {line} ", line
-    tags = _tags(home, 4)
-    assert tags["mnistops.canary.decision"] == "reject" and "latency: p99" in tags["mnistops.canary.reasons"]
-    run = mlflow_client(home, "prod").get_run(tags["mnistops.canary.run_id"])
-    assert run.data.metrics["canary/latency"] > default
-    assert _state(home, overrides)["traffic"] == {"blue": 100}
-
-
-@pytest.mark.integration
 def test_the_same_recipe_with_another_seed_is_promoted(canary_home):
     home, overrides = canary_home
     proc, traffic = _canary(home, overrides, 2)
@@ -231,6 +213,27 @@ def test_the_same_recipe_with_another_seed_is_promoted(canary_home):
     # a second canary of the version now serving has nothing to do
     proc = run_cli(["stage=canary", f"deploy.model=models:/{MODEL}/2", *overrides, *KNOBS], home)
     assert proc.returncode == 2 and "already serves" in proc.stderr
+
+
+@pytest.mark.integration
+def test_a_slow_version_is_rejected_on_latency(canary_home):
+    home, overrides = canary_home
+    # after the promotion (a rejected slow challenger's queued copies drain and fail for up to 10 s after
+    # its removal, logged under its slot's name: a canary in that slot right after would count them)
+    serving = _state(home, overrides)["traffic"]
+    # agreement is not asked for here (min_agreement ~0): the decision rests on latency alone, at the
+    # default threshold (1.5x the champion's p99)
+    default = CanaryStageConfig().max_latency_ratio
+    proc, traffic = _canary(home, overrides, 4, "canary.min_agreement=0.001", f"canary.max_latency_ratio={default}")
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert traffic.failures == [], traffic.failures[:5]
+    line = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("latency"))
+    assert " fail " in f" {line} ", line
+    tags = _tags(home, 4)
+    assert tags["mnistops.canary.decision"] == "reject" and "latency: p99" in tags["mnistops.canary.reasons"]
+    run = mlflow_client(home, "prod").get_run(tags["mnistops.canary.run_id"])
+    assert run.data.metrics["canary/latency"] > default
+    assert _state(home, overrides)["traffic"] == serving
 
 
 @pytest.mark.integration
