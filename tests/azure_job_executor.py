@@ -527,6 +527,11 @@ class JobExecutor(WorkspaceFiles):
         return experiment_id
 
     # ---------------------------------------------------------------- the test's side
+    def report(self) -> str:
+        """Each job's end and the tail of its output, for a failed assertion's message."""
+        return "".join(f"\n--- job {job.name}: {job.error or ''} statuses {job.statuses}\n--- job stdout\n"
+                       f"{job.stdout[-4000:]}\n--- job stderr\n{job.stderr[-6000:]}" for job in self.jobs.values())
+
     def wait(self, timeout: float = 900) -> None:
         deadline = time.monotonic() + timeout
         for thread in self.threads:

@@ -1,10 +1,9 @@
-"""ci.yml's provision step and the README's Azure quickstart job run as an agent runs them, and the
-Azure ML job submitted run as Azure ML runs it
-(tests/azure_job_executor.py): a fresh virtualenv from the training environment's own conda file, the
-uploaded code snapshot from Azurite, the command line as submitted, Azure ML's job variables and the
-cluster's managed identity. Issue #17 item 2; what it catches: an environment without what the
-in-job steps import (item 3), a snapshot without what the job runs (item 10), the job's own mlflow
-and azureml-mlflow (item 11), the cluster identity's roles (item 4)."""
+"""The job venvs of the Azure stand-in (tests/azure_job_executor.py), in which a submitted Azure ML
+job runs as Azure ML runs it: built only from the environment's own conda file over a local wheel cache.
+The job itself (ci.yml's ci step: its job trains, registers, baselines and gates in such a venv, from the
+code snapshot in Azurite, as the cluster's managed identity) runs in tests/test_azure_release_chain.py.
+What these catch: an environment without what the in-job steps import (issue #17 item 3) and the job's
+own mlflow and azureml-mlflow (item 11)."""
 
 from __future__ import annotations
 
@@ -18,18 +17,14 @@ from typing import Dict, List
 
 import pytest
 
-import pipeline_files as pf
-from conftest import QUICK, needs_module
+from conftest import needs_module
 
 needs_module("azure.ai.ml", "pip install -e '.[azure]'")
 
-from azure_job_executor import WHEELS, EnvironmentSpec, JobExecutor, JobVenvs  # noqa: E402
+from azure_job_executor import WHEELS, EnvironmentSpec, JobVenvs  # noqa: E402
 from azure_job_executor import job_venvs  # noqa: E402,F401  (a fixture)
-from azure_mlflow_server import azure_mlflow  # noqa: E402,F401  (a fixture)
-from test_azure_steps_as_processes import STEP_TIMEOUT, blobs, qa, run_step, variable_group  # noqa: E402,F401
 
 pytestmark = pytest.mark.integration
-
 
 
 def train_spec() -> EnvironmentSpec:
@@ -37,102 +32,6 @@ def train_spec() -> EnvironmentSpec:
     from mnistops.backends.azure import environments
 
     return EnvironmentSpec.from_conda(environments.conda_spec("mnistops-train", environments.train_requirements()))
-
-
-def run_agent_step(step: pf.Step, stand_in, data_cache: Path, cwd: Path) -> subprocess.CompletedProcess:
-    """tests/test_azure_steps_as_processes.py's run_step, with azure-ai-ml's own polling cap
-    (AZUREML_RUN_POLLING_INTERVAL_MAX, seconds) lowered so that `ml.jobs.stream` sees the job's end
-    within seconds instead of up to a minute: the agent's environment, not the pipeline's."""
-    return run_step(step, stand_in, data_cache, cwd, STEP_TIMEOUT + 600, AZUREML_RUN_POLLING_INTERVAL_MAX="3")
-
-
-def test_a_pipeline_job_runs_in_a_fresh_venv_from_its_environment_and_registers_a_model(qa, tmp_path, data_cache,
-                                                                                       job_venvs):
-    """ci.yml's provision step as written, then the README's Azure quickstart job (`stage=pipeline`: data,
-    train, evaluate, register in one job) on the same agent. (Not ci.yml's ci step: its job trains in
-    stage=ci, which CI_TRAINING_BUDGET in tests/conftest.py keeps to the rehearsal and the notebook.)"""
-    import dataclasses
-
-    from mlflow.tracking import MlflowClient
-
-    from mnistops.backends.azure import code_snapshot
-    from test_azure_registry import NAME
-    from test_azure_steps_as_processes import agent_step
-
-    ws, stand_in = qa
-    blobs(stand_in, ws)
-    stand_in.serve_pending_uploads(ws)
-    executor = JobExecutor(stand_in, ws, job_venvs, tmp_path / "compute")
-    agent = tmp_path / "agent"
-    provision = agent_step("ci.yml", "provision", {"Pipeline.Workspace": str(agent), **variable_group(ws, "qa", "mnist-qa")})
-    quickstart = dataclasses.replace(provision, raw="python -m mnistops $A stage=pipeline", args=[
-        "env=qa", "env.backend=azure", "compute=azure_cpu_cluster", "stage=pipeline", *QUICK])
-    try:
-        done = []
-        for number, step in enumerate((provision, quickstart)):
-            done.append((step, run_agent_step(step, stand_in, data_cache, agent / f"step-{number}")))
-            if done[-1][1].returncode:
-                break
-        executor.wait(120)  # the agent followed the job to its end already
-    finally:
-        executor.stop()
-    (name, job), = executor.jobs.items()
-    report = (f"\n--- job {name}: {job.error or ''} statuses {job.statuses}\n--- job stdout\n{job.stdout[-4000:]}"
-              f"\n--- job stderr\n{job.stderr[-6000:]}")
-    assert [s.value("stage") for s, _ in done] == ["provision", "pipeline"], report
-    for step, proc in done:
-        assert proc.returncode == 0, f"{step.raw}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}{report}"
-    assert job.returncode == 0 and job.statuses == ["Queued", "Preparing", "Running", "Completed"], report
-    agent = done[1][1].stdout
-    assert f"job {name} completed" in agent  # the agent followed it through run history, and printed its log
-    assert "registered models:/mnist-classifier/1" in agent and "registered models:/" in job.stdout, agent[-3000:]
-
-    # it ran as submitted, in the venv built from the environment version provision created
-    (put,) = ws.sent("PUT", r"jobs/[^/]+")
-    assert put.body["properties"]["command"] == job.command and "python -m mnistops" in job.command
-    (env_put,) = [r for r in ws.sent("PUT", r"environments/mnistops-train/versions/[^/]+")]
-    spec = EnvironmentSpec.from_conda(env_put.body["properties"]["condaFile"])
-    assert job.venv == job_venvs.root / spec.digest and spec == train_spec()
-    assert shutil.which("python", path=job.env["PATH"]) == str(job.venv / "bin" / "python")
-    assert not any(k.startswith(("MNISTOPS_DATA", "AZURE_QA", "AZUREML_QA")) for k in job.env), sorted(job.env)
-    assert job.env["MLFLOW_TRACKING_URI"].startswith(f"azureml://{ws.location}.api.azureml.ms/mlflow/v1.0/")
-    # from the snapshot Azurite holds, without what .amlignore leaves out
-    assert (job.workdir / "mnistops" / "__main__.py").is_file() and not (job.workdir / "tests").exists()
-    # the snapshot azure-ai-ml uploaded into the workspace's blob container is the checkout without .git,
-    # tests, benchmarks, the virtualenv or the tools' caches (.amlignore; the first run found .hypothesis/
-    # uploaded: a new code version per test run), and the job names that code version
-    (code,) = ws.sent("PUT", r"codes/mnistops-code/versions/[^/]+")
-    assert put.body["properties"]["codeId"].lower().endswith(ws.relative(code.path))
-    code_uri = code.body["properties"]["codeUri"]  # https://<account>.blob.core.windows.net/<container>/<folder>
-    container, folder = code_uri.split(".blob.core.windows.net/", 1)[1].split("/", 1)
-    with stand_in.reached():
-        stored = [b.name for b in stand_in.azurite.container(ws.blobstore.account, container, create=False).list_blobs()]
-    files = [n[len(folder) + 1:] for n in stored if n.startswith(folder + "/")]
-    assert {code_snapshot.SCORING_SCRIPT, "pyproject.toml", "mnistops/__main__.py"} <= set(files), (code_uri, stored[:5])
-    assert len(files) == len(stored)
-    tops = {f.split("/")[0] for f in files}
-    assert not tops & {".git", "tests", "benchmarks", ".venv", ".tools", ".hypothesis", ".pytest_cache", ".ruff_cache",
-                       ".grimp_cache", ".import_linter_cache"}, sorted(tops)
-    # as the cluster's managed identity (MSI_ENDPOINT), with no role refused
-    assert job.env["MSI_ENDPOINT"] and executor.msi.asked, "the job never asked the managed identity for a token"
-    assert not ws.denied and not ws.refused, (ws.denied, ws.refused)
-
-    # it trained and registered: the job's run (its id the job's name, as on Azure) in QA's MLflow holds the
-    # metrics and the model's files, and the version names that run
-    service = MlflowClient(ws.mlflow_server.base_url)
-    runs = service.search_runs([service.get_experiment_by_name(put.body["properties"]["experimentName"]).experiment_id])
-    assert any(r.data.metrics for r in runs), [(r.info.run_id, r.data.metrics) for r in runs]
-    model = ws.sent("PUT", f"models/{NAME}/versions/1")[0]  # then tag updates (aliases)
-    source = model.body["properties"]["modelUri"]  # runs:/<run>/model
-    run_id = source.split("/")[1]
-    assert run_id in {r.info.run_id for r in runs}, (source, [r.info.run_id for r in runs])
-    assert "MLmodel" in {Path(f.path).name for f in service.list_artifacts(run_id, "model")}
-    # the steps' runs nest under the job's own run (MLFLOW_RUN_ID; azureml-mlflow leaves its status to run
-    # history, which the executor plays)
-    steps = {r.info.run_name: r.data.tags.get("mlflow.parentRunId") for r in runs if r.info.run_id != name}
-    assert {"data", "train"} <= set(steps) and set(steps.values()) == {name}, steps
-    assert run_id == next(r.info.run_id for r in runs if r.info.run_name == "train")  # evaluated and registered
-    assert service.get_run(name).info.status == "FINISHED"
 
 
 def test_a_job_venv_holds_what_its_spec_resolves_to_and_no_azure_ai_ml_without_it(job_venvs):

@@ -125,3 +125,31 @@ def test_one_tenant_for_qa_and_prod_everywhere():
     found = [f"{p.relative_to(REPO)}: {m[0]}" for p in sources for m in claim.finditer(p.read_text())]
     assert not found, found
     assert "same Microsoft Entra tenant" in (REPO / "README.md").read_text()
+
+
+def test_the_readmes_first_run_steps_are_what_the_qa_pipelines_run(tmp_path, monkeypatch):
+    """README "First run on Azure" steps 4-6 by hand compose exactly as ci.yml's provision and ci steps and
+    cd-qa.yml's cd step (with MNISTOPS_ARGS empty), which the release chain runs
+    (tests/test_azure_release_chain.py), as it runs step 7 as written."""
+    from omegaconf import OmegaConf
+
+    section = (REPO / "README.md").read_text().split("### First run on Azure", 1)[1].split("```bash", 1)[1].split("```")[0]
+    values = {**NEUTRAL, "MNISTOPS_ARGS": ""}
+    shared = re.search(r'^A="([^"]+)"$', section, re.M).group(1)
+    shared = re.sub(r"\$(\w+)", lambda m: values[m.group(1)], shared).split()
+    by_hand = {m.group(1): [*shared, f"stage={m.group(1)}"]
+               for m in re.finditer(r"^\.venv/bin/python -m mnistops \$A stage=(\w+)$", section, re.M)}
+    assert list(by_hand) == ["provision", "ci", "cd"], section
+    for pipeline, stage in (("ci.yml", "provision"), ("ci.yml", "ci"), ("cd-qa.yml", "cd")):
+        (step,) = [s for s in pf.steps(REPO / "jobs" / "azure-devops" / pipeline, values) if s.value("stage") == stage]
+        for name, value in {**step.env, "AZUREML_QA_ENDPOINT": values["AZUREML_QA_ENDPOINT"]}.items():
+            if name.startswith(("AZURE_", "AZUREML_")):
+                monkeypatch.setenv(name, value)
+        composed = [OmegaConf.to_container(compose([*args, "azure.dry_run=true"], tmp_path), resolve=True)
+                    for args in (by_hand[stage], step.args)]
+        if stage != "cd":  # $A names QA's endpoint for step 6; CI's steps reach no endpoint, and name none
+            assert composed[0]["azure"].pop("endpoint_name") == values["AZUREML_QA_ENDPOINT"]
+            assert composed[1]["azure"].pop("endpoint_name") is None
+        else:  # $A names the cluster for steps 4-5; CD submits no job, and names none
+            assert composed[0].pop("compute")["name"] == "azure_cpu_cluster" and composed[1].pop("compute")["name"] == "cpu"
+        assert composed[0] == composed[1], (stage, by_hand[stage], step.args)

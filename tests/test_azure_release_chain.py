@@ -1,14 +1,17 @@
-"""The release on Azure, pipeline after pipeline, as agents run them (issue #17 item 3): CD to QA →
-promotion → CD to PROD → users' traffic → monitoring → hand-over → QA's CI queued. Every step is read
-from jobs/azure-devops/*.yml and runs in a process of its own on a fresh agent (an empty
-MNISTOPS_HOME, no override the YAML lacks), signed in as its pipeline's identity (QA's service
-connection, then PROD's); the pipelines share nothing but the two stand-in subscriptions: QA's and
-PROD's workspaces (REST models, infra/'s roles on ARM and MLflow calls), their MLflow servers, their
-storage in Azurite, and the managed deployments, which run as Azure runs them (tests/azure_online_host.py:
-azmlinfsrv in a venv built from the inference environment's own spec, the data collector's files
-written to the workspace's storage). What CI in QA leaves (an approved @champion whose files are its
-run's) is seeded: its job runs in test_azure_job_execution, and `stage=ci` with training is capped
-per `make test` (test_ci_steps)."""
+"""The release on Azure, pipeline after pipeline, as agents run them (issue #17 item 3): CI in QA → CD
+to QA → the README's first prediction → promotion → CD to PROD → users' traffic → monitoring →
+hand-over → QA's CI queued with the handed-over data. Every step is read from jobs/azure-devops/*.yml
+and runs in a process of its own on a fresh agent (an empty MNISTOPS_HOME, no override the YAML
+lacks: small training comes in through the pipelines' MNISTOPS_ARGS variable), signed in as its
+pipeline's identity (QA's service connection, then PROD's); the pipelines share nothing but the two
+stand-in subscriptions: QA's and PROD's workspaces (REST models, infra/'s roles on ARM and MLflow
+calls), their MLflow servers, their storage in Azurite, the command job CI submits, which runs as
+Azure ML runs it (tests/azure_job_executor.py: a venv built from the training environment's own spec,
+the code snapshot from Azurite, the cluster's managed identity), and the managed deployments, which
+run as Azure runs them (tests/azure_online_host.py: azmlinfsrv in a venv built from the inference
+environment's own spec, the data collector's files written to the workspace's storage). The CI that
+the hand-over queues is composed from what monitoring posted, not run: `stage=ci` with training is
+capped per `make test` (CI_TRAINING_BUDGET), and the local rehearsal runs the queued retraining."""
 
 from __future__ import annotations
 
@@ -27,26 +30,31 @@ import numpy as np
 import pytest
 
 import pipeline_files as pf
-from conftest import REPO, needs_module
+from conftest import QUICK, REPO, needs_module
 
 needs_module("azure.ai.ml", "pip install -e '.[azure]'")
 needs_module("azureml.ai.monitoring", "pip install -e '.[azure]'")
 
-from azure_job_executor import EnvironmentSpec, job_venvs  # noqa: E402,F401  (job_venvs: a fixture)
+from azure_job_executor import EnvironmentSpec, JobExecutor, job_venvs  # noqa: E402,F401  (job_venvs: a fixture)
 from azure_mlflow_server import azure_mlflow  # noqa: E402,F401  (a fixture)
 from azure_online_host import CollectorSink, OnlineHost  # noqa: E402
 from azure_proxy import AzureStandIn, HostAuthority  # noqa: E402
 from azure_workspace import FakeAzure, FakeWorkspace  # noqa: E402
 from test_azure_monitoring import pixels  # noqa: E402
-from test_azure_registry import NAME, seed_version  # noqa: E402
-from test_azure_steps_as_processes import PIPELINES, agent_step, run_step, variable_group  # noqa: E402
+from test_azure_job_execution import train_spec  # noqa: E402
+from test_azure_registry import NAME  # noqa: E402
+from test_azure_steps_as_processes import (FAST_TESTS, PIPELINES, STEP_TIMEOUT, agent_step, blobs,  # noqa: E402
+                                           run_step, variable_group)
 
 from mnistops import tags as T  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
 QA_ENDPOINT, PROD_ENDPOINT = "mnist-qa-0a1b2c", "mnist-prod-0a1b2c"
-SMOKE_BARS = "smoke.samples=20 smoke.min_accuracy=0.5 smoke.max_p95_ms=10000"  # MNISTOPS_ARGS: the logreg test model
+# the pipelines' MNISTOPS_ARGS: a small logreg (~0.85-0.9 test accuracy) and bars it can meet; CI's tests
+# step runs one test (the local rehearsal's first CI runs the default unit tier on a fresh clone)
+CI_ARGS = " ".join([*QUICK, "gate.min_accuracy=0.8", "monitor.reference_size=1000", FAST_TESTS])
+SMOKE_BARS = "smoke.samples=20 smoke.min_accuracy=0.5 smoke.max_p95_ms=10000"
 
 
 # `az ml online-endpoint invoke`: the ml extension's command is azure-ai-ml's own (it vendors the SDK):
@@ -92,31 +100,70 @@ def first_prediction(stand_in: AzureStandIn, values: Dict[str, str], workdir: Pa
     return json.loads(answer.stdout)
 
 
-def seed_qas_champion(qa: FakeWorkspace, model: Path) -> str:
-    """What QA's CI leaves: version 1, approved by the gate, @champion, its files in a run of QA's MLflow."""
+def check_the_ci_job(ws: FakeWorkspace, stand_in: AzureStandIn, executor: JobExecutor, job_venvs, agent_out: str):
+    """CI's one job ran as Azure ML runs it and left what CD and promotion read: in the venv built from the
+    environment version provision created, from the snapshot in Azurite without what .amlignore leaves out,
+    as the cluster's managed identity, its steps' runs nested under the job's run in QA's MLflow, and
+    version 1 registered from its train run, approved by the gate, @champion."""
     from mlflow.tracking import MlflowClient
 
-    service = MlflowClient(qa.mlflow_server.base_url)
-    run = service.create_run(service.create_experiment("mnistops"))
-    service.log_artifacts(run.info.run_id, str(model), "model")
-    weights = hashlib.sha256((model / "artifacts" / "model.onnx").read_bytes()).hexdigest()
-    seed_version(qa, "1", run=run.info.run_id, **{T.GATE_DECISION: T.APPROVED, T.WEIGHTS_SHA256: weights,
-                                                  T.RUN_ID: run.info.run_id,
-                                                  T.alias("champion"): "2026-01-01T00:00:00.000000Z"})
-    return weights
+    from mnistops.backends.azure import code_snapshot
+
+    (name, job), = executor.jobs.items()
+    assert job.returncode == 0 and job.statuses == ["Queued", "Preparing", "Running", "Completed"], executor.report()
+    assert "gate approved models:/mnist-classifier/1" in job.stdout, executor.report()
+    assert f"job {name} completed" in agent_out, agent_out[-3000:]  # followed through run history, its log printed
+    (put,) = ws.sent("PUT", r"jobs/[^/]+")
+    assert put.body["properties"]["command"] == job.command and "python -m mnistops" in job.command
+    (env_put,) = ws.sent("PUT", r"environments/mnistops-train/versions/[^/]+")
+    spec = EnvironmentSpec.from_conda(env_put.body["properties"]["condaFile"])
+    assert job.venv == job_venvs.root / spec.digest and spec == train_spec()
+    assert shutil.which("python", path=job.env["PATH"]) == str(job.venv / "bin" / "python")
+    assert not any(k.startswith(("MNISTOPS_DATA", "AZURE_QA", "AZUREML_QA")) for k in job.env), sorted(job.env)
+    assert job.env["MLFLOW_TRACKING_URI"].startswith(f"azureml://{ws.location}.api.azureml.ms/mlflow/v1.0/")
+    assert (job.workdir / "mnistops" / "__main__.py").is_file() and not (job.workdir / "tests").exists()
+    # the snapshot azure-ai-ml uploaded is the checkout without .git, tests, benchmarks, the virtualenv or
+    # the tools' caches (.amlignore; .hypothesis/ once made a new code version per test run)
+    (code,) = ws.sent("PUT", r"codes/mnistops-code/versions/[^/]+")
+    assert put.body["properties"]["codeId"].lower().endswith(ws.relative(code.path))
+    code_uri = code.body["properties"]["codeUri"]  # https://<account>.blob.core.windows.net/<container>/<folder>
+    container, folder = code_uri.split(".blob.core.windows.net/", 1)[1].split("/", 1)
+    with stand_in.reached():
+        stored = [b.name for b in stand_in.azurite.container(ws.blobstore.account, container, create=False).list_blobs()]
+    files = [n[len(folder) + 1:] for n in stored if n.startswith(folder + "/")]
+    assert {code_snapshot.SCORING_SCRIPT, "pyproject.toml", "mnistops/__main__.py"} <= set(files), (code_uri, stored[:5])
+    tops = {f.split("/")[0] for f in files}
+    assert not tops & {".git", "tests", "benchmarks", ".venv", ".tools", ".hypothesis", ".pytest_cache", ".ruff_cache",
+                       ".grimp_cache", ".import_linter_cache"}, sorted(tops)
+    assert job.env["MSI_ENDPOINT"] and executor.msi.asked, "the job never asked the managed identity for a token"
+
+    service = MlflowClient(ws.mlflow_server.base_url)
+    runs = service.search_runs([service.get_experiment_by_name(put.body["properties"]["experimentName"]).experiment_id])
+    steps = {r.info.run_name: r.data.tags.get("mlflow.parentRunId") for r in runs if r.info.run_id != name}
+    assert {"data", "train", "baseline", "gate"} <= set(steps) and set(steps.values()) == {name}, steps
+    assert service.get_run(name).info.status == "FINISHED"
+    version = ws.resource(f"models/{NAME}/versions/1")["properties"]
+    train_run = next(r.info.run_id for r in runs if r.info.run_name == "train")
+    assert version["modelUri"].split("/")[1] == train_run and version["tags"][T.RUN_ID] == train_run, version
+    assert version["tags"][T.GATE_DECISION] == T.APPROVED and T.alias("champion") in version["tags"], version["tags"]
+    assert "MLmodel" in {Path(f.path).name for f in service.list_artifacts(train_run, "model")}
+    return version["tags"][T.WEIGHTS_SHA256]
 
 
-def test_cd_qa_promotion_cd_prod_traffic_monitor_and_hand_over_run_as_the_pipelines_are_written(
-        tmp_path, tmp_path_factory, data_cache, azure_mlflow, job_venvs):
+@pytest.mark.ci_training  # ci.yml's ci step: its job trains
+def test_ci_qa_cd_qa_promotion_cd_prod_traffic_monitor_and_hand_over_run_as_the_pipelines_are_written(
+        tmp_path, data_cache, azure_mlflow, job_venvs):
     from mlflow.tracking import MlflowClient
-    from serving_fixtures import registered_model
 
     qa = FakeWorkspace(subscription="11111111-0000-0000-0000-000000000000", resource_group="rg-qa", workspace="mlw-qa")
+    qa.seed("computes/cpu-cluster", {"computeType": "AmlCompute", "properties": {  # Terraform's
+        "vmSize": "Standard_DS3_v2", "scaleSettings": {"minNodeCount": 0, "maxNodeCount": 4}}}, location="westeurope")
     prod = FakeWorkspace(subscription="22222222-0000-0000-0000-000000000000", resource_group="rg-prod",
                          workspace="mlw-prod")
     authority = HostAuthority(tmp_path / "tls", ca=azure_mlflow.authority.ca)
     stand_in = AzureStandIn(tmp_path / "azure", FakeAzure(qa, prod), [qa.blobstore.account, prod.blobstore.account],
                             authority=authority)
+    executor = JobExecutor(stand_in, qa, job_venvs, tmp_path / "qa-compute")  # QA's cpu-cluster
     hosts = {"qa": OnlineHost(stand_in, qa, job_venvs, tmp_path / "qa-deployments"),
              "prod": OnlineHost(stand_in, prod, job_venvs, tmp_path / "prod-deployments")}
     hook, devops = CollectorSink(), CollectorSink()  # the alert webhook; Azure DevOps' REST API
@@ -128,24 +175,35 @@ def test_cd_qa_promotion_cd_prod_traffic_monitor_and_hand_over_run_as_the_pipeli
         (root / "a").mkdir(parents=True)
         return {"Pipeline.Workspace": str(root), "Build.ArtifactStagingDirectory": str(root / "a"), **groups}
 
-    def run(pipeline: str, stage: str, identity: str, **values) -> str:
-        step = agent_step(pipeline, stage, {**agent_values(), **values})
+    def run(pipeline: str, stage: str, identity: str, values: Dict[str, str], workspace: Path = None,
+            timeout: float = STEP_TIMEOUT, **agent_env: str) -> str:
+        """One step of `pipeline` on an agent (a fresh one unless `workspace`, an earlier step's agent)."""
+        where = {"Pipeline.Workspace": str(workspace), **groups} if workspace else agent_values()
+        step = agent_step(pipeline, stage, {**where, **values})
         assert not any(a.startswith(("env.tracking_uri", "env.azure.", "endpoint=")) for a in step.args), step.args
-        proc = run_step(step, stand_in, data_cache, Path(step.env["MNISTOPS_HOME"]).parent / "s",
-                        STANDIN_AZ_PRINCIPAL=identity)  # the AzureCLI@2 sign-in of the pipeline's service connection
-        assert proc.returncode == 0, f"{pipeline} {stage}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        proc = run_step(step, stand_in, data_cache, Path(step.env["MNISTOPS_HOME"]).parent / "s", timeout,
+                        STANDIN_AZ_PRINCIPAL=identity, **agent_env)  # the AzureCLI@2 sign-in of its service connection
+        assert proc.returncode == 0, f"{pipeline} {stage}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}{executor.report()}"
         return proc.stdout
 
     try:
         stand_in.attach_mlflow(azure_mlflow, qa, prod)
         stand_in.serve_pending_uploads(qa, prod)
-        model = registered_model(tmp_path_factory, data_cache)
-        weights = seed_qas_champion(qa, model)
+
+        # CI in QA (the README's First run on Azure, steps 4 and 5): provision, then the unit tests here and
+        # one job on QA's cluster that trains, registers, baselines and gates into QA's workspace
+        blobs(stand_in, qa)  # the blob container Azure ML made with the workspace
+        ci_agent = agent_values()
+        run("ci.yml", "provision", "qa/pipeline", {}, Path(ci_agent["Pipeline.Workspace"]))
+        said = run("ci.yml", "ci", "qa/pipeline", {"MNISTOPS_ARGS": CI_ARGS}, Path(ci_agent["Pipeline.Workspace"]),
+                   STEP_TIMEOUT + 600, AZUREML_RUN_POLLING_INTERVAL_MAX="3")  # azure-ai-ml's polling cap: the
+        executor.wait(120)  # agent's environment (it sees the job's end in seconds, not up to a minute)
+        weights = check_the_ci_job(qa, stand_in, executor, job_venvs, said)
 
         # CD to QA: QA's champion on QA's endpoint, smoke-tested through its scoring URI
-        run("cd-qa.yml", "cd", "qa/pipeline", MNISTOPS_ARGS=SMOKE_BARS)
+        run("cd-qa.yml", "cd", "qa/pipeline", {"MNISTOPS_ARGS": SMOKE_BARS})
         (qa_deployment,) = hosts["qa"].running.values()
-        (environment,) = qa.sent("PUT", r"environments/mnistops-inference/versions/[^/]+")
+        environment = qa.sent("PUT", r"environments/mnistops-inference/versions/[^/]+")[-1]
         spec = EnvironmentSpec.from_conda(environment.body["properties"]["condaFile"])
         assert qa_deployment.venv == job_venvs.root / spec.digest  # the container's python is the spec's alone
         assert qa.resource(f"models/{NAME}/versions/1")["properties"]["tags"][T.smoke("qa")] == "passed"
@@ -166,14 +224,14 @@ def test_cd_qa_promotion_cd_prod_traffic_monitor_and_hand_over_run_as_the_pipeli
 
         # promotion and CD to PROD, as PROD's pipeline identity (QA read through QA's cross-env role)
         qa_writes = len(qa.sent("PUT", ".*"))
-        run("cd-prod.yml", "promote", "prod/pipeline")
+        run("cd-prod.yml", "promote", "prod/pipeline", {})
         assert len(qa.sent("PUT", ".*")) == qa_writes  # promotion only reads QA
         promoted = prod.resource(f"models/{NAME}/versions/1")["properties"]
         assert (promoted["tags"][T.SOURCE_ENV], promoted["tags"][T.SOURCE_VERSION]) == ("qa", "1")
         copied = MlflowClient(prod.mlflow_server.base_url).download_artifacts(
             promoted["properties"][T.FILES_RUN_ID], "model/artifacts/model.onnx", str(tmp_path / "dl"))
         assert hashlib.sha256(Path(copied).read_bytes()).hexdigest() == weights  # PROD's own copy of QA's files
-        said = run("cd-prod.yml", "cd", "prod/pipeline", MNISTOPS_ARGS=SMOKE_BARS)
+        said = run("cd-prod.yml", "cd", "prod/pipeline", {"MNISTOPS_ARGS": SMOKE_BARS})
         assert "serves nothing yet" in said  # the canary (PROD's default) has no champion to judge: smoke decides
         assert prod.resource(f"models/{NAME}/versions/1")["properties"]["tags"][T.smoke("prod")] == "passed"
 
@@ -209,6 +267,7 @@ def test_cd_qa_promotion_cd_prod_traffic_monitor_and_hand_over_run_as_the_pipeli
                                 capture_output=True, text=True, timeout=60)
         assert queued.returncode == 0, queued.stdout + queued.stderr
     finally:
+        executor.stop()
         for host in hosts.values():
             host.stop()
         stand_in.stop()

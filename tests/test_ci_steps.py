@@ -97,8 +97,9 @@ def _marks(decorators) -> dict:
 
 def _runs_stage_ci(function: ast.FunctionDef) -> bool:
     """Whether the function's code (not its docstring or comments) runs stage=ci: a `stage=ci` or
-    `monitor.on_alert=retrain` override, a `.run("ci", ...)` call (the API, a pipeline's agent), or
-    `run_pipeline("...ci.yml", ...)` (every step of a CI pipeline file)."""
+    `monitor.on_alert=retrain` override, a `.run("ci", ...)` call (the API, a pipeline's agent),
+    `run_pipeline("...ci.yml", ...)` (every step of a CI pipeline file) or a call naming a CI pipeline
+    file's ci step, `f("...ci.yml", "ci", ...)`."""
     docstring = function.body[0].value if function.body and isinstance(function.body[0], ast.Expr) else None
     for node in ast.walk(function):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and node is not docstring:
@@ -110,6 +111,9 @@ def _runs_stage_ci(function: ast.FunctionDef) -> bool:
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "run_pipeline" \
                 and node.args and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).endswith("ci.yml"):
             return True  # every step of a CI pipeline file, its stage=ci included
+        if isinstance(node, ast.Call) and len(node.args) >= 2 and all(isinstance(a, ast.Constant) for a in node.args[:2]) \
+                and str(node.args[0].value).endswith("ci.yml") and node.args[1].value == "ci":
+            return True  # one step of a CI pipeline file: its stage=ci step (`run("ci.yml", "ci", ...)`)
     return False
 
 
