@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 
 from conftest import compose, free_port, fresh_home, mlflow_client, run_cli
@@ -86,6 +87,23 @@ def test_disagreement_slowness_errors_and_more_not_a_digit_reject():
     assert failing.decision == C.REJECT and failing.checks["errors"].verdict == C.FAIL
     ood = C.judge(_answers(300, 300, ood=True), "blue", "green", rules)  # 20 % more "not a digit"
     assert ood.decision == C.REJECT and ood.checks["ood"].value == pytest.approx(0.2) and ood.checks["ood"].low > 0.1
+
+
+def test_a_replaced_versions_late_failures_in_the_slot_are_not_the_next_versions():
+    """A rejected version's queued mirrored copies fail after its removal, under its slot's name; the
+    next version loaded into that slot is judged on its own answers only (CI once saw a promotion turn
+    into "challenger failed 3188/3506 copies")."""
+    answers = _answers(300, 300)
+    late = C.answers_frame({"id": f"r{i}", "deployment": "green", "status": 500, "latency_ms": 0.0, "t": 101.0 + i,
+                            "version": "4"} for i in range(1000))
+    mixed = pd.concat([answers, late], ignore_index=True)
+    rules = C.Rules(requests=200, warmup=0, max_error_rate=0.02)
+    assert C.judge(mixed, "blue", "green", rules).checks["errors"].verdict == C.FAIL  # counted by slot name alone
+    mine = C.of_versions(mixed, {"blue": "1", "green": "2"})
+    assert len(mine) == len(answers)  # the rows that name no version stay (this frame's own)
+    judged = C.judge(mine, "blue", "green", rules)
+    assert judged.decision == C.PROMOTE and judged.checks["errors"].value == 0.0
+    assert len(C.of_versions(mixed, {"blue": "1", "green": ""})) == len(mixed)  # a version not known: all kept
 
 
 def test_wilson_bounds():

@@ -149,3 +149,37 @@ def test_the_hot_path_sends_what_the_framework_route_would():
     assert asyncio.run(read_body(receiver(chunks))) == b'{"data": [1]}'
     assert asyncio.run(read_body(receiver([{"type": "http.request", "body": b"{}"}]))) == b"{}"
     assert asyncio.run(read_body(receiver([chunks[0], {"type": "http.disconnect"}]))) is None
+
+
+def test_a_mirrored_copy_that_fails_is_logged_with_the_version_of_the_deployment_that_failed_it(tmp_path):
+    """A deployment replaced while mirrored copies were queued fails them under its slot's name: the
+    record names its version, so canary analysis of the next version in that slot does not count them
+    (quality.canary.of_versions). A copy answered names its version through its payload, as before."""
+    import asyncio
+    import json
+    from types import SimpleNamespace
+
+    from mnistops.serving.batching import BatcherClosed
+    from mnistops.serving.prometheus import Metrics
+    from mnistops.serving.request_log import RequestLogWriter
+    from mnistops.serving.runtime import Runtime
+
+    runtime = object.__new__(Runtime)  # the two parts the mirror's bookkeeping uses
+    runtime.metrics, runtime.request_log = Metrics(), RequestLogWriter(tmp_path, flush_ms=600_000)
+    old = SimpleNamespace(name="green", info={"model_name": "m", "version": "4"},
+                          batcher=SimpleNamespace(model_seconds={}))
+    batch = np.zeros((1, 1, 28, 28), np.float32)
+    runtime.request_log.start()
+
+    async def fail_one() -> None:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        fut.set_exception(BatcherClosed("deployment green was replaced"))
+        runtime._mirror_done("r1", old, batch, loop.time())(fut)
+
+    asyncio.run(fail_one())
+    runtime.request_log.close()
+    (record,) = [json.loads(line) for f in (tmp_path / "requests").glob("*.jsonl") for line in f.read_text().splitlines()]
+    assert (record["id"], record["route"], record["status"], record["deployment"], record["version"]) == \
+        ("r1", "mirror", 500, "green", "4")
+    assert "digits" not in record and "model" not in record

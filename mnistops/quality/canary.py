@@ -47,7 +47,7 @@ PASS, FAIL, INCONCLUSIVE, SKIPPED, INFO = "pass", "fail", "inconclusive", "skipp
 OUTCOMES_UNSEEN = "outcomes_unseen"
 """``answers.attrs`` key: why failed requests and latency are not in the evidence (Azure's collector
 sees answered images only); the errors and latency checks are then skipped with this reason."""
-ANSWER_COLUMNS = ("id", "deployment", "status", "latency_ms", "digits", "top", "ood", "label", "t")
+ANSWER_COLUMNS = ("id", "deployment", "status", "latency_ms", "digits", "top", "ood", "label", "t", "version")
 """``answers_frame`` columns: digits/top/ood are tuples (one entry per image; ood None where the
 model gives none); label the feedback digit of a one-image request, -1 where none; t when it was
 answered (epoch seconds)."""
@@ -136,8 +136,23 @@ def answers_frame(rows: Iterable[Mapping]) -> pd.DataFrame:
                     float(r["latency_ms"]) if r.get("latency_ms") is not None else float("nan"), digits,
                     tuple(float(t) for t in (r.get("top") or ())),
                     tuple(bool(o) for o in r["ood"]) if r.get("ood") is not None else None,
-                    int(r["label"]) if r.get("label") is not None else -1, float(r.get("t") or 0.0)))
+                    int(r["label"]) if r.get("label") is not None else -1, float(r.get("t") or 0.0),
+                    str(r.get("version") or "")))
     return pd.DataFrame(out, columns=list(ANSWER_COLUMNS))
+
+
+def of_versions(answers: pd.DataFrame, versions: Mapping[str, str]) -> pd.DataFrame:
+    """The rows that `versions` ({deployment: model version}) gave: a deployment slot reused by a new
+    version may still log the late failures of the version it held before (copies queued when that one
+    was removed); those are not the new version's. Rows that name no version are kept, and every row of
+    a deployment whose version is "" (not known)."""
+    other = pd.Series(False, index=answers.index)
+    for deployment, version in versions.items():
+        if version:
+            other |= (answers["deployment"] == deployment) & (answers["version"] != "") & (answers["version"] != version)
+    kept = answers[~other]
+    kept.attrs.update(answers.attrs)
+    return kept
 
 
 def record_answer(rec: Mapping, feedback: Mapping[str, int]) -> dict:
@@ -148,7 +163,7 @@ def record_answer(rec: Mapping, feedback: Mapping[str, int]) -> dict:
     return {"id": rec["id"], "deployment": rec.get("deployment", ""), "status": rec.get("status", 0),
             "latency_ms": rec.get("model_ms", rec.get("latency_ms")), "digits": rec.get("digits") or (),
             "top": top, "ood": rec.get("ood"), "label": feedback.get(rec["id"], -1) if n == 1 else -1,
-            "t": rec.get("t", 0.0)}
+            "t": rec.get("t", 0.0), "version": rec.get("version", "")}
 
 
 def joined(answers: pd.DataFrame, champion: str, challenger: str, warmup: int = 0) -> pd.DataFrame:

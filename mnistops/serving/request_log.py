@@ -67,7 +67,7 @@ def decode_images(text: str, n: int) -> np.ndarray:
 
 # (time, request id, route, status, latency s, deployment,
 #  (batch, probs, info[, inference s[, protocol.Scored]]) or None)
-Pending = Tuple[float, str, str, int, float, str, Optional[tuple]]
+Pending = Tuple[float, str, str, int, float, str, Optional[tuple], str]  # ..., payload, version
 
 
 class RequestLogWriter:
@@ -97,15 +97,17 @@ class RequestLogWriter:
 
     # ------------------------------------------------------------------ hot path
     def record(self, t: float, rid: str, route: str, status: int, seconds: float, deployment: str,
-               payload: Optional[tuple]) -> None:
-        """Queue one request's record; never blocks, never raises."""
+               payload: Optional[tuple], version: str = "") -> None:
+        """Queue one request's record; never blocks, never raises. `version`: the model version of the
+        deployment that failed a request (an answer's payload names its own), so that a failure is
+        told apart from a later version's in the same deployment slot."""
         if payload is not None and self.sampling_rate < 1.0 and self._random() >= self.sampling_rate:
             payload = None
         if len(self._pending) >= self.max_pending:
             if self._m_dropped is not None:
                 self._m_dropped.inc()
             return
-        self._pending.append((t, rid, route, status, seconds, deployment, payload))
+        self._pending.append((t, rid, route, status, seconds, deployment, payload, version))
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -171,9 +173,11 @@ class RequestLogWriter:
             digits = probs.argmax(axis=1)
         out = []
         offset = 0
-        for t, rid, route, status, seconds, deployment, payload in items:
+        for t, rid, route, status, seconds, deployment, payload, version in items:
             rec: dict[str, Any] = {"t": round(t, 4), "id": rid, "route": route, "status": status,
                                    "latency_ms": round(seconds * 1000.0, 3), "deployment": deployment}
+            if version:
+                rec["version"] = version
             if payload is not None:
                 info = payload[2]
                 n = len(payload[1])

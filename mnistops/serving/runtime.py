@@ -163,7 +163,7 @@ class Runtime:
                 fut = slot.batcher.submit(batch)
             except (QueueFull, BatcherClosed):
                 self.metrics.mirror.labels(name, "rejected").inc()
-                self._record_mirror(rid, name, 503, 0.0, None)
+                self._record_mirror(rid, name, 503, 0.0, None, slot.info)
                 continue
             fut.add_done_callback(self._mirror_done(rid, slot, batch, asyncio.get_running_loop().time()))
 
@@ -178,13 +178,15 @@ class Runtime:
                 scored = fut.result()
                 self.metrics.images.labels(name, "mirror").inc(len(scored))
                 self._record_mirror(rid, name, 200, seconds, (batch, scored.probabilities, slot.info, seconds, scored))
-            else:
-                self._record_mirror(rid, name, 500, seconds, None)
+            else:  # (a deployment replaced while copies queued: they fail under its name, with its version)
+                self._record_mirror(rid, name, 500, seconds, None, slot.info)
         return done
 
-    def _record_mirror(self, rid: str, name: str, status: int, seconds: float, payload: Optional[tuple]) -> None:
+    def _record_mirror(self, rid: str, name: str, status: int, seconds: float, payload: Optional[tuple],
+                       info: Optional[dict] = None) -> None:
         if self.request_log is not None:
-            self.request_log.record(time.time(), rid, MIRROR_ROUTE, status, seconds, name, payload)
+            version = str(info.get("version", "")) if info and payload is None else ""
+            self.request_log.record(time.time(), rid, MIRROR_ROUTE, status, seconds, name, payload, version)
 
     def count(self, slot: Deployment, scored: protocol.Scored) -> None:
         children = self._counted.get(slot.name)

@@ -17,9 +17,10 @@ JSON, an HTML evidence report). stage=cd with cd.canary calls `analyse` before t
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 from omegaconf import DictConfig
 
@@ -133,7 +134,8 @@ def analyse(cfg: DictConfig) -> Outcome:
     print(f"canary: mirroring {cfg.canary.mirror}% of live requests to {slot} until {rules.requests} were "
           f"answered by both, after {rules.warmup} of warm-up (canary.timeout_s={cfg.canary.timeout_s:g})")
     try:
-        answers, why = _wait(cfg, backend, rules, start, champion_slot, slot)
+        versions = {champion_slot: _version_of(champion_uri), slot: challenger.version}
+        answers, why = _wait(cfg, backend, rules, start, versions)
     finally:
         endpoint.set_traffic(state.traffic, {})  # mirror off: the champion alone, whatever comes next
     if why == NO_TRAFFIC:
@@ -164,19 +166,28 @@ def analyse(cfg: DictConfig) -> Outcome:
     return Outcome(verdict.decision, message, challenger.uri, slot, metrics, run_id, report, url)
 
 
-def _wait(cfg, backend, rules, start: float, champion: str, challenger: str):
-    """Poll the collected answers until enough requests were answered by both, the time is up, or
-    no live request came at all; returns (answers, None | NO_TRAFFIC)."""
+def _version_of(uri: str) -> str:
+    """N of `models:/<name>/N`; "" (any) for what the endpoint reports otherwise."""
+    found = re.fullmatch(r"models:/[^/@]+/(\w+)", uri or "")
+    return found.group(1) if found else ""
+
+
+def _wait(cfg, backend, rules, start: float, versions: Dict[str, str]):
+    """Poll the collected answers of `versions` ({champion's deployment: its version, challenger's
+    deployment: its version}) until enough requests were answered by both, the time is up, or no live
+    request came at all; returns (answers, None | NO_TRAFFIC)."""
     from mnistops.quality import canary as judging
 
+    champion, challenger = versions
     deadline = start + float(cfg.canary.timeout_s)
     said = start
     while True:
         time.sleep(float(cfg.canary.poll_s))
         now = time.time()
-        answers = backend.monitoring.answers(cfg, start, now, [champion, challenger])
+        answers = backend.monitoring.answers(cfg, start, now, list(versions))
         if answers is None:  # a dry run: nothing is served, nothing to read
             return judging.answers_frame([]), None
+        answers = judging.of_versions(answers, versions)  # not a replaced version's late failures
         both = len(judging.joined(answers, champion, challenger, rules.warmup))
         seen = judging.live_requests(answers, champion)
         if both >= rules.requests:
