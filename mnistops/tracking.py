@@ -59,7 +59,17 @@ def global_tracking_uri(uri: str) -> Iterator[None]:
 
 def ensure_experiment(client: MlflowClient, cfg: DictConfig, env: str, uri: str) -> str:
     """The id of the experiment (`experiment_name`) in `env`'s store at `uri`, created on first use (a
-    sqlite store keeps its artifacts beside it, in layout.artifacts_dir)."""
+    sqlite store keeps its artifacts beside it, in layout.artifacts_dir). A store that refuses (a role
+    the identity lacks on a workspace's MLflow, a server that is down) is one line naming it: the first
+    call every stage makes on its store."""
+    try:
+        return _ensure_experiment(client, cfg, env, uri)
+    except mlflow.exceptions.MlflowException as err:
+        said = (err.message or str(err)).strip().splitlines()[0][:500]
+        raise MnistopsError(f"cannot use env {env}'s tracking store ({uri}): {said}") from None
+
+
+def _ensure_experiment(client: MlflowClient, cfg: DictConfig, env: str, uri: str) -> str:
     name = cfg.experiment_name
     if uri.startswith("sqlite:"):
         layout.env_dir(cfg, env).mkdir(parents=True, exist_ok=True)

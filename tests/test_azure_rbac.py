@@ -293,6 +293,33 @@ def test_the_hand_over_to_qa_refused_by_qas_roles_is_one_line_naming_the_store_a
     assert "'prod/pipeline'" in message and f"{ML}/experiments/runs/write" in message
 
 
+@pytest.mark.integration  # starts an MLflow server
+def test_a_store_that_refuses_the_identity_is_one_line_naming_the_store_and_the_action(tmp_path, home, monkeypatch):
+    """Every stage's first call on its store (tracking.ensure_experiment), as the cluster's identity
+    inside a job: with infra/'s role it is allowed; without it (issue 17 (4) reverted) one line names the
+    store, the principal and the action (before: MLflow's RestException traceback in the job's log)."""
+    from mlflow.tracking import MlflowClient
+
+    from mnistops import tracking
+
+    qa = FakeWorkspace(subscription="11111111-0000-0000-0000-000000000000", resource_group="rg-qa", workspace="mlw-qa")
+    infra = infra_copy(tmp_path)
+    guard = GuardedMlflow(tmp_path, qa, infra)
+    try:
+        cfg = compose(settings(qa), home)
+        monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token_for("qa/cluster:cpu"))
+        assert tracking.ensure_experiment(MlflowClient(guard.url), cfg, "qa", guard.url)
+        without_resource(infra / "identity.tf", "azurerm_role_assignment", "cluster_workspace")
+        with pytest.raises(MnistopsError) as err:
+            tracking.ensure_experiment(MlflowClient(guard.url), cfg, "qa", guard.url)
+    finally:
+        guard.stop()
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"cannot use env qa's tracking store ({guard.url}): "
+                                                      f"PERMISSION_DENIED"), message
+    assert "'qa/cluster:cpu'" in message and f"{ML}/experiments/read" in message, message
+
+
 # --------------------------------------------------------------------------- stage=monitor's blob reads
 
 def test_the_monitor_reads_the_collectors_blobs_with_the_pipelines_own_blob_role(tmp_path):
