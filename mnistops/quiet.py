@@ -14,6 +14,7 @@ CHATTY = (
     "great_expectations",  # GX's registration notices
     "mlflow.store.db.utils",  # "Creating initial MLflow database tables...", "Updating database tables"
     "mlflow.pyfunc",  # "Validating input example against model signature" (register checks it itself)
+    "azureml.mlflow",  # on Azure, "Parsing artifact uri ..." and "Fetched cloud name ..." per run file
 )
 
 # Warnings libraries raise on every run that carry no action for a user of mnistops:

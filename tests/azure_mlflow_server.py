@@ -16,9 +16,12 @@ the token (MLflow's server has no bearer-token auth); Azure's MLflow would.
 Cloud: azureml-mlflow asks management.azure.com for the cloud's metadata unless AZUREML_CURRENT_CLOUD
 names a cloud it knows; the environment here names AzureCloud (there is no network to ask).
 
-Artifacts: the server's default artifact root is a local folder (file://), so run files go there
-through MLflow's local artifact repository, not through azureml-mlflow's artifact client (Azure's
-run-history artifact API + blob storage SAS URLs, which nothing here serves)."""
+Artifacts: reached directly (this module alone), the server's default artifact root is a local folder
+(file://) and run files go there through MLflow's local artifact repository. Behind the Azure stand-in
+(tests/azure_proxy.py: AzureStandIn.attach_mlflow) a run's artifact URI is Azure's,
+`azureml://<region>.api.azureml.ms/mlflow/v2.0/<scope>/experiments/<id>/runs/<run>/artifacts`
+(`artifacts_as_azure`), so run files go through azureml-mlflow's artifact client, run history's
+artifact routes (tests/azure_run_artifacts.py) and the workspace's storage in Azurite."""
 
 from __future__ import annotations
 
@@ -144,6 +147,30 @@ class WorkspaceMlflow:
     def log(self) -> str:
         return (self.root / "server.log").read_text(errors="replace")
 
+    def artifacts_as_azure(self, regional_host: Optional[str]) -> None:
+        """Experiments' artifact locations as Azure's MLflow reports them (`<regional host's MLflow URI>/
+        experiments/<id>/runs`, so that a run's artifact URI is `.../experiments/<id>/runs/<run>/artifacts`),
+        for experiments made from now on (a trigger in the server's store) and those there already; None:
+        this server's own folder again. MLflow's server has no setting for it: a store rewrite."""
+        import contextlib
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(self.root / "mlflow.db")) as db, db:
+            for event in ("insert", "update"):
+                db.execute(f"DROP TRIGGER IF EXISTS azureml_artifact_location_{event}")
+            if regional_host is None:
+                db.execute("UPDATE experiments SET artifact_location = ? || '/' || experiment_id",
+                           ((self.root / "artifacts").as_uri(),))
+                return
+            location = f"azureml://{regional_host}/mlflow/v2.0{self.scope}/experiments"
+            db.execute("UPDATE experiments SET artifact_location = ? || '/' || experiment_id || '/runs'", (location,))
+            # MLflow inserts an experiment, then sets its default location once it knows the id: both
+            for event in ("INSERT", "UPDATE OF artifact_location"):
+                db.execute(f"CREATE TRIGGER azureml_artifact_location_{event.split()[0].lower()} AFTER {event} ON "
+                           f"experiments WHEN NEW.artifact_location IS NULL OR NEW.artifact_location NOT LIKE "
+                           f"'{location}/%' BEGIN UPDATE experiments SET artifact_location = '{location}/' || "
+                           "NEW.experiment_id || '/runs' WHERE experiment_id = NEW.experiment_id; END")
+
     def reset(self) -> None:
         """A fresh start for the next test: every experiment renamed aside and deleted (MLflow keeps a
         deleted experiment's name reserved), so searches by experiment name find nothing of earlier tests."""
@@ -210,6 +237,7 @@ class AzureMlflow:
             if server.scope in self.used:
                 server.reset()
             self.used.add(server.scope)
+            server.artifacts_as_azure(None)  # reached directly: its own folder (the stand-in changes it)
             ws.mlflow_uri = server.tracking_uri
             ws.mlflow_server = server
         return workspaces[0] if len(workspaces) == 1 else workspaces

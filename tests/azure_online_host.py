@@ -194,11 +194,9 @@ class OnlineHost(WorkspaceFiles):
         into = target / found.group(1) / found.group(2)
         uri = props["modelUri"]
         run = re.fullmatch(r"runs:/([^/]+)/(.+)", uri)
-        if run:  # an MLflow run's artifacts: Azure copies them from the workspace's tracking store
-            from mlflow.tracking import MlflowClient
-
+        if run:  # an MLflow run's files: Azure copies them from where run history keeps them
             into.mkdir(parents=True, exist_ok=True)
-            MlflowClient(self.ws.mlflow_server.base_url).download_artifacts(run.group(1), run.group(2), str(into))
+            self.stand_in.run_files(self.ws, run.group(1), run.group(2), into)
             return into
         store, path = re.search(r"/datastores/([^/]+)/paths/(.+)$", uri).groups()
         datastore = self.ws.resource(f"datastores/{store}")["properties"]

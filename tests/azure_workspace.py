@@ -23,6 +23,10 @@ What Azure would refuse, it refuses, from sources the project did not write:
   infra/*.tf covers its action at its scope (tests/azure_rbac.py; `FakeWorkspace(infra=...)` reads a
   changed copy). `denied` and `refused` list what was answered 403 / 400.
 
+Run history's routes for a run's files (what MLflow logs on Azure) answer from
+tests/azure_run_artifacts.py: write and read SAS URLs into the workspace's storage, decided as the
+workspace's `metadata/artifacts/read|write` operations.
+
 `BlobContainer` is the workspace's default blob datastore as Azure Storage answers azure-storage-blob
 (List Blobs XML, Get Blob with its range headers): tests put the files the deployments' data
 collector writes there (`put`), and the flavour reads them the way it reads the real one.
@@ -47,9 +51,12 @@ from azure.core.pipeline.transport import HttpTransport
 
 from azure_rbac import Names, Rbac, arm_action, authorization_failed, blob_data_action, principal_of
 from azure_rest_models import model_class, strip_read_only, validate_request
+from azure_run_artifacts import RunArtifacts
 
 ARM = "https://management.azure.com"
 PROVIDER = "Microsoft.MachineLearningServices"
+# run history's routes for a run's files (paths as recorded: lower case)
+RUN_FILES = re.compile(r"/history/v1\.0/.*/experiments/[^/]+/runs/([^/]+)/artifacts(/contentinfo|/batch/metadata)?")
 
 
 PIPELINE = "pipeline"  # the env's CI/CD identity (infra/identity.tf), who acts unless a test says otherwise
@@ -285,6 +292,7 @@ class FakeWorkspace(_InMemoryTransport):
         self.denied: List[tuple] = []  # (principal, action, scope) answered 403
         self.refused: List[tuple] = []  # (recorded, problems) answered 400
         self.run_logs: Dict[str, Dict[str, str]] = {}  # job name -> {log name: URL}, as run history lists them
+        self.run_artifacts = RunArtifacts(self.blobstore.account, self.blobstore.host)  # runs' files (MLflow's)
         self.seed("datastores/workspaceblobstore", {
             "datastoreType": "AzureBlob", "accountName": self.blobstore.account,
             "containerName": self.blobstore.container, "endpoint": "core.windows.net", "protocol": "https",
@@ -368,8 +376,11 @@ class FakeWorkspace(_InMemoryTransport):
 
     @staticmethod
     def data_plane_action(r: Recorded) -> str:
-        """Run history (what ml.jobs.stream polls) is the workspace's experiments' runs."""
+        """Run history (what ml.jobs.stream polls) is the workspace's experiments' runs; a run's files
+        (what MLflow logs on Azure) are its artifacts' metadata."""
         verb = "read" if r.method == "GET" else "write"
+        if RUN_FILES.fullmatch(r.path):
+            return f"{PROVIDER}/workspaces/metadata/artifacts/{verb}"
         return f"{PROVIDER}/workspaces/experiments/runs/{verb}"
 
     def invalid(self, r: Recorded, path: str) -> List[str]:
@@ -469,6 +480,9 @@ class FakeWorkspace(_InMemoryTransport):
         if r.path == "/discovery":
             return 200, {name: base for name in ("api", "catalog", "experimentation", "gallery", "history",
                                                  "hyperdrive", "labeling", "modelmanagement", "pipelines", "studio")}
+        files = RUN_FILES.fullmatch(r.path)
+        if files:  # tests/azure_run_artifacts.py
+            return self.run_artifacts.answer(r.method, files.group(1), files.group(2) or "", r.query, r.body)
         run = re.search(r"/runs/([^/]+)", r.path)
         job = self.resources.get(f"{self.prefix}/jobs/{run.group(1)}".lower()) if run else None
         if job is None:

@@ -195,3 +195,23 @@ def test_another_workspaces_run_files_are_read_in_that_workspace(monkeypatch):
         assert mlflow.get_tracking_uri() == prod_uri  # restored
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def test_a_refusal_from_run_historys_rest_client_is_one_line_with_the_services_code():
+    """azureml-mlflow's artifact client (azure-core) raises HttpResponseError, whose response's `text` is a
+    method, not requests' property: root_cause read it as the body and died with a TypeError, so promotion
+    without the cross-env role's artifacts/read printed a traceback (found by the release chain with
+    run files behind run history)."""
+    from azure.core.exceptions import HttpResponseError
+    from azure.core.rest import HttpRequest
+
+    from azure_workspace import json_response
+    from mnistops.backends.azure.model_registry import root_cause
+
+    said = {"error": {"code": "AuthorizationFailed", "message": "The client 'prod/pipeline' … 'metadata/artifacts/read'"}}
+    response = json_response(HttpRequest("GET", "https://westeurope.api.azureml.ms/history/v1.0/x"), 403, said)
+    assert callable(response.text)
+    try:
+        raise HttpResponseError(response=response)
+    except HttpResponseError as err:
+        assert root_cause(err) == "HTTP 403 AuthorizationFailed: The client 'prod/pipeline' … 'metadata/artifacts/read'"

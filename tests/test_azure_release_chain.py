@@ -5,7 +5,8 @@ and runs in a process of its own on a fresh agent (an empty MNISTOPS_HOME, no ov
 lacks: small training comes in through the pipelines' MNISTOPS_ARGS variable), signed in as its
 pipeline's identity (QA's service connection, then PROD's); the pipelines share nothing but the two
 stand-in subscriptions: QA's and PROD's workspaces (REST models, infra/'s roles on ARM and MLflow
-calls), their MLflow servers, their storage in Azurite, the command job CI submits, which runs as
+calls), their MLflow servers, their storage in Azurite (every run's files too, written and read through
+run history's artifact routes as on Azure: tests/azure_run_artifacts.py), the command job CI submits, which runs as
 Azure ML runs it (tests/azure_job_executor.py: a venv built from the training environment's own spec,
 the code snapshot from Azurite, the cluster's managed identity), and the managed deployments, which
 run as Azure runs them (tests/azure_online_host.py: azmlinfsrv in a venv built from the inference
@@ -146,7 +147,15 @@ def check_the_ci_job(ws: FakeWorkspace, stand_in: AzureStandIn, executor: JobExe
     train_run = next(r.info.run_id for r in runs if r.info.run_name == "train")
     assert version["modelUri"].split("/")[1] == train_run and version["tags"][T.RUN_ID] == train_run, version
     assert version["tags"][T.GATE_DECISION] == T.APPROVED and T.alias("champion") in version["tags"], version["tags"]
-    assert "MLmodel" in {Path(f.path).name for f in service.list_artifacts(train_run, "model")}
+    # the run's files as Azure keeps them: its artifact URI is Azure's, the job wrote them through run
+    # history's artifact routes into the workspace's storage, and nothing of them is on the MLflow server's disk
+    experiment = service.get_experiment_by_name(put.body["properties"]["experimentName"]).experiment_id
+    assert service.get_run(train_run).info.artifact_uri == (f"azureml://{ws.location}.api.azureml.ms/mlflow/v2.0"
+                                                            f"{ws.mlflow_server.scope}/experiments/{experiment}/runs/"
+                                                            f"{train_run}/artifacts")
+    assert ws.sent("POST", rf".*/runs/{train_run}/artifacts/batch/metadata")
+    assert stand_in.run_files(ws, train_run, "model/MLmodel", executor.root / "files").is_file()
+    assert not [f for f in (ws.mlflow_server.root / "artifacts").rglob("*") if f.is_file()]
     return version["tags"][T.WEIGHTS_SHA256]
 
 
@@ -228,8 +237,8 @@ def test_ci_qa_cd_qa_promotion_cd_prod_traffic_monitor_and_hand_over_run_as_the_
         assert len(qa.sent("PUT", ".*")) == qa_writes  # promotion only reads QA
         promoted = prod.resource(f"models/{NAME}/versions/1")["properties"]
         assert (promoted["tags"][T.SOURCE_ENV], promoted["tags"][T.SOURCE_VERSION]) == ("qa", "1")
-        copied = MlflowClient(prod.mlflow_server.base_url).download_artifacts(
-            promoted["properties"][T.FILES_RUN_ID], "model/artifacts/model.onnx", str(tmp_path / "dl"))
+        copied = stand_in.run_files(prod, promoted["properties"][T.FILES_RUN_ID], "model/artifacts/model.onnx",
+                                    tmp_path / "dl")
         assert hashlib.sha256(Path(copied).read_bytes()).hexdigest() == weights  # PROD's own copy of QA's files
         said = run("cd-prod.yml", "cd", "prod/pipeline", {"MNISTOPS_ARGS": SMOKE_BARS})
         assert "serves nothing yet" in said  # the canary (PROD's default) has no champion to judge: smoke decides
@@ -266,6 +275,44 @@ def test_ci_qa_cd_qa_promotion_cd_prod_traffic_monitor_and_hand_over_run_as_the_
                                 cwd=Path(values["Pipeline.Workspace"]) / "s", env={**base, **queue.env},
                                 capture_output=True, text=True, timeout=60)
         assert queued.returncode == 0, queued.stdout + queued.stderr
+
+        # the platform's schedule on PROD's live deployment; the signals judged here on the last hour's traffic
+        (schedule,) = prod.sent("PUT", f"schedules/{PROD_ENDPOINT}-monitor")
+        definition = schedule.body["properties"]["action"]["monitorDefinition"]
+        assert definition["monitoringTarget"]["deploymentId"].lower().endswith(
+            f"/onlineendpoints/{PROD_ENDPOINT}/deployments/{prod_deployment.name}")
+        client = MlflowClient(prod.mlflow_server.base_url)
+        (monitor,) = client.search_runs([client.get_experiment_by_name("mnistops").experiment_id],
+                                        filter_string=f"tags.`{T.STAGE}` = 'monitor'")
+        assert monitor.data.metrics["monitor/requests"] >= 120.0  # the smoke test's requests are in the hour too
+        signals = json.loads(stand_in.run_files(prod, monitor.info.run_id, "monitoring/signals.json",
+                                                tmp_path / "signals").read_text())
+        assert any(s["breached"] and s["name"] == "data_drift" for s in signals)
+        accuracy = next(s for s in signals if s["name"] == "model_performance" and s["metric"] == "accuracy"
+                        and s["deployment"] is None)
+        assert accuracy["value"] is not None and f"of {fed} labelled images" in accuracy["note"]
+        (alert,) = hook.posts
+        assert f"prod/{PROD_ENDPOINT}" in json.loads(alert["body"])["summary"]
+
+        # the labelled images reach QA's store, exactly those users labelled, and QA's CI is queued with them
+        client = MlflowClient(qa.mlflow_server.base_url)
+        (handed,) = client.search_runs([client.get_experiment_by_name("mnistops").experiment_id],
+                                       filter_string=f"tags.`{T.DATASET}` = 'production-feedback'")
+        assert handed.data.tags[T.SOURCE_ENV] == "prod" and handed.data.tags[T.SOURCE_MONITOR_RUN] == monitor.info.run_id
+        npz = np.load(stand_in.run_files(qa, handed.info.run_id, "data/labelled.npz", tmp_path / "handed"))
+        truth = {r["correlation_id"]: r["label"] for r in sent("ground_truth")}
+        expected = sorted((pixels(r).tobytes(), truth[r["correlation_id"]]) for r in sent("model_inputs")
+                          if r["correlation_id"] in truth)
+        assert sorted((img.tobytes(), int(y)) for img, y in zip(npz["images"], npz["labels"])) == expected
+        (ado,) = devops.posts  # Azure DevOps' "Runs - Run Pipeline" of QA's CI, with the overrides as ciArgs
+        assert ado["path"] == "/contoso/p-1/_apis/pipelines/17/runs?api-version=7.1"
+        assert ado["headers"]["authorization"] == "Bearer ado-job-token"
+        ci_args = json.loads(ado["body"])["templateParameters"]["ciArgs"]
+        assert "data.extra_train=[production-feedback]" in ci_args.split()
+        (ci,) = [s for s in pf.steps(PIPELINES / "ci.yml", pf.Neutral().values, parameters={"ciArgs": ci_args})
+                 if s.value("stage") == "ci"]  # QA's CI, queued so, trains on the handed-over images
+        assert ci.value("data.extra_train") == "[production-feedback]", ci.args
+        assert not qa.denied and not prod.denied and not qa.refused and not prod.refused, (qa.denied, prod.denied)
     finally:
         executor.stop()
         for host in hosts.values():
@@ -273,41 +320,3 @@ def test_ci_qa_cd_qa_promotion_cd_prod_traffic_monitor_and_hand_over_run_as_the_
         stand_in.stop()
         hook.close()
         devops.close()
-
-    # the platform's schedule on PROD's live deployment; the signals judged here on the last hour's traffic
-    (schedule,) = prod.sent("PUT", f"schedules/{PROD_ENDPOINT}-monitor")
-    definition = schedule.body["properties"]["action"]["monitorDefinition"]
-    assert definition["monitoringTarget"]["deploymentId"].lower().endswith(
-        f"/onlineendpoints/{PROD_ENDPOINT}/deployments/{prod_deployment.name}")
-    client = MlflowClient(prod.mlflow_server.base_url)
-    (monitor,) = client.search_runs([client.get_experiment_by_name("mnistops").experiment_id],
-                                    filter_string=f"tags.`{T.STAGE}` = 'monitor'")
-    assert monitor.data.metrics["monitor/requests"] >= 120.0  # the smoke test's requests are in the hour too
-    signals = json.loads(Path(client.download_artifacts(monitor.info.run_id, "monitoring/signals.json",
-                                                        str(tmp_path / "signals"))).read_text())
-    assert any(s["breached"] and s["name"] == "data_drift" for s in signals)
-    accuracy = next(s for s in signals if s["name"] == "model_performance" and s["metric"] == "accuracy"
-                    and s["deployment"] is None)
-    assert accuracy["value"] is not None and f"of {fed} labelled images" in accuracy["note"]
-    (alert,) = hook.posts
-    assert f"prod/{PROD_ENDPOINT}" in json.loads(alert["body"])["summary"]
-
-    # the labelled images reach QA's store, exactly those users labelled, and QA's CI is queued with them
-    client = MlflowClient(qa.mlflow_server.base_url)
-    (handed,) = client.search_runs([client.get_experiment_by_name("mnistops").experiment_id],
-                                   filter_string=f"tags.`{T.DATASET}` = 'production-feedback'")
-    assert handed.data.tags[T.SOURCE_ENV] == "prod" and handed.data.tags[T.SOURCE_MONITOR_RUN] == monitor.info.run_id
-    npz = np.load(client.download_artifacts(handed.info.run_id, "data/labelled.npz", str(tmp_path / "handed")))
-    truth = {r["correlation_id"]: r["label"] for r in sent("ground_truth")}
-    expected = sorted((pixels(r).tobytes(), truth[r["correlation_id"]]) for r in sent("model_inputs")
-                      if r["correlation_id"] in truth)
-    assert sorted((img.tobytes(), int(y)) for img, y in zip(npz["images"], npz["labels"])) == expected
-    (ado,) = devops.posts  # Azure DevOps' "Runs - Run Pipeline" of QA's CI, with the overrides as ciArgs
-    assert ado["path"] == "/contoso/p-1/_apis/pipelines/17/runs?api-version=7.1"
-    assert ado["headers"]["authorization"] == "Bearer ado-job-token"
-    ci_args = json.loads(ado["body"])["templateParameters"]["ciArgs"]
-    assert "data.extra_train=[production-feedback]" in ci_args.split()
-    (ci,) = [s for s in pf.steps(PIPELINES / "ci.yml", pf.Neutral().values, parameters={"ciArgs": ci_args})
-             if s.value("stage") == "ci"]  # QA's CI, queued so, trains on the handed-over images
-    assert ci.value("data.extra_train") == "[production-feedback]", ci.args
-    assert not qa.denied and not prod.denied and not qa.refused and not prod.refused, (qa.denied, prod.denied)

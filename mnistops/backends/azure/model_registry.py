@@ -88,7 +88,12 @@ def root_cause(err: BaseException) -> str:
         err = err.__cause__ or err.__context__
     text = (str(err).strip().splitlines() or [type(err).__name__])[0]
     response = getattr(err, "response", None)
-    body = getattr(response, "text", "") or (text.split("Response text: ", 1)[1] if "Response text: " in text else "")
+    body = getattr(response, "text", "")  # requests: a property; azure-core (azureml-mlflow's REST client): a method
+    try:
+        body = body() if callable(body) else body
+    except Exception:  # noqa: BLE001 (a body that cannot be read: the exception's own line stays)
+        body = ""
+    body = body or (text.split("Response text: ", 1)[1] if "Response text: " in text else "")
     try:
         data = json.loads(body) if body else None
     except ValueError:
