@@ -153,3 +153,33 @@ def test_the_readmes_first_run_steps_are_what_the_qa_pipelines_run(tmp_path, mon
         else:  # $A names the cluster for steps 4-5; CD submits no job, and names none
             assert composed[0].pop("compute")["name"] == "azure_cpu_cluster" and composed[1].pop("compute")["name"] == "cpu"
         assert composed[0] == composed[1], (stage, by_hand[stage], step.args)
+
+
+def azure_jobs():
+    """(pipeline, job, [script text of each step]) of the Azure pipelines, both platforms."""
+    for path in sorted(ADO + GITHUB):
+        doc = pf.load(path)
+        if pf.flavour(path) == "azure-devops":
+            jobs = [(name, pf._job_steps(job)) for name, job, _ in pf._ado_jobs(doc)]
+            yield from ((path, name, [(s.get("script") or s.get("bash") or (s.get("inputs") or {}).get("inlineScript")
+                                       or "").strip() for s in steps]) for name, steps in jobs)
+        else:
+            yield from ((path, name, [(s.get("run") or "").strip() for s in job.get("steps", [])])
+                        for name, job in (doc.get("jobs") or {}).items())
+
+
+def test_every_azure_job_installs_with_make_setup_as_ci_does():
+    """Issue 17 (3): the install step is rehearsed once, by .ci/run's own `make setup` (the venv every
+    rehearsal step runs in), because every Azure job installs exactly that way before its first step."""
+    checked = 0
+    for path, job, scripts in azure_jobs():
+        uses = [i for i, text in enumerate(scripts) if "-m mnistops" in text]
+        if not uses:
+            continue
+        installs = [i for i, text in enumerate(scripts) if text.split("#")[0].strip() == "make setup"]
+        assert installs and installs[0] < uses[0], f"{path.name} job {job}: no `make setup` before its first step"
+        assert not any(re.search(r"\bpip install\b", text) for text in scripts), f"{path.name} job {job} pip-installs"
+        checked += 1
+    assert checked >= 8  # ci, cd-qa, cd-prod, monitor on both platforms
+    ci_run = (REPO / ".ci" / "run").read_text()
+    assert re.search(r"^make setup$", ci_run, re.M) and re.search(r"^make test$", ci_run, re.M)

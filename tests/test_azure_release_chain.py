@@ -11,8 +11,9 @@ Azure ML runs it (tests/azure_job_executor.py: a venv built from the training en
 the code snapshot from Azurite, the cluster's managed identity), and the managed deployments, which
 run as Azure runs them (tests/azure_online_host.py: azmlinfsrv in a venv built from the inference
 environment's own spec, the data collector's files written to the workspace's storage). The CI that
-the hand-over queues is composed from what monitoring posted, not run: `stage=ci` with training is
-capped per `make test` (CI_TRAINING_BUDGET), and the local rehearsal runs the queued retraining."""
+the hand-over queues is composed from what monitoring posted, not run: it trains (a 5th `stage=ci` with
+training per `make test`, over CI_TRAINING_BUDGET, and ~70 s more of this test), and the local
+rehearsal runs the queued retraining."""
 
 from __future__ import annotations
 
