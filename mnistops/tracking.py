@@ -65,8 +65,13 @@ def ensure_experiment(client: MlflowClient, cfg: DictConfig, env: str, uri: str)
     try:
         return _ensure_experiment(client, cfg, env, uri)
     except mlflow.exceptions.MlflowException as err:
-        said = (err.message or str(err)).strip().splitlines()[0][:500]
-        raise MnistopsError(f"cannot use env {env}'s tracking store ({uri}): {said}") from None
+        raise MnistopsError(f"cannot use env {env}'s tracking store ({uri}): {refusal(err)}") from None
+
+
+def refusal(err: "mlflow.exceptions.MlflowException") -> str:
+    """What a store said when it refused a call: the first line of MLflow's message (the service's code
+    and reason; the rest is its traceback text)."""
+    return (err.message or str(err)).strip().splitlines()[0][:500]
 
 
 def _ensure_experiment(client: MlflowClient, cfg: DictConfig, env: str, uri: str) -> str:

@@ -340,6 +340,21 @@ class WorkspaceFiles:
             raise AssertionError(f"nothing under {account}/{container}/{prefix}")
         return count
 
+    def run_files(self, run_id: str, path: str, into: Path) -> Path:
+        """A run's file, or folder, `path` where run history keeps it (the workspace's storage:
+        tests/azure_run_artifacts.py), downloaded to `into/path`, which it returns: what a deployment
+        copies, what a test reads."""
+        from azure_run_artifacts import CONTAINER, blob_name
+
+        account, name = self.ws.blobstore.account, blob_name(run_id, path)
+        blob = self._container(account, CONTAINER).get_blob_client(name)
+        if blob.exists():  # a file
+            (into / path).parent.mkdir(parents=True, exist_ok=True)
+            (into / path).write_bytes(blob.download_blob().readall())
+        else:
+            self._download(account, CONTAINER, name, into / path)
+        return into / path
+
     def _download_code(self, code_id: str, target: Path) -> None:
         uri = self._resource(code_id)["properties"]["codeUri"]  # https://<account>.blob.core.windows.net/<c>/<folder>
         host, _, path = uri.split("://", 1)[1].partition("/")

@@ -196,7 +196,7 @@ class OnlineHost(WorkspaceFiles):
         run = re.fullmatch(r"runs:/([^/]+)/(.+)", uri)
         if run:  # an MLflow run's files: Azure copies them from where run history keeps them
             into.mkdir(parents=True, exist_ok=True)
-            self.stand_in.run_files(self.ws, run.group(1), run.group(2), into)
+            self.run_files(run.group(1), run.group(2), into)
             return into
         store, path = re.search(r"/datastores/([^/]+)/paths/(.+)$", uri).groups()
         datastore = self.ws.resource(f"datastores/{store}")["properties"]

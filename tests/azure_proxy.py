@@ -47,7 +47,7 @@ from socketserver import StreamRequestHandler, ThreadingTCPServer
 from typing import Dict, Iterator, List, Optional
 
 from azure_rbac import authorization_failed, mlflow_action
-from azure_run_artifacts import CONTAINER, blob_name
+from azure_run_artifacts import CONTAINER
 from conftest import REPO, free_port, needs_tool
 
 AZURITE = REPO / ".tools" / "node_modules" / "azurite" / "dist" / "src" / "blob" / "main.js"
@@ -462,23 +462,6 @@ class AzureStandIn:
             with self.reached():
                 self.azurite.container(ws.blobstore.account, CONTAINER)
         return workspaces[0] if len(workspaces) == 1 else workspaces
-
-    def run_files(self, ws, run_id: str, path: str, into: Path) -> Path:
-        """A run's file, or folder, `path` as Azure keeps it (run history's blobs in the workspace's
-        storage), downloaded into `into`: what a deployment copies, what a test reads. Returns
-        `into/path`."""
-        with self.reached():
-            container = self.azurite.container(ws.blobstore.account, CONTAINER, create=False)
-            prefix = blob_name(run_id, path)
-            names = [b.name for b in container.list_blobs(name_starts_with=prefix)
-                     if b.name == prefix or b.name.startswith(prefix + "/")]
-            if not names:
-                raise FileNotFoundError(f"run {run_id} has no file {path!r} in {ws.blobstore.account}/{CONTAINER}")
-            for name in names:
-                target = into / path / name[len(prefix):].lstrip("/") if name != prefix else into / path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(container.download_blob(name).readall())
-        return into / path
 
     def serve_pending_uploads(self, *workspaces) -> None:
         """Azure ML's answer to azure-ai-ml's `POST codes/<name>/versions/<v>/startPendingUpload`

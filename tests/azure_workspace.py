@@ -412,6 +412,11 @@ class FakeWorkspace(_InMemoryTransport):
         self.resources[path] = self._stored(path, {"properties": properties, **top})
         return self.resources[path]
 
+    def seed_cpu_cluster(self) -> dict:
+        """The CPU training cluster as Terraform makes it (infra/main.tf: `stage=provision` only checks it)."""
+        return self.seed("computes/cpu-cluster", {"computeType": "AmlCompute", "properties": {
+            "vmSize": "Standard_DS3_v2", "scaleSettings": {"minNodeCount": 0, "maxNodeCount": 4}}}, location=self.location)
+
     def on(self, method: str, pattern: str, fn: Callable[[Recorded], tuple]) -> None:
         """Answer requests matching (method, workspace-relative path regex) with fn(recorded)."""
         self.handlers.insert(0, (method, re.compile(pattern), fn))

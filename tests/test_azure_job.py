@@ -41,8 +41,7 @@ def ready_workspace(ws: FakeWorkspace, cfg) -> FakeWorkspace:
     from mnistops.backends.azure import code_snapshot, environments
     from mnistops.data import mirrors
 
-    ws.seed("computes/cpu-cluster", {"computeType": "AmlCompute", "properties": {
-        "vmSize": "Standard_DS3_v2", "scaleSettings": {"minNodeCount": 0, "maxNodeCount": 4}}}, location="westeurope")
+    ws.seed_cpu_cluster()
     env = environments.train_environment(cfg)
     ws.seed(f"environments/{env.name}/versions/{env.version}", {"image": env.image})
     ws.seed(f"data/{cfg.azure.data_asset}/versions/{mirrors.digest(cfg)}",

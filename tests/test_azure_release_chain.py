@@ -140,7 +140,8 @@ def check_the_ci_job(ws: FakeWorkspace, stand_in: AzureStandIn, executor: JobExe
     assert job.env["MSI_ENDPOINT"] and executor.msi.asked, "the job never asked the managed identity for a token"
 
     service = MlflowClient(ws.mlflow_server.base_url)
-    runs = service.search_runs([service.get_experiment_by_name(put.body["properties"]["experimentName"]).experiment_id])
+    experiment = service.get_experiment_by_name(put.body["properties"]["experimentName"]).experiment_id
+    runs = service.search_runs([experiment])
     steps = {r.info.run_name: r.data.tags.get("mlflow.parentRunId") for r in runs if r.info.run_id != name}
     assert {"data", "train", "baseline", "gate"} <= set(steps) and set(steps.values()) == {name}, steps
     assert service.get_run(name).info.status == "FINISHED"
@@ -150,12 +151,11 @@ def check_the_ci_job(ws: FakeWorkspace, stand_in: AzureStandIn, executor: JobExe
     assert version["tags"][T.GATE_DECISION] == T.APPROVED and T.alias("champion") in version["tags"], version["tags"]
     # the run's files as Azure keeps them: its artifact URI is Azure's, the job wrote them through run
     # history's artifact routes into the workspace's storage, and nothing of them is on the MLflow server's disk
-    experiment = service.get_experiment_by_name(put.body["properties"]["experimentName"]).experiment_id
     assert service.get_run(train_run).info.artifact_uri == (f"azureml://{ws.location}.api.azureml.ms/mlflow/v2.0"
                                                             f"{ws.mlflow_server.scope}/experiments/{experiment}/runs/"
                                                             f"{train_run}/artifacts")
     assert ws.sent("POST", rf".*/runs/{train_run}/artifacts/batch/metadata")
-    assert stand_in.run_files(ws, train_run, "model/MLmodel", executor.root / "files").is_file()
+    assert executor.run_files(train_run, "model/MLmodel", executor.root / "files").is_file()
     assert not [f for f in (ws.mlflow_server.root / "artifacts").rglob("*") if f.is_file()]
     return version["tags"][T.WEIGHTS_SHA256]
 
@@ -166,8 +166,7 @@ def test_ci_qa_cd_qa_promotion_cd_prod_traffic_monitor_and_hand_over_run_as_the_
     from mlflow.tracking import MlflowClient
 
     qa = FakeWorkspace(subscription="11111111-0000-0000-0000-000000000000", resource_group="rg-qa", workspace="mlw-qa")
-    qa.seed("computes/cpu-cluster", {"computeType": "AmlCompute", "properties": {  # Terraform's
-        "vmSize": "Standard_DS3_v2", "scaleSettings": {"minNodeCount": 0, "maxNodeCount": 4}}}, location="westeurope")
+    qa.seed_cpu_cluster()  # Terraform's
     prod = FakeWorkspace(subscription="22222222-0000-0000-0000-000000000000", resource_group="rg-prod",
                          workspace="mlw-prod")
     authority = HostAuthority(tmp_path / "tls", ca=azure_mlflow.authority.ca)
@@ -238,8 +237,8 @@ def test_ci_qa_cd_qa_promotion_cd_prod_traffic_monitor_and_hand_over_run_as_the_
         assert len(qa.sent("PUT", ".*")) == qa_writes  # promotion only reads QA
         promoted = prod.resource(f"models/{NAME}/versions/1")["properties"]
         assert (promoted["tags"][T.SOURCE_ENV], promoted["tags"][T.SOURCE_VERSION]) == ("qa", "1")
-        copied = stand_in.run_files(prod, promoted["properties"][T.FILES_RUN_ID], "model/artifacts/model.onnx",
-                                    tmp_path / "dl")
+        copied = hosts["prod"].run_files(promoted["properties"][T.FILES_RUN_ID], "model/artifacts/model.onnx",
+                                         tmp_path / "dl")
         assert hashlib.sha256(Path(copied).read_bytes()).hexdigest() == weights  # PROD's own copy of QA's files
         said = run("cd-prod.yml", "cd", "prod/pipeline", {"MNISTOPS_ARGS": SMOKE_BARS})
         assert "serves nothing yet" in said  # the canary (PROD's default) has no champion to judge: smoke decides
@@ -286,8 +285,8 @@ def test_ci_qa_cd_qa_promotion_cd_prod_traffic_monitor_and_hand_over_run_as_the_
         (monitor,) = client.search_runs([client.get_experiment_by_name("mnistops").experiment_id],
                                         filter_string=f"tags.`{T.STAGE}` = 'monitor'")
         assert monitor.data.metrics["monitor/requests"] >= 120.0  # the smoke test's requests are in the hour too
-        signals = json.loads(stand_in.run_files(prod, monitor.info.run_id, "monitoring/signals.json",
-                                                tmp_path / "signals").read_text())
+        signals = json.loads(hosts["prod"].run_files(monitor.info.run_id, "monitoring/signals.json",
+                                                     tmp_path / "signals").read_text())
         assert any(s["breached"] and s["name"] == "data_drift" for s in signals)
         accuracy = next(s for s in signals if s["name"] == "model_performance" and s["metric"] == "accuracy"
                         and s["deployment"] is None)
@@ -300,7 +299,7 @@ def test_ci_qa_cd_qa_promotion_cd_prod_traffic_monitor_and_hand_over_run_as_the_
         (handed,) = client.search_runs([client.get_experiment_by_name("mnistops").experiment_id],
                                        filter_string=f"tags.`{T.DATASET}` = 'production-feedback'")
         assert handed.data.tags[T.SOURCE_ENV] == "prod" and handed.data.tags[T.SOURCE_MONITOR_RUN] == monitor.info.run_id
-        npz = np.load(stand_in.run_files(qa, handed.info.run_id, "data/labelled.npz", tmp_path / "handed"))
+        npz = np.load(hosts["qa"].run_files(handed.info.run_id, "data/labelled.npz", tmp_path / "handed"))
         truth = {r["correlation_id"]: r["label"] for r in sent("ground_truth")}
         expected = sorted((pixels(r).tobytes(), truth[r["correlation_id"]]) for r in sent("model_inputs")
                           if r["correlation_id"] in truth)

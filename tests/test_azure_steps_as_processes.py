@@ -69,8 +69,7 @@ def run_step(step: pf.Step, stand_in: AzureStandIn, data_cache: Path, cwd: Path,
 def qa(tmp_path, azure_mlflow):
     """QA's workspace as Terraform leaves it (the cluster), its MLflow, Azurite with its storage account."""
     ws = FakeWorkspace()
-    ws.seed("computes/cpu-cluster", {"computeType": "AmlCompute", "properties": {  # Terraform's
-        "vmSize": "Standard_DS3_v2", "scaleSettings": {"minNodeCount": 0, "maxNodeCount": 4}}}, location="westeurope")
+    ws.seed_cpu_cluster()  # Terraform's
     authority = HostAuthority(tmp_path / "tls", ca=azure_mlflow.authority.ca)  # one CA for every server
     stand_in = AzureStandIn(tmp_path / "azure", ws, [ws.blobstore.account], authority=authority)
     try:

@@ -42,12 +42,13 @@ def hand_over(cfg: DictConfig, images: np.ndarray, labels: np.ndarray, *, to_env
     A refusal (another env's store: a role this identity lacks there) is one line naming the store."""
     from mlflow.exceptions import MlflowException
 
+    from mnistops import tracking
+
     try:
         return _write(cfg, images, labels, to_env=to_env, uri=uri, monitor_run_id=monitor_run_id)
     except MlflowException as err:
-        said = (err.message or str(err)).strip().splitlines()[0][:500]
         raise MnistopsError(f"cannot hand the labelled images over to {to_env}'s tracking store ({uri}): "
-                            f"{said}") from None
+                            f"{tracking.refusal(err)}") from None
 
 
 def _write(cfg: DictConfig, images: np.ndarray, labels: np.ndarray, *, to_env: str, uri: str,

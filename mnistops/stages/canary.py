@@ -17,7 +17,6 @@ JSON, an HTML evidence report). stage=cd with cd.canary calls `analyse` before t
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -168,8 +167,10 @@ def analyse(cfg: DictConfig) -> Outcome:
 
 def _version_of(uri: str) -> str:
     """N of `models:/<name>/N`; "" (any) for what the endpoint reports otherwise."""
-    found = re.fullmatch(r"models:/[^/@]+/(\w+)", uri or "")
-    return found.group(1) if found else ""
+    from mnistops.backends.references import MODEL_URI
+
+    found = MODEL_URI.match(uri or "")
+    return found["version"] if found and found["version"] not in (None, "latest") else ""
 
 
 def _wait(cfg, backend, rules, start: float, versions: Dict[str, str]):
